@@ -1,0 +1,3 @@
+from hpc_bridge.cli import main
+
+raise SystemExit(main())
