@@ -1,0 +1,298 @@
+"""Pydantic models of every resource in the cluster API reference.
+
+Wire names are kept exactly (camelCase for API resources, PascalCase for node records).
+Unknown fields are kept, never rejected: the real API returns far more than the reference
+documents, and a field we do not know today must survive a read-modify-write.
+
+`to_wire()` gives back the JSON that was parsed (fields that were not present stay absent),
+so a parsed body serialises to the same JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel, to_pascal
+
+
+class WireModel(BaseModel):
+    """Base for API resources: camelCase on the wire, unknown fields kept."""
+
+    model_config = ConfigDict(
+        extra="allow", populate_by_name=True, alias_generator=to_camel, protected_namespaces=()
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _drop_none(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+class Node(BaseModel):
+    """A node record: a flat dict of PascalCase attributes (Name, NodeId, Status, ...).
+
+    The typed attributes below are the ones hpc-bridge reads; everything else the API sends
+    is kept as extra fields and reachable through `get()`.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_pascal)
+
+    name: str | None = None
+    node_id: str | None = None
+    template: str | None = None
+    machine_type: str | None = None
+    status: str | None = None
+    state: str | None = None
+    target_state: str | None = None
+    private_ip: str | None = None
+    hostname: str | None = None
+    placement_group_id: str | None = None
+    keep_alive: bool | None = None
+    shutdown_policy: str | None = None
+    fixed: bool | None = None
+    instance_id: str | None = None
+    request_id: str | None = None
+    status_message: str | None = None
+    region: str | None = None
+    subnet_id: str | None = None
+    core_count: int | None = None
+    memory: float | None = None
+    infiniband: bool | None = None
+    interruptible: bool | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Any attribute by its wire name, typed or not (e.g. node.get("Configuration"))."""
+        wire = self.to_wire()
+        return wire.get(key, default)
+
+    # Node Status values from the API, grouped the way the hooks and repair reason about them.
+    BOOTING: ClassVar[frozenset[str]] = frozenset({"Acquiring", "Preparing", "Allocation", "Validation"})
+    GONE: ClassVar[frozenset[str]] = frozenset({"Terminated", "Off"})
+
+    @property
+    def is_running(self) -> bool:
+        """A VM exists (or is being acquired) and costs money, or will shortly."""
+        return self.status in self.BOOTING or self.status == "Ready"
+
+    @property
+    def is_gone(self) -> bool:
+        return self.status in self.GONE or self.status is None
+
+
+class OperationStatus(WireModel):
+    action: str
+    start_time: str
+    # Fields seen on real operations beyond the reference; optional so the reference example parses.
+    operation_id: str | None = Field(default=None, alias="operationId")
+
+    @property
+    def started(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.start_time.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+
+class NodeList(WireModel):
+    nodes: list[Node]
+    operation: OperationStatus | None = None
+
+
+# --------------------------------------------------------------------------- status
+
+
+class VirtualMachine(WireModel):
+    vcpu_count: int
+    pcpu_count: int | None = None
+    memory: float  # GB, may be fractional (7.5)
+    gpu_count: int = 0
+    infiniband: bool = False
+    vcpu_quota_count: int | None = None
+
+    @property
+    def cores(self) -> int:
+        return self.vcpu_count
+
+
+class BucketDefinition(WireModel):
+    machine_type: str | None = None
+
+
+class PlacementGroup(WireModel):
+    name: str
+    active_count: int = 0
+    active_core_count: int = 0
+
+
+class Bucket(WireModel):
+    bucket_id: str
+    definition: BucketDefinition | None = None
+    virtual_machine: VirtualMachine
+    valid: bool = True
+    invalid_reason: str = ""
+    active_count: int = 0
+    active_core_count: int = 0
+    active_nodes: list[str] | None = None
+    available_count: int = 0
+    available_core_count: int = 0
+    max_count: int = 0
+    max_core_count: int = 0
+    max_placement_group_size: int = 0
+    max_placement_group_core_size: int = 0
+    placement_groups: list[PlacementGroup] = Field(default_factory=list)
+    quota_count: int = 0
+    quota_core_count: int = 0
+    consumed_core_count: int = 0
+    family_consumed_core_count: int | None = None
+    family_quota_core_count: int | None = None
+    family_quota_count: int | None = None
+    regional_consumed_core_count: int | None = None
+    regional_quota_core_count: int | None = None
+    regional_quota_count: int | None = None
+    last_capacity_failure: float = -1.0
+
+    @property
+    def machine_type(self) -> str:
+        """The VM size; the definition carries it (the reference puts it nowhere else)."""
+        if self.definition and self.definition.machine_type:
+            return self.definition.machine_type
+        extra = (self.model_extra or {}).get("machineType")
+        return str(extra) if extra else ""
+
+    @property
+    def had_capacity_failure(self) -> bool:
+        return self.last_capacity_failure >= 0
+
+
+class NodearrayStatus(WireModel):
+    name: str
+    buckets: list[Bucket]
+    max_count: int = 0
+    max_core_count: int = 0
+    nodearray: Node = Field(default_factory=Node)
+
+
+class ClusterStatus(WireModel):
+    max_core_count: int
+    max_count: int
+    nodearrays: list[NodearrayStatus]
+    nodes: list[Node] | None = None
+    state: str | None = None
+    target_state: str | None = None
+
+    def nodearray(self, name: str) -> NodearrayStatus | None:
+        return next((na for na in self.nodearrays if na.name == name), None)
+
+
+# --------------------------------------------------------------------------- usage
+
+
+class UsageDetail(WireModel):
+    core_count: float | None = Field(default=None, alias="core_count")
+    cost: float | None = None
+    hours: float | None = None
+    os: Literal["Windows", "Linux"] | str | None = None
+    priority: Literal["Regular", "Spot"] | str | None = None
+    region: str | None = None
+    vm_size: str | None = Field(default=None, alias="vm_size")
+
+
+class ClusterUsageItem(WireModel):
+    category: Literal["cluster", "node", "nodearray"]
+    hours: float
+    cost: float | None = None
+    node: str | None = None
+    details: list[UsageDetail] | None = None
+
+
+class UsageInterval(WireModel):
+    start: str
+    end: str
+    total: ClusterUsageItem
+    breakdown: list[ClusterUsageItem] = Field(default_factory=list)
+
+
+class ClusterUsage(WireModel):
+    usage: list[UsageInterval]
+
+
+# --------------------------------------------------------------------------- create
+
+
+class NodeCreationSet(WireModel):
+    count: int
+    nodearray: str
+    definition: BucketDefinition | None = None
+    name_format: str | None = None
+    name_offset: int | None = None
+    node_attributes: Node | None = None
+    placement_group_id: str | None = None
+
+    @classmethod
+    def make(cls, **fields: Any) -> "NodeCreationSet":
+        """Build a set leaving unset (and so absent on the wire) every field given as None."""
+        return cls(**_drop_none(**fields))
+
+
+class NodeCreationRequest(WireModel):
+    sets: list[NodeCreationSet]
+    request_id: str | None = None
+
+
+class NodeCreationResultSet(WireModel):
+    added: int
+    message: str | None = None
+
+
+class NodeCreationResult(WireModel):
+    operation_id: str
+    sets: list[NodeCreationResultSet]
+
+
+# --------------------------------------------------------------------------- management
+
+
+class NodeManagementRequest(WireModel):
+    # ip_addresses is snake_case on the wire, unlike everything else.
+    names: list[str] | None = None
+    ids: list[str] | None = None
+    hostnames: list[str] | None = None
+    ip_addresses: list[str] | None = Field(
+        default=None, alias="ip_addresses", validation_alias=AliasChoices("ip_addresses", "ipAddresses")
+    )
+    filter: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def make(cls, **fields: Any) -> "NodeManagementRequest":
+        return cls(**_drop_none(**fields))
+
+    @property
+    def selects_anything(self) -> bool:
+        return bool(self.names or self.ids or self.hostnames or self.ip_addresses or self.filter)
+
+
+class ManagedNode(WireModel):
+    id: str
+    name: str
+    status: Literal["OK", "Error"] | str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "Error"
+
+
+class NodeManagementResult(WireModel):
+    operation_id: str
+    nodes: list[ManagedNode]
