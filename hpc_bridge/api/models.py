@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel, to_pascal
 
 
@@ -254,7 +254,29 @@ class NodeCreationResultSet(WireModel):
     message: str | None = None
 
 
-class NodeCreationResult(WireModel):
+class _ClientSide(WireModel):
+    """What the client knows about a mutating call beyond its response body."""
+
+    _request_id: str | None = PrivateAttr(default=None)
+    _recovered: bool = PrivateAttr(default=False)
+    _created_names: list[str] | None = PrivateAttr(default=None)
+
+    @property
+    def request_id(self) -> str | None:
+        return self._request_id
+
+    @property
+    def recovered(self) -> bool:
+        """True when a retry got 409 and the result was rebuilt from what the first attempt did."""
+        return self._recovered
+
+    @property
+    def created_names(self) -> list[str] | None:
+        """Names of the nodes created, when known from a recovery (None otherwise)."""
+        return self._created_names
+
+
+class NodeCreationResult(_ClientSide):
     operation_id: str
     sets: list[NodeCreationResultSet]
 
@@ -293,6 +315,6 @@ class ManagedNode(WireModel):
         return self.status != "Error"
 
 
-class NodeManagementResult(WireModel):
+class NodeManagementResult(_ClientSide):
     operation_id: str
     nodes: list[ManagedNode]

@@ -1,0 +1,421 @@
+"""The only module that talks HTTP: one method per endpoint of the cluster API.
+
+Retries: connection errors, 5xx and 429 are retried with exponential backoff and full jitter
+(honouring Retry-After), bounded both in count and in total time. Every mutating call carries a
+requestId, reused by its retries, so a retry can never do the work twice: when the server
+answers a retry with 409 (the id was already seen), the first attempt was accepted, and the
+result is recovered through `GET /nodes?request_id=` and `GET /operations/?request_id=`.
+
+Errors are typed (hpc_bridge.errors) and one line; they never contain the password or the
+Authorization header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from hpc_bridge import __version__
+from hpc_bridge.api.models import (
+    ClusterStatus,
+    ClusterUsage,
+    ManagedNode,
+    NodeCreationRequest,
+    NodeCreationResult,
+    NodeCreationResultSet,
+    NodeCreationSet,
+    NodeList,
+    NodeManagementRequest,
+    NodeManagementResult,
+    OperationStatus,
+)
+from hpc_bridge.config import is_loopback_url
+from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, ConfigError, ConflictError
+
+log = logging.getLogger("hpc_bridge.api")
+
+M = TypeVar("M", bound=BaseModel)
+
+MANAGEMENT_ACTIONS = ("start", "shutdown", "deallocate", "terminate", "remove")
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: fall back to our own backoff
+
+
+class ClusterClient:
+    """A client of one cluster: `ClusterClient.from_config(cfg)` or explicit arguments."""
+
+    def __init__(
+        self,
+        url: str,
+        cluster: str,
+        username: str,
+        password: str,
+        *,
+        verify: bool = True,
+        ca_bundle: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 4,
+        retry_budget: float = 30.0,
+        allow_plain_http: bool = False,
+        backoff_base: float = 0.25,
+        backoff_cap: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        url = url.rstrip("/")
+        if url.startswith("http://") and not allow_plain_http and not is_loopback_url(url):
+            raise ConfigError(
+                f"refusing plain http to {httpx.URL(url).host}: the password would travel in clear "
+                "(use https, or set [cluster] allow_plain_http = true)"
+            )
+        self.url = url
+        self.cluster = cluster
+        self.retries = retries
+        self.retry_budget = retry_budget
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+        self._password = password
+        self.request_count = 0
+        tls_verify: bool | str = (ca_bundle or True) if verify else False
+        self._http = httpx.Client(
+            base_url=url,
+            auth=httpx.BasicAuth(username, password),
+            verify=tls_verify,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            headers={"User-Agent": f"hpc-bridge/{__version__}", "Accept": "application/json"},
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment must not see our credentials
+        )
+
+    @classmethod
+    def from_config(cls, cfg, **overrides: Any) -> "ClusterClient":
+        c = cfg.cluster
+        kwargs = dict(
+            verify=c.verify_tls,
+            ca_bundle=c.ca_bundle,
+            timeout=c.timeout,
+            retries=c.retries,
+            retry_budget=c.retry_budget,
+            allow_plain_http=c.allow_plain_http,
+        )
+        kwargs.update(overrides)
+        return cls(c.url, c.name, c.username, c.password(), **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ClusterClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _path(self, suffix: str) -> str:
+        return f"/clusters/{_quote(self.cluster)}{suffix}"
+
+    def _redact(self, text: str) -> str:
+        if self._password and self._password in text:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _send(self, method: str, path: str, *, params: dict | None = None, body: Any = None) -> httpx.Response:
+        """One logical call with bounded retries. Returns the final non-retryable response."""
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        endpoint = f"{method} {path}"
+        deadline = time.monotonic() + self.retry_budget
+        attempt = 0
+        while True:
+            delay: float | None = None
+            try:
+                self.request_count += 1
+                response = self._http.request(method, path, params=params or None, json=body)
+            except httpx.TransportError as err:
+                cause = _transport_cause(err)
+                if _is_tls_failure(err):
+                    # Not transient: retrying an untrusted certificate only delays the error.
+                    raise ApiUnreachable(f"{endpoint}: {cause}", endpoint=endpoint) from None
+                log.debug("%s: attempt %d failed: %s", endpoint, attempt + 1, cause)
+                response = None
+            else:
+                if response.status_code < 500 and response.status_code != 429:
+                    return _Attempted(response, attempt)
+                cause = f"HTTP {response.status_code}"
+                delay = _retry_after(response)
+                log.debug("%s: attempt %d answered %s", endpoint, attempt + 1, cause)
+            attempt += 1
+            if delay is None:
+                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+            remaining = deadline - time.monotonic()
+            if attempt > self.retries or delay > remaining:
+                if response is None:
+                    raise ApiUnreachable(
+                        f"{endpoint}: cluster API unreachable at {self.url} after {attempt} attempt(s): {cause}",
+                        endpoint=endpoint,
+                    )
+                raise ApiError(
+                    f"{endpoint}: {_status_text(response)} after {attempt} attempt(s){self._body_hint(response)}",
+                    endpoint=endpoint,
+                    status=response.status_code,
+                )
+            self._sleep(delay)
+
+    def _body_hint(self, response: httpx.Response) -> str:
+        text = " ".join(response.text.split())[:200] if response.content else ""
+        return f": {self._redact(text)}" if text else ""
+
+    def _check(self, endpoint: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        hint = self._body_hint(response)
+        if status in (401, 403):
+            raise AuthError(
+                f"{endpoint}: {_status_text(response)}: credentials refused (check [cluster] username and the password)",
+                endpoint=endpoint,
+                status=status,
+            )
+        if status == 409:
+            raise ConflictError(f"{endpoint}: {_status_text(response)}{hint}", endpoint=endpoint, status=status)
+        if status == 404:
+            raise ApiError(
+                f"{endpoint}: {_status_text(response)} (is the cluster name {self.cluster!r} right?){hint}",
+                endpoint=endpoint,
+                status=status,
+            )
+        raise ApiError(f"{endpoint}: {_status_text(response)}{hint}", endpoint=endpoint, status=status)
+
+    def _parse(self, endpoint: str, response: httpx.Response, model: type[M]) -> M:
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(f"{endpoint}: response is not JSON{self._body_hint(response)}", endpoint=endpoint) from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ApiError(
+                f"{endpoint}: unexpected response body ({err.error_count()} problem(s); first: {where}: {first['msg']})",
+                endpoint=endpoint,
+            ) from None
+
+    def _get(self, path: str, model: type[M], params: dict | None = None) -> M:
+        attempted = self._send("GET", path, params=params)
+        endpoint = f"GET {path}"
+        self._check(endpoint, attempted.response)
+        return self._parse(endpoint, attempted.response, model)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_nodes(self, operation: str | None = None, request_id: str | None = None) -> NodeList:
+        return self._get(self._path("/nodes"), NodeList, {"operation": operation, "request_id": request_id})
+
+    def get_status(self, nodes: bool = False) -> ClusterStatus:
+        return self._get(self._path("/status"), ClusterStatus, {"nodes": "true" if nodes else None})
+
+    def get_usage(
+        self,
+        timeframe: str | None = None,
+        from_: str | None = None,
+        to: str | None = None,
+        granularity: str | None = None,
+    ) -> ClusterUsage:
+        params = {"timeframe": timeframe, "from": from_, "to": to, "granularity": granularity}
+        return self._get(self._path("/usage"), ClusterUsage, params)
+
+    def list_operations(self, request_id: str | None = None) -> list[OperationStatus]:
+        attempted = self._send("GET", "/operations/", params={"request_id": request_id})
+        endpoint = "GET /operations/"
+        self._check(endpoint, attempted.response)
+        return self._parse(endpoint, attempted.response, _OperationList).root
+
+    def get_operation(self, op_id: str) -> OperationStatus:
+        return self._get(f"/operations/{_quote(op_id)}", OperationStatus)
+
+    # ------------------------------------------------------------------ writes
+
+    def create_nodes(self, sets: list[NodeCreationSet | dict], request_id: str | None = None) -> NodeCreationResult:
+        request = NodeCreationRequest(
+            sets=[s if isinstance(s, NodeCreationSet) else NodeCreationSet.model_validate(s) for s in sets],
+            request_id=request_id or new_request_id(),
+        )
+        path = self._path("/nodes/create")
+        endpoint = f"POST {path}"
+        attempted = self._send("POST", path, body=request.to_wire())
+        if attempted.response.status_code == 409 and attempted.retried:
+            return self._recover_create(request)
+        self._check(endpoint, attempted.response)
+        result = self._parse(endpoint, attempted.response, NodeCreationResult)
+        result._request_id = request.request_id
+        return result
+
+    def scale(
+        self, nodearray: str, total_core_count: int | None = None, total_node_count: int | None = None
+    ) -> NodeCreationResult:
+        # No requestId in this endpoint: a retry after a lost answer is still safe, the target is a total.
+        path = self._path(f"/scale/{_quote(nodearray)}")
+        params = {"totalCoreCount": total_core_count, "totalNodeCount": total_node_count}
+        attempted = self._send("POST", path, params=params)
+        self._check(f"POST {path}", attempted.response)
+        return self._parse(f"POST {path}", attempted.response, NodeCreationResult)
+
+    def manage_nodes(
+        self,
+        action: str,
+        *,
+        names: list[str] | None = None,
+        ids: list[str] | None = None,
+        hostnames: list[str] | None = None,
+        ip_addresses: list[str] | None = None,
+        filter: str | None = None,
+        request_id: str | None = None,
+    ) -> NodeManagementResult:
+        if action not in MANAGEMENT_ACTIONS:
+            raise ValueError(f"unknown node action {action!r}")
+        request = NodeManagementRequest.make(
+            names=names,
+            ids=ids,
+            hostnames=hostnames,
+            ip_addresses=ip_addresses,
+            filter=filter,
+            request_id=request_id or new_request_id(),
+        )
+        if not request.selects_anything:
+            raise ValueError(f"{action}: no nodes selected")
+        path = self._path(f"/nodes/{action}")
+        endpoint = f"POST {path}"
+        attempted = self._send("POST", path, body=request.to_wire())
+        if attempted.response.status_code == 409 and attempted.retried:
+            return self._recover_management(request)
+        self._check(endpoint, attempted.response)
+        result = self._parse(endpoint, attempted.response, NodeManagementResult)
+        result._request_id = request.request_id
+        return result
+
+    def start_nodes(self, **selection: Any) -> NodeManagementResult:
+        return self.manage_nodes("start", **selection)
+
+    def shutdown_nodes(self, **selection: Any) -> NodeManagementResult:
+        return self.manage_nodes("shutdown", **selection)
+
+    def deallocate_nodes(self, **selection: Any) -> NodeManagementResult:
+        return self.manage_nodes("deallocate", **selection)
+
+    def terminate_nodes(self, **selection: Any) -> NodeManagementResult:
+        return self.manage_nodes("terminate", **selection)
+
+    def remove_nodes(self, **selection: Any) -> NodeManagementResult:
+        return self.manage_nodes("remove", **selection)
+
+    # ------------------------------------------------------------------ 409 recovery
+
+    def find_operation(self, request_id: str) -> tuple[str | None, NodeList]:
+        """What the call with this requestId did: (operation id or None, its nodes)."""
+        nodes = self.get_nodes(request_id=request_id)
+        op_id = nodes.operation.operation_id if nodes.operation else None
+        if op_id is None:
+            ops = self.list_operations(request_id=request_id)
+            if ops:
+                op_id = ops[0].operation_id
+        return op_id, nodes
+
+    def _recover_create(self, request: NodeCreationRequest) -> NodeCreationResult:
+        op_id, found = self.find_operation(request.request_id or "")
+        log.info("create %s: 409 on retry, first attempt was accepted (operation %s)", request.request_id, op_id)
+        names = [n.name for n in found.nodes if n.name]
+        result = NodeCreationResult(
+            operation_id=op_id or "", sets=[NodeCreationResultSet(added=n) for n in _attribute_created(request.sets, found)]
+        )
+        result._request_id = request.request_id
+        result._recovered = True
+        result._created_names = names
+        return result
+
+    def _recover_management(self, request: NodeManagementRequest) -> NodeManagementResult:
+        op_id, found = self.find_operation(request.request_id or "")
+        log.info("%s: 409 on retry, first attempt was accepted (operation %s)", request.request_id, op_id)
+        result = NodeManagementResult(
+            operation_id=op_id or "",
+            nodes=[ManagedNode(id=n.node_id or "", name=n.name or "", status="OK") for n in found.nodes],
+        )
+        result._request_id = request.request_id
+        result._recovered = True
+        return result
+
+
+def _attribute_created(sets: list[NodeCreationSet], found: NodeList) -> list[int]:
+    """How many of the found nodes belong to each set: literal names first, then by nodearray."""
+    remaining = list(found.nodes)
+    added = [0] * len(sets)
+    for i, s in enumerate(sets):
+        if s.name_format and "%" not in s.name_format:
+            match = next((n for n in remaining if n.name == s.name_format), None)
+            if match is not None:
+                remaining.remove(match)
+                added[i] = 1
+    for i, s in enumerate(sets):
+        if s.name_format and "%" not in s.name_format:
+            continue
+        mine = [n for n in remaining if n.template == s.nodearray][: s.count]
+        for n in mine:
+            remaining.remove(n)
+        added[i] = len(mine)
+    return added
+
+
+class _Attempted:
+    __slots__ = ("response", "retried")
+
+    def __init__(self, response: httpx.Response, attempts_before: int):
+        self.response = response
+        self.retried = attempts_before > 0
+
+
+from pydantic import RootModel  # noqa: E402
+
+
+class _OperationList(RootModel[list[OperationStatus]]):
+    pass
+
+
+def _quote(segment: str) -> str:
+    from urllib.parse import quote
+
+    return quote(segment, safe="")
+
+
+def _status_text(response: httpx.Response) -> str:
+    return f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+
+
+def _is_tls_failure(err: httpx.TransportError) -> bool:
+    return isinstance(err, httpx.ConnectError) and ("SSL" in str(err) or "CERTIFICATE" in str(err))
+
+
+def _transport_cause(err: httpx.TransportError) -> str:
+    kind = type(err).__name__
+    text = " ".join(str(err).split())[:160]
+    if _is_tls_failure(err):
+        return f"TLS verification failed ({text}); if the server uses a private CA set [cluster] ca_bundle"
+    return f"{kind}: {text}" if text else kind
