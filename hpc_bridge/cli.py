@@ -1,0 +1,204 @@
+"""hpc-bridge command line: argument parsing and output only.
+
+Every command calls one function elsewhere in the package. Exit codes: 0 ok, 1 failed,
+2 usage or configuration error. Errors are one line on stderr; details go to the log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from hpc_bridge import __version__
+from hpc_bridge.errors import BridgeError
+
+log = logging.getLogger("hpc_bridge.cli")
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  the command failed (API error, Slurm error, a check failed)
+  2  usage or configuration error
+
+configuration: --config PATH, else $HPC_BRIDGE_CONFIG, else /etc/hpc-bridge/config.toml
+logs: one file per command under [paths] log_dir (default /var/log/hpc-bridge); -v also prints them
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted both before and after the command name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log to stderr too (-vv: debug)"
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    return common
+
+
+def _add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str = "",
+    example: str = "",
+) -> argparse.ArgumentParser:
+    epilog = f"example:\n  {example}\n\n{EXIT_CODES}" if example else EXIT_CODES
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=description or summary,
+        epilog=epilog,
+        parents=[_common_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func, command=name)
+    return parser
+
+
+def load_config_for(args: argparse.Namespace):
+    """Load the config named on the command line and start logging to its log_dir."""
+    from hpc_bridge.config import load_config
+    from hpc_bridge.log import register_secret, setup_logging
+
+    cfg = load_config(getattr(args, "config", None))
+    setup_logging(args.command, cfg.paths.log_dir, getattr(args, "verbose", 0))
+    try:
+        register_secret(cfg.cluster.password())
+    except BridgeError:
+        pass  # reported when a command actually needs the password
+    return cfg
+
+
+def client_for(cfg):
+    from hpc_bridge.api.client import ClusterClient
+
+    return ClusterClient.from_config(cfg)
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+# --------------------------------------------------------------------------- status / operations
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from hpc_bridge.status import status_rows
+    from hpc_bridge.table import format_table
+
+    cfg = load_config_for(args)
+    with client_for(cfg) as client:
+        status = client.get_status()
+    rows = status_rows(status)
+    if wants_json(args):
+        emit_json({"cluster": cfg.cluster.name, "maxCount": status.max_count, "maxCoreCount": status.max_core_count,
+                   "buckets": rows})
+        return 0
+    print(f"cluster {cfg.cluster.name}: max {status.max_count} nodes / {status.max_core_count} cores")
+    headers = ["nodearray", "machine type", "vcpu", "mem GB", "gpu", "ib", "active", "available", "max",
+               "pg size", "capacity fail", "valid"]
+    keys = ["nodearray", "machineType", "vcpuCount", "memoryGB", "gpuCount", "infiniband", "activeCount",
+            "availableCount", "maxCount", "maxPlacementGroupSize", "lastCapacityFailure", "valid"]
+    print(format_table(headers, ([r[k] for k in keys] for r in rows)))
+    return 0
+
+
+def _cmd_operations(args: argparse.Namespace) -> int:
+    from hpc_bridge.table import format_table
+
+    cfg = load_config_for(args)
+    with client_for(cfg) as client:
+        if args.id:
+            op = client.get_operation(args.id)
+            nodes = client.get_nodes(operation=args.id).nodes
+            if wants_json(args):
+                emit_json({"operation": op.to_wire(), "nodes": [n.to_wire() for n in nodes]})
+                return 0
+            print(f"operation {args.id}: {op.action} started {op.start_time}, {len(nodes)} node(s)")
+            print(format_table(
+                ["name", "status", "target", "machine type", "ip", "message"],
+                ([n.name, n.status, n.target_state, n.machine_type, n.private_ip, n.status_message] for n in nodes),
+            ))
+            return 0
+        ops = client.list_operations()
+    if wants_json(args):
+        emit_json([op.to_wire() for op in ops])
+        return 0
+    print(format_table(["operation", "action", "started"], ([op.operation_id, op.action, op.start_time] for op in ops)))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpc-bridge",
+        description="Slurm power saving for clusters managed through the CycleCloud cluster REST API.",
+        epilog=EXIT_CODES,
+        parents=[_common_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hpc-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_command(
+        sub, "status", _cmd_status, "show the cluster's nodearrays and buckets (VM sizes, counts, limits)",
+        example="hpc-bridge status --json",
+    )
+    p = _add_command(
+        sub, "operations", _cmd_operations, "list operations, or show one operation's nodes",
+        example="hpc-bridge operations 3f0c...  # progress of one operation",
+    )
+    p.add_argument("id", nargs="?", help="operation id (omit to list all)")
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    from hpc_bridge.log import setup_logging
+
+    setup_logging(args.command, None, getattr(args, "verbose", 0))
+    try:
+        return int(args.func(args) or 0)
+    except BridgeError as err:
+        log.error("%s", err)
+        print(f"hpc-bridge {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"hpc-bridge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as err:  # a bug: keep the traceback in the log, one line for the user
+        log.exception("internal error in %s", args.command)
+        print(
+            f"hpc-bridge {args.command}: internal error: {type(err).__name__}: {' '.join(str(err).split())[:200]} "
+            "(the log file has the details; please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Logging: one rotating file per command under [paths] log_dir, stderr at -v.
+
+Secrets registered with `register_secret` are masked in every record, wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+_SECRETS: set[str] = set()
+_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
+def register_secret(secret: str) -> None:
+    if secret and len(secret) >= 3:
+        _SECRETS.add(secret)
+
+
+class _RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            message = record.getMessage()
+            masked = message
+            for secret in _SECRETS:
+                masked = masked.replace(secret, "***")
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create a directory readable by its owner only (state and logs may name hosts and ids)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) -> str | None:
+    """Configure the hpc_bridge logger; returns the log file path in use, if any."""
+    logger = logging.getLogger("hpc_bridge")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(logging.NullHandler())  # never fall back to logging's last-resort stderr output
+    redact = _RedactSecrets()
+    if verbose:
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        stderr.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        stderr.addFilter(redact)
+        logger.addHandler(stderr)
+    path = None
+    if log_dir:
+        path = os.path.join(log_dir, f"{command}.log")
+        try:
+            ensure_private_dir(log_dir)
+            handler = logging.handlers.RotatingFileHandler(path, maxBytes=10 * 2**20, backupCount=5)
+        except OSError as err:
+            logger.warning("cannot write log file %s: %s", path, err.strerror)
+            return None
+        handler.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.addFilter(redact)
+        logger.addHandler(handler)
+    return path
