@@ -1,0 +1,191 @@
+"""Every example body in the API reference parses, and serialises back to the same JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from hpc_bridge.api import models as m
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cluster-api.txt"
+
+# The reference writes nested objects as the placeholder string "object". These are full
+# examples built from the per-field "Example" values of each resource in the reference.
+VM = {"gpuCount": 2, "infiniband": True, "memory": 7.5, "pcpuCount": 16, "vcpuCount": 32, "vcpuQuotaCount": 2}
+PLACEMENT_GROUP = {"activeCoreCount": 16, "activeCount": 4, "name": "my-placement-group"}
+BUCKET = {
+    "activeCoreCount": 40, "activeCount": 10, "activeNodes": ["string"], "availableCoreCount": 8,
+    "availableCount": 2, "bucketId": "00000000-0000-0000-0000-000000000000", "consumedCoreCount": 2,
+    "definition": {"machineType": "A2"}, "familyConsumedCoreCount": 2, "familyQuotaCoreCount": 16,
+    "familyQuotaCount": 4, "invalidReason": "DisabledMachineType", "lastCapacityFailure": 180.0,
+    "maxCoreCount": 16, "maxCount": 4, "maxPlacementGroupCoreSize": 64, "maxPlacementGroupSize": 16,
+    "placementGroups": [PLACEMENT_GROUP], "quotaCoreCount": 16, "quotaCount": 4, "regionalConsumedCoreCount": 2,
+    "regionalQuotaCoreCount": 16, "regionalQuotaCount": 4, "valid": True, "virtualMachine": VM,
+}
+NODEARRAY = {"buckets": [BUCKET], "maxCoreCount": 16, "maxCount": 4, "name": "execute", "nodearray": {}}
+USAGE_DETAIL = {"core_count": 0.0, "cost": 0.0, "hours": 0.0, "os": "Linux", "priority": "Regular",
+                "region": "string", "vm_size": "string"}
+USAGE_ITEM = {"category": "nodearray", "cost": 0.0, "details": [USAGE_DETAIL], "hours": 0.0, "node": "string"}
+USAGE_INTERVAL = {"breakdown": [USAGE_ITEM], "end": "string", "start": "string",
+                  "total": {"category": "cluster", "hours": 0.0}}
+CREATION_SET = {"count": 1, "definition": {"machineType": "A2"}, "nameFormat": "custom-name-%d", "nameOffset": 1,
+                "nodeAttributes": {}, "nodearray": "execute", "placementGroupId": "string"}
+CREATION_RESULT_SET = {"added": 1, "message": "string"}
+MANAGED_NODE = {"error": "This node must be terminated before it can be removed", "id": "id1", "name": "name1",
+                "status": "Error"}
+OPERATION = {"action": "string", "startTime": "2020-01-01T12:34:56Z"}
+
+# Which model each example body of the reference is, and what its "object" placeholders stand for.
+PLACEHOLDERS = {
+    "nodearrays": NODEARRAY, "usage": USAGE_INTERVAL, "nodes": MANAGED_NODE,
+}
+
+
+def _require_reference() -> None:
+    if not REFERENCE.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"API reference not found at {REFERENCE}")
+        pytest.skip(f"API reference not found at {REFERENCE}")
+
+
+def _reference_examples() -> list[tuple[str, str, object]]:
+    """(endpoint title, 'request'|'response', body) for every JSON example in the reference."""
+    if not REFERENCE.exists():
+        return []
+    lines = REFERENCE.read_text().splitlines()
+    examples = []
+    title = ""
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if i + 1 < len(lines) and re.match(r"^(GET|POST) /", lines[i + 1]):
+            title = lines[i + 1]
+        kind = "request" if line == "Request body" else "response" if re.match(r"^Response 2\d\d$", line) else None
+        if kind:
+            j = i + 1
+            depth_text = []
+            while j < len(lines):
+                depth_text.append(lines[j])
+                try:
+                    body = json.loads("\n".join(depth_text))
+                    break
+                except json.JSONDecodeError:
+                    j += 1
+            examples.append((title, kind, body))
+            i = j
+        i += 1
+    return examples
+
+
+def _model_for(title: str, kind: str):
+    if title.startswith("GET /clusters/{cluster}/nodes"):
+        return m.NodeList
+    if title.endswith("/nodes/create"):
+        return m.NodeCreationRequest if kind == "request" else m.NodeCreationResult
+    if title.startswith("POST /clusters/{cluster}/nodes/"):
+        return m.NodeManagementRequest if kind == "request" else m.NodeManagementResult
+    if title.startswith("POST /clusters/{cluster}/scale"):
+        return m.NodeCreationResult
+    if title.endswith("/status"):
+        return m.ClusterStatus
+    if title.endswith("/usage"):
+        return m.ClusterUsage
+    if title == "GET /operations/":
+        return None
+    if title.startswith("GET /operations/"):
+        return m.OperationStatus
+    raise AssertionError(f"no model for {title}")
+
+
+def _fill(body, model):
+    """Replace the reference's "object" placeholders with full examples of the right resource."""
+    if isinstance(body, dict):
+        out = {}
+        for key, value in body.items():
+            if value == ["object"]:
+                if key == "sets":
+                    value = [CREATION_SET if model is m.NodeCreationRequest else CREATION_RESULT_SET]
+                else:
+                    value = [PLACEHOLDERS[key]]
+            out[key] = value
+        return out
+    return body
+
+
+def test_reference_has_all_examples():
+    _require_reference()
+    titles = {t for t, _, _ in _reference_examples()}
+    assert len(titles) == 12, titles  # 11 endpoints + GET /operations/{id}
+
+
+EXAMPLES = _reference_examples()
+
+
+@pytest.mark.parametrize(
+    "title,kind,body", EXAMPLES, ids=[f"{t} {k}" for t, k, _ in EXAMPLES]
+)
+def test_reference_example_round_trips(title, kind, body):
+    if title == "GET /operations/":
+        assert isinstance(body, list)
+        for item in body:
+            assert m.OperationStatus.model_validate(item).to_wire() == item
+        return
+    model = _model_for(title, kind)
+    filled = _fill(body, model)
+    parsed = model.model_validate(filled)
+    assert parsed.to_wire() == filled
+
+
+@pytest.mark.parametrize(
+    "model,example",
+    [
+        (m.VirtualMachine, VM), (m.PlacementGroup, PLACEMENT_GROUP), (m.Bucket, BUCKET), (m.NodearrayStatus, NODEARRAY),
+        (m.UsageDetail, USAGE_DETAIL), (m.ClusterUsageItem, USAGE_ITEM), (m.UsageInterval, USAGE_INTERVAL),
+        (m.NodeCreationSet, CREATION_SET), (m.NodeCreationResultSet, CREATION_RESULT_SET),
+        (m.ManagedNode, MANAGED_NODE), (m.OperationStatus, OPERATION),
+    ],
+)
+def test_resource_examples_round_trip(model, example):
+    assert model.model_validate(example).to_wire() == example
+
+
+def test_unknown_fields_are_kept():
+    body = {"Name": "hpc-1", "NodeId": "n1", "Status": "Ready", "Configuration": {"slurm": {"autoscale": True}},
+            "SomethingNew": [1, 2]}
+    node = m.Node.model_validate(body)
+    assert node.name == "hpc-1" and node.status == "Ready"
+    assert node.get("SomethingNew") == [1, 2]
+    assert node.to_wire() == body
+    bucket = dict(BUCKET, futureField={"x": 1})
+    assert m.Bucket.model_validate(bucket).to_wire()["futureField"] == {"x": 1}
+
+
+def test_node_typed_accessors():
+    node = m.Node.model_validate({
+        "Name": "hpc-1", "NodeId": "id-1", "Template": "hpc", "MachineType": "Standard_HB120rs_v3",
+        "Status": "Preparing", "TargetState": "Started", "PrivateIp": "10.0.0.4", "Hostname": "ip-0A000004",
+        "PlacementGroupId": "hpc-pg0", "KeepAlive": False, "ShutdownPolicy": "Deallocate", "Fixed": False,
+        "InstanceId": "i-1", "StatusMessage": "booting", "CoreCount": 120, "Memory": 448.0, "Infiniband": True,
+    })
+    assert (node.template, node.machine_type, node.private_ip, node.placement_group_id) == (
+        "hpc", "Standard_HB120rs_v3", "10.0.0.4", "hpc-pg0")
+    assert node.shutdown_policy == "Deallocate" and node.keep_alive is False and node.core_count == 120
+    assert node.is_running and not node.is_gone
+
+
+def test_requests_leave_unset_fields_off_the_wire():
+    s = m.NodeCreationSet.make(count=1, nodearray="hpc", name_format="hpc-1", placement_group_id=None)
+    assert s.to_wire() == {"count": 1, "nodearray": "hpc", "nameFormat": "hpc-1"}
+    r = m.NodeManagementRequest.make(names=["a"], ip_addresses=["10.0.0.1"], request_id="r1")
+    assert r.to_wire() == {"names": ["a"], "ip_addresses": ["10.0.0.1"], "requestId": "r1"}
+
+
+def test_missing_required_fields_are_rejected():
+    with pytest.raises(Exception):
+        m.NodeCreationResult.model_validate({"sets": []})
+    with pytest.raises(Exception):
+        m.Bucket.model_validate({"bucketId": "b"})  # no virtualMachine
