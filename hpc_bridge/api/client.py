@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import time
 import uuid
 from typing import Any, Callable, TypeVar
@@ -93,9 +94,11 @@ class ClusterClient:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._sleep = sleep
-        self._password = password
+        self._secrets = [x for x in (password, _basic_token(username, password)) if x]
         self.request_count = 0
-        tls_verify: bool | str = (ca_bundle or True) if verify else False
+        tls_verify: bool | ssl.SSLContext = False
+        if verify:
+            tls_verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
         self._http = httpx.Client(
             base_url=url,
             auth=httpx.BasicAuth(username, password),
@@ -135,8 +138,8 @@ class ClusterClient:
         return f"/clusters/{_quote(self.cluster)}{suffix}"
 
     def _redact(self, text: str) -> str:
-        if self._password and self._password in text:
-            text = text.replace(self._password, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
     def _send(self, method: str, path: str, *, params: dict | None = None, body: Any = None) -> httpx.Response:
@@ -397,6 +400,12 @@ from pydantic import RootModel  # noqa: E402
 
 class _OperationList(RootModel[list[OperationStatus]]):
     pass
+
+
+def _basic_token(username: str, password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 def _quote(segment: str) -> str:

@@ -1,0 +1,215 @@
+"""ClusterClient against a real HTTP server on loopback: retries, backoff, 409 recovery, TLS, secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpc_bridge.api.client import ClusterClient
+from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, ConfigError, ConflictError
+from scripted_http import Reply, ScriptedServer, self_signed_cert
+
+PASSWORD = "s3cret-Pa55word"
+STATUS = {"maxCoreCount": 8, "maxCount": 2, "nodearrays": []}
+OP = "op-1"
+
+
+def client(url: str, **kw) -> tuple[ClusterClient, list[float]]:
+    sleeps: list[float] = []
+    kw.setdefault("retries", 4)
+    c = ClusterClient(url, "demo", "admin", PASSWORD, sleep=sleeps.append, **kw)
+    return c, sleeps
+
+
+def sequence(*replies: Reply):
+    queue = list(replies)
+
+    def script(seen):
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return script
+
+
+def test_retries_5xx_then_succeeds_and_counts_requests():
+    with ScriptedServer(sequence(Reply(500), Reply(503), Reply(200, STATUS))) as srv:
+        c, sleeps = client(srv.url)
+        status = c.get_status()
+    assert status.max_count == 2
+    assert c.request_count == 3 and len(sleeps) == 2
+    assert all(0 <= s <= 8 for s in sleeps)
+
+
+def test_429_honours_retry_after():
+    with ScriptedServer(sequence(Reply(429, headers={"Retry-After": "1.5"}), Reply(200, STATUS))) as srv:
+        c, sleeps = client(srv.url)
+        c.get_status()
+    assert sleeps == [1.5]
+
+
+def test_backoff_is_bounded_in_count():
+    with ScriptedServer(sequence(Reply(500, "boom"))) as srv:
+        c, sleeps = client(srv.url, retries=3, backoff_cap=2.0)
+        with pytest.raises(ApiError) as err:
+            c.get_status()
+    assert len(srv.seen) == 4 and len(sleeps) == 3
+    assert all(s <= 2.0 for s in sleeps)
+    assert "HTTP 500" in str(err.value) and "after 4 attempt(s)" in str(err.value)
+    assert err.value.status == 500
+
+
+def test_backoff_is_bounded_in_total_time():
+    # Retry-After beyond the budget: give up at once instead of sleeping past it.
+    with ScriptedServer(sequence(Reply(429, headers={"Retry-After": "100"}))) as srv:
+        c, sleeps = client(srv.url, retries=10, retry_budget=5.0)
+        with pytest.raises(ApiError):
+            c.get_status()
+    assert sleeps == [] and len(srv.seen) == 1
+
+
+def test_mutating_call_reuses_request_id_on_retry():
+    with ScriptedServer(sequence(Reply(502), Reply(202, {"operationId": OP, "nodes": []}))) as srv:
+        c, _ = client(srv.url)
+        result = c.terminate_nodes(names=["hpc-1"])
+    ids = [s.body["requestId"] for s in srv.seen]
+    assert len(ids) == 2 and ids[0] == ids[1] and result.request_id == ids[0]
+    assert srv.seen[0].body["names"] == ["hpc-1"]
+
+
+def test_409_on_retry_is_recovered_not_reported():
+    """First attempt accepted but its answer lost (connection dropped); the retry gets 409."""
+    state = {"posts": 0}
+
+    def script(seen):
+        if seen.method == "POST":
+            state["posts"] += 1
+            return Reply(drop=True) if state["posts"] == 1 else Reply(409, "duplicate request id")
+        if seen.path.endswith("/nodes"):
+            rid = seen.query["request_id"][0]
+            assert rid == srv.seen[0].body["requestId"]
+            return Reply(200, {"nodes": [{"Name": "hpc-1", "NodeId": "n1", "Template": "hpc", "Status": "Acquiring"},
+                                         {"Name": "htc-1", "NodeId": "n2", "Template": "htc", "Status": "Acquiring"}],
+                               "operation": {"action": "create", "startTime": "2026-01-01T00:00:00Z",
+                                             "operationId": OP}})
+        raise AssertionError(seen.path)
+
+    with ScriptedServer(script) as srv:
+        c, _ = client(srv.url)
+        result = c.create_nodes([
+            {"count": 1, "nodearray": "hpc", "nameFormat": "hpc-1"},
+            {"count": 1, "nodearray": "htc", "nameFormat": "htc-1"},
+            {"count": 1, "nodearray": "gpu", "nameFormat": "gpu-1"},
+        ])
+    assert result.recovered and result.operation_id == OP
+    assert [s.added for s in result.sets] == [1, 1, 0]
+    assert sorted(result.created_names) == ["hpc-1", "htc-1"]
+
+
+def test_409_on_first_attempt_is_a_conflict():
+    with ScriptedServer(sequence(Reply(409, "request id already used"))) as srv:
+        c, _ = client(srv.url)
+        with pytest.raises(ConflictError) as err:
+            c.start_nodes(ids=["n1"], request_id="r-1")
+    assert "409" in str(err.value) and "already used" in str(err.value)
+
+
+def test_read_timeout_is_retried_then_unreachable():
+    with ScriptedServer(sequence(Reply(200, STATUS, delay=0.6))) as srv:
+        c, sleeps = client(srv.url, timeout=0.2, retries=1)
+        with pytest.raises(ApiUnreachable) as err:
+            c.get_status()
+    assert "unreachable" in str(err.value) and "ReadTimeout" in str(err.value)
+    assert len(srv.seen) == 2
+
+
+def test_connection_refused_is_unreachable():
+    c, _ = client("http://127.0.0.1:9", retries=1)
+    with pytest.raises(ApiUnreachable) as err:
+        c.get_nodes()
+    assert "cluster API unreachable at http://127.0.0.1:9" in str(err.value)
+
+
+def test_query_parameters_reach_the_server():
+    def script(seen):
+        if seen.path.endswith("/usage"):
+            return Reply(200, {"usage": []})
+        if seen.path.endswith("/nodes"):
+            return Reply(200, {"nodes": []})
+        if "/scale/" in seen.path:
+            return Reply(202, {"operationId": OP, "sets": [{"added": 2}]})
+        if seen.path == "/operations/":
+            return Reply(200, [{"action": "create", "startTime": "2026-01-01T00:00:00Z"}])
+        if seen.path.startswith("/operations/"):
+            return Reply(200, {"action": "create", "startTime": "2026-01-01T00:00:00Z"})
+        return Reply(200, STATUS)
+
+    with ScriptedServer(script) as srv:
+        c, _ = client(srv.url)
+        c.get_nodes(operation="o1")
+        c.get_nodes(request_id="r1")
+        c.get_status(nodes=True)
+        c.get_usage(timeframe="custom", from_="2026-01-01T00:00:00Z", to="2026-01-02T00:00:00Z", granularity="hourly")
+        c.scale("hpc", total_node_count=4)
+        c.scale("hpc", total_core_count=240)
+        assert len(c.list_operations(request_id="r1")) == 1
+        c.get_operation("o/1")
+    q = [(s.path, {k: v[0] for k, v in s.query.items()}) for s in srv.seen]
+    assert q[0] == ("/clusters/demo/nodes", {"operation": "o1"})
+    assert q[1] == ("/clusters/demo/nodes", {"request_id": "r1"})
+    assert q[2] == ("/clusters/demo/status", {"nodes": "true"})
+    assert q[3] == ("/clusters/demo/usage", {"timeframe": "custom", "from": "2026-01-01T00:00:00Z",
+                                             "to": "2026-01-02T00:00:00Z", "granularity": "hourly"})
+    assert q[4] == ("/clusters/demo/scale/hpc", {"totalNodeCount": "4"})
+    assert q[5] == ("/clusters/demo/scale/hpc", {"totalCoreCount": "240"})
+    assert q[6] == ("/operations/", {"request_id": "r1"})
+    assert q[7][0] == "/operations/o%2F1"
+    assert srv.seen[0].headers["Authorization"].startswith("Basic ")
+
+
+def test_errors_never_carry_secrets():
+    echo = lambda seen: Reply(500, f"bad things; you sent {seen.headers.get('Authorization')} pw={PASSWORD}")
+    with ScriptedServer(echo) as srv:
+        c, _ = client(srv.url, retries=0)
+        with pytest.raises(ApiError) as err:
+            c.get_status()
+    text = str(err.value)
+    assert PASSWORD not in text and "Basic YWRtaW46" not in text and "***" in text
+    assert "\n" not in text
+
+
+def test_401_is_an_auth_error():
+    with ScriptedServer(sequence(Reply(401))) as srv:
+        c, _ = client(srv.url)
+        with pytest.raises(AuthError) as err:
+            c.get_status()
+    assert "credentials refused" in str(err.value) and len(srv.seen) == 1
+
+
+def test_non_json_and_incomplete_bodies_are_api_errors():
+    with ScriptedServer(sequence(Reply(200, "<html>proxy error</html>"))) as srv:
+        c, _ = client(srv.url)
+        with pytest.raises(ApiError, match="not JSON"):
+            c.get_status()
+    with ScriptedServer(sequence(Reply(202, {"sets": []}))) as srv:
+        c, _ = client(srv.url)
+        with pytest.raises(ApiError, match="operationId"):
+            c.create_nodes([{"count": 1, "nodearray": "hpc"}])
+
+
+def test_plain_http_refused_off_loopback():
+    with pytest.raises(ConfigError, match="plain http"):
+        ClusterClient("http://cyclecloud.example.com", "c", "u", "p")
+    ClusterClient("http://cyclecloud.example.com", "c", "u", "p", allow_plain_http=True).close()
+    ClusterClient("http://127.0.0.5:80", "c", "u", "p").close()
+
+
+def test_tls_self_signed_refused_by_default(tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    with ScriptedServer(sequence(Reply(200, STATUS)), certfile=cert, keyfile=key) as srv:
+        assert srv.url.startswith("https://")
+        c, sleeps = client(srv.url)
+        with pytest.raises(ApiUnreachable, match="TLS verification failed"):
+            c.get_status()
+        assert sleeps == []  # not retried
+        ok, _ = client(srv.url, ca_bundle=cert)
+        assert ok.get_status().max_count == 2
+        insecure, _ = client(srv.url, verify=False)
+        assert insecure.get_status().max_count == 2

@@ -1,0 +1,88 @@
+"""Config file validation: one line naming every problem; secrets only from a private file or env."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hpc_bridge.config import config_from_dict, load_config
+from hpc_bridge.errors import ConfigError
+
+BASE = {"cluster": {"url": "https://cc.example.com", "name": "c1", "username": "svc"}}
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_minimal_config_has_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, '[cluster]\nurl = "https://cc.example.com/"\nname = "c1"\nusername = "svc"\n'))
+    assert cfg.cluster.url == "https://cc.example.com" and cfg.cluster.verify_tls is True
+    assert cfg.slurm.bin_dir == "/usr/bin" and cfg.slurm.conf_dir == "/etc/slurm"
+    assert cfg.paths.state_dir == "/var/lib/hpc-bridge" and cfg.resume.capacity_cooloff == 600
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"bogus": 1}, "unknown key bogus"),
+        ({"cluster": {"url": "https://x", "name": "c"}}, "missing key cluster.username"),
+        ({"cluster": {**BASE["cluster"], "timeout": "soon"}}, "cluster.timeout"),
+        ({"cluster": {**BASE["cluster"], "verfy_tls": False}}, "unknown key cluster.verfy_tls"),
+        ({"cluster": {**BASE["cluster"], "url": "ftp://x"}}, "must be an http(s) URL"),
+        ({"cluster": {**BASE["cluster"], "url": "http://10.0.0.1"}}, "plain http"),
+        ({"slurm": {"bin_dir": "usr/bin"}}, "slurm.bin_dir: must be an absolute path"),
+        ({"slurm": {"address_mode": "magic"}}, "slurm.address_mode"),
+        ({"partitions": {"nodearrays": {"hpc": {"suspend_policy": "explode"}}}}, "suspend_policy"),
+    ],
+)
+def test_invalid_configs_name_the_key(change, expected):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, **change})
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_several_problems_reported_together():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"cluster": {"url": "https://x"}, "extra": 1})
+    text = str(err.value)
+    assert "missing key cluster.name" in text and "missing key cluster.username" in text and "unknown key extra" in text
+
+
+def test_broken_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[cluster\nurl="))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "absent.toml"))
+
+
+def test_config_path_from_environment(tmp_path, monkeypatch):
+    path = write(tmp_path, '[cluster]\nurl = "https://a"\nname = "env"\nusername = "u"\n')
+    monkeypatch.setenv("HPC_BRIDGE_CONFIG", path)
+    assert load_config().cluster.name == "env"
+
+
+def test_password_file_must_be_private(tmp_path, monkeypatch):
+    monkeypatch.delenv("HPC_BRIDGE_PASSWORD", raising=False)
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2-long\n")
+    os.chmod(secret, 0o644)
+    cfg = config_from_dict({"cluster": {**BASE["cluster"], "password_file": str(secret)}})
+    with pytest.raises(ConfigError) as err:
+        cfg.cluster.password()
+    assert "readable by group or others" in str(err.value) and "chmod 600" in str(err.value)
+    assert "hunter2" not in str(err.value)
+    os.chmod(secret, 0o600)
+    assert cfg.cluster.password() == "hunter2-long"
+
+
+def test_password_from_environment_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPC_BRIDGE_PASSWORD", "from-env")
+    cfg = config_from_dict(BASE)
+    assert cfg.cluster.password() == "from-env"
+    monkeypatch.delenv("HPC_BRIDGE_PASSWORD")
+    with pytest.raises(ConfigError, match="no cluster password"):
+        cfg.cluster.password()
