@@ -154,7 +154,6 @@ class ClusterModel:
 
     def reseed(self, seed: int) -> None:
         self.rng = random.Random(f"boot-{seed}")
-        self.id_rng = random.Random(f"ids-{seed}")
 
     def set_faults(self, update: dict[str, Any]) -> None:
         """Apply an already-validated partial faults update (boot_failure_rate, capacity_failure, seed)."""
@@ -169,7 +168,8 @@ class ClusterModel:
             self.reseed(update["seed"])
 
     def _new_id(self) -> str:
-        return str(uuid.UUID(int=self.id_rng.getrandbits(128), version=4))
+        # Random, not seeded: ids must never repeat across simulator runs (state files outlive them).
+        return str(uuid.uuid4())
 
     def _duration(self, status: str) -> float | None:
         key = {"Off": "off", "Acquiring": "acquiring", "Preparing": "preparing",
@@ -638,7 +638,7 @@ class ClusterModel:
                 "maxCount": min(na.max_count, self.scenario.max_count),
                 "maxCoreCount": min(na.max_core_count, self.scenario.max_core_count),
                 "nodearray": {**na.attributes, "Name": na.name, "Template": na.name, "ShutdownPolicy": na.shutdown_policy,
-                              "Region": self.scenario.region, "MachineType": [b.machine_type for b in na.buckets]},
+                              "Region": self.scenario.region, "MachineType": ", ".join(b.machine_type for b in na.buckets)},
                 "buckets": [self._bucket_status(na, b, nodes) for b in na.buckets],
             })
         out: dict[str, Any] = {
