@@ -140,6 +140,22 @@ def _cmd_operations(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sim / demo
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from hpc_bridge.sim.server import run_cli
+
+    return run_cli(args.scenario, args.host, args.port, allow_remote=args.allow_remote,
+                   quiet=not getattr(args, "verbose", 0))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hpc_bridge.demo import run_demo
+
+    return run_demo(scenario=args.scenario)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -163,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
         example="hpc-bridge operations 3f0c...  # progress of one operation",
     )
     p.add_argument("id", nargs="?", help="operation id (omit to list all)")
+    p = _add_command(
+        sub, "sim", _cmd_sim, "run the cluster API simulator (HTTP, loopback) until SIGTERM/SIGINT",
+        example="hpc-bridge sim --port 8080 --scenario my-cluster.toml",
+    )
+    p.add_argument("--scenario", metavar="FILE", help="scenario TOML (default: the shipped demo scenario)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: pick a free one)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    p = _add_command(
+        sub, "demo", _cmd_demo, "the whole loop on an in-process simulator; no Slurm, no config file",
+        example="hpc-bridge demo",
+    )
+    p.add_argument("--scenario", metavar="FILE", help="scenario TOML (default: the shipped demo scenario)")
 
     return parser
 

@@ -475,3 +475,43 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_json(status, payload, headers)
 
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_cli(scenario: str | None, host: str, port: int, allow_remote: bool = False, quiet: bool = True) -> int:
+    """`hpc-bridge sim`: serve until SIGTERM/SIGINT, print one `listening on URL` line when ready."""
+    import signal
+    import sys
+
+    from hpc_bridge.errors import ConfigError
+
+    if not is_loopback_host(host) and not allow_remote:
+        raise ConfigError(f"refusing to listen on non-loopback host {host!r} (the simulator has no TLS); "
+                          "pass --allow-remote to do it anyway")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0..65535 (got {port})")
+    sim = SimServer(scenario, host=host, port=port, quiet=quiet)
+    try:
+        sim.start()
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"listening on {sim.url}", flush=True)
+        sim.serve_until(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    sys.stdout.flush()
+    return 0
