@@ -1,0 +1,268 @@
+"""The lock-protected state file of in-flight operations.
+
+One JSON file under [paths] state_dir, guarded by a filelock lock (bounded wait, then a clear
+error), written atomically (temp file, fsync, rename, fsync of the directory), with a schema
+version. Every mutating API call is recorded *before* it is made (action, requestId, node
+names, start, deadline, the request itself) so that a hook killed mid-way can be finished by
+the next run or by repair: re-sending the same requestId is safe, the API answers 409 and the
+first attempt's result is found by request id.
+
+A missing file is an empty state. A corrupt file is moved aside (nothing is destroyed) with a
+loud log line, and the hooks go on with an empty state; repair rebuilds from the API. A file
+written by a newer schema is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import filelock
+
+from hpc_bridge.errors import StateError
+from hpc_bridge.log import ensure_private_dir
+
+log = logging.getLogger("hpc_bridge.state")
+
+SCHEMA_VERSION = 1
+
+# Outcomes of an operation record.
+PENDING = "pending"  # recorded, API call not (known to be) answered yet
+ACCEPTED = "accepted"  # the API accepted it; nodes may still be on their way
+FAILED = "failed"  # the API refused it, or it was given up
+DONE = "done"  # closed: nothing more to watch
+
+OPEN = (PENDING, ACCEPTED)
+RESUME_ACTIONS = ("create", "start")
+SUSPEND_ACTIONS = ("shutdown", "deallocate", "terminate", "remove")
+
+
+@dataclass
+class Operation:
+    request_id: str
+    action: str
+    nodes: list[str]
+    started: float
+    deadline: float
+    pid: int = 0
+    outcome: str = PENDING
+    operation_id: str | None = None
+    message: str | None = None
+    finished: float | None = None
+    request: dict[str, Any] | None = None  # the body sent, so a killed call can be re-sent as is
+
+    @property
+    def open(self) -> bool:
+        return self.outcome in OPEN
+
+    def close(self, outcome: str, now: float, message: str | None = None) -> None:
+        self.outcome = outcome
+        self.finished = now
+        if message:
+            self.message = message
+
+
+@dataclass
+class Cooloff:
+    until: float
+    reason: str
+    nodes: list[str] = field(default_factory=list)  # names we took out of service for it
+
+
+@dataclass
+class State:
+    operations: dict[str, Operation] = field(default_factory=dict)
+    cooloffs: dict[str, Cooloff] = field(default_factory=dict)  # bucket key "array/machine type"
+
+    # ------------------------------------------------------------------ queries (pure)
+
+    def latest_by_node(self) -> dict[str, Operation]:
+        """The most recent operation touching each node name."""
+        latest: dict[str, Operation] = {}
+        for op in sorted(self.operations.values(), key=lambda o: o.started):
+            for name in op.nodes:
+                latest[name] = op
+        return latest
+
+    def resume_in_flight(self, now: float) -> dict[str, Operation]:
+        """Names whose latest operation is a create/start still open and before its deadline."""
+        return {
+            name: op
+            for name, op in self.latest_by_node().items()
+            if op.action in RESUME_ACTIONS and op.open and now < op.deadline
+        }
+
+    def open_operations(self) -> list[Operation]:
+        return [op for op in self.operations.values() if op.open]
+
+    def active_cooloffs(self, now: float) -> dict[str, Cooloff]:
+        return {key: c for key, c in self.cooloffs.items() if c.until > now}
+
+    # ------------------------------------------------------------------ changes
+
+    def begin(
+        self,
+        action: str,
+        nodes: list[str],
+        request_id: str,
+        now: float,
+        deadline: float,
+        request: dict[str, Any] | None = None,
+    ) -> Operation:
+        op = Operation(request_id=request_id, action=action, nodes=list(nodes), started=now, deadline=deadline,
+                       pid=os.getpid(), request=request)
+        self.operations[request_id] = op
+        return op
+
+    def prune(self, now: float, retention: float) -> int:
+        """Drop closed operations finished longer than `retention` ago, and expired cool-offs
+        that no longer hold nodes out of service."""
+        old = [rid for rid, op in self.operations.items()
+               if not op.open and (op.finished or op.started) < now - retention]
+        for rid in old:
+            del self.operations[rid]
+        for key in [k for k, c in self.cooloffs.items() if c.until < now - retention and not c.nodes]:
+            del self.cooloffs[key]
+        return len(old)
+
+    # ------------------------------------------------------------------ (de)serialise
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": SCHEMA_VERSION,
+            "operations": [asdict(op) for op in sorted(self.operations.values(), key=lambda o: o.started)],
+            "cooloffs": {k: asdict(c) for k, c in sorted(self.cooloffs.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> "State":
+        if not isinstance(data, dict) or "version" not in data:
+            raise ValueError("not a state file (no version)")
+        version = data["version"]
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise StateError(
+                f"state file {source} has schema version {version!r}, newer than this hpc-bridge "
+                f"understands ({SCHEMA_VERSION}); upgrade hpc-bridge or move the file aside"
+            )
+        ops = {}
+        for item in data.get("operations", []):
+            op = Operation(**item)
+            ops[op.request_id] = op
+        cooloffs = {k: Cooloff(**v) for k, v in data.get("cooloffs", {}).items()}
+        return cls(operations=ops, cooloffs=cooloffs)
+
+
+class StateStore:
+    """The state file and its lock. Use `with store.transaction() as state:` to change it."""
+
+    def __init__(self, path: str | os.PathLike[str], lock_timeout: float = 10.0, retention: float = 86400.0):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout = lock_timeout
+        self.retention = retention
+        self.lock_waits: list[float] = []  # seconds waited for the lock, per acquisition
+
+    @classmethod
+    def from_config(cls, cfg) -> "StateStore":
+        return cls(cfg.state_file, lock_timeout=cfg.state.lock_timeout, retention=cfg.state.retention)
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float | None = None) -> Iterator[None]:
+        ensure_private_dir(str(self.path.parent))
+        # filelock >= 3.20.1 opens the lock file with O_NOFOLLOW: a symlink planted there cannot
+        # make us truncate another file.
+        lock = filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout if timeout is None else timeout,
+                                 mode=0o600)
+        t0 = time.monotonic()
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise StateError(
+                f"state file {self.path} is locked by another hpc-bridge process for more than "
+                f"{self.lock_timeout:g}s; if none is running, check for a hung process"
+            ) from None
+        except OSError as err:
+            raise StateError(f"cannot lock {self.lock_path}: {err.strerror or err}") from None
+        self.lock_waits.append(time.monotonic() - t0)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def load(self) -> State:
+        """Read the file (call with the lock held for a consistent read-modify-write)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as err:
+            raise StateError(f"cannot read state file {self.path}: {err.strerror}") from None
+        try:
+            return State.from_json(json.loads(raw), str(self.path))
+        except StateError:
+            raise
+        except (ValueError, TypeError, KeyError) as err:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            os.replace(self.path, aside)
+            log.error(
+                "STATE FILE CORRUPT: %s could not be read (%s: %s); moved aside to %s and starting empty. "
+                "Run `hpc-bridge repair` to rebuild from the cluster API.",
+                self.path, type(err).__name__, " ".join(str(err).split())[:120], aside,
+            )
+            return State()
+
+    def save(self, state: State) -> None:
+        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
+        ensure_private_dir(str(self.path.parent))
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @contextlib.contextmanager
+    def transaction(self, now: float | None = None) -> Iterator[State]:
+        """Lock, load, yield the state for changes, prune and save atomically, unlock."""
+        with self.locked():
+            state = self.load()
+            before = json.dumps(state.to_json(), sort_keys=True)
+            yield state
+            state.prune(time.time() if now is None else now, self.retention)
+            if json.dumps(state.to_json(), sort_keys=True) != before:
+                self.save(state)
+
+    def read(self) -> State:
+        """A consistent snapshot without taking the lock (writes are atomic renames)."""
+        return self.load_quiet()
+
+    def load_quiet(self) -> State:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as err:
+            raise StateError(f"cannot read state file {self.path}: {err.strerror}") from None
+        try:
+            return State.from_json(json.loads(raw), str(self.path))
+        except StateError:
+            raise
+        except (ValueError, TypeError, KeyError):
+            return State()
