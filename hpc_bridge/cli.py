@@ -156,6 +156,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(scenario=args.scenario)
 
 
+# --------------------------------------------------------------------------- partitions
+
+
+def _cmd_partitions(args: argparse.Namespace) -> int:
+    from hpc_bridge.partitions import run_partitions
+
+    cfg = load_config_for(args)
+    with client_for(cfg) as client:
+        status = client.get_status()
+    result = run_partitions(cfg, status, out_dir=args.output_dir, diff=args.diff, check=args.check,
+                            reconfigure=args.reconfigure)
+    plan = result.plan
+    if wants_json(args):
+        emit_json({"outputDir": result.out_dir, "changed": result.changed, "reconfigured": result.reconfigured,
+                   "nodes": len(plan.names()) if plan else 0, "skipped": plan.comments if plan else []})
+        return 1 if (args.check and result.changed) else 0
+    if args.diff:
+        sys.stdout.write(result.diff)
+        return 0
+    if args.check:
+        if result.changed:
+            print(f"out of date in {result.out_dir}: {', '.join(result.changed)} (run hpc-bridge partitions)")
+            return 1
+        print(f"up to date: {result.out_dir}")
+        return 0
+    for comment in plan.comments if plan else []:
+        print(comment)
+    names = len(plan.names()) if plan else 0
+    what = ", ".join(result.changed) if result.changed else "nothing changed"
+    print(f"{names} node names in {len(plan.groups) if plan else 0} groups; {result.out_dir}: {what}"
+          + ("; scontrol reconfigure done" if result.reconfigured else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -192,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
         example="hpc-bridge demo",
     )
     p.add_argument("--scenario", metavar="FILE", help="scenario TOML (default: the shipped demo scenario)")
+
+    p = _add_command(
+        sub, "partitions", _cmd_partitions,
+        "write partitions.conf, gres.conf, topology.conf and nodemap.json from the cluster's buckets",
+        description="Read the cluster status once and write, through the templates, the Slurm node and partition "
+        "config, gres.conf, topology.conf and the node map into [slurm] conf_dir (or --output-dir). "
+        "Files are replaced atomically; the previous ones are kept as <name>.bak.",
+        example="hpc-bridge partitions --diff   # then: hpc-bridge partitions --reconfigure",
+    )
+    p.add_argument("--output-dir", metavar="DIR", help="write here instead of [slurm] conf_dir")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--diff", action="store_true", help="show a unified diff against the files on disk; change nothing")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the files on disk are out of date (for cron)")
+    mode.add_argument("--reconfigure", action="store_true", help="run scontrol reconfigure after writing")
 
     return parser
 
