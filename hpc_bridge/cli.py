@@ -190,6 +190,115 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- Slurm hooks
+
+
+class HookContext:
+    """What every hook and repair needs, built from the config: client, Slurm, state, node map."""
+
+    def __init__(self, args: argparse.Namespace, need_nodemap: bool = True):
+        from hpc_bridge.nodemap import load_nodemap
+        from hpc_bridge.slurm import Slurm
+        from hpc_bridge.state import StateStore
+
+        self.cfg = load_config_for(args)
+        self.config_path = self.cfg.source
+        self.nodemap = load_nodemap(self.cfg.nodemap_path) if need_nodemap else None
+        self.slurm = Slurm.from_config(self.cfg)
+        self.store = StateStore.from_config(self.cfg)
+        self.client = client_for(self.cfg)
+
+    def spawn_follower(self, names: list[str], deadline: float, recreate: list[str]) -> None:
+        """Start the detached follower: own session, no stdio tied to slurmctld, mask cleared
+        in the child (hooks inherit slurmctld's blocked signals)."""
+        import os
+        import subprocess
+
+        from hpc_bridge.hostlist import compress
+
+        argv = [sys.executable, "-m", "hpc_bridge", "--config", self.config_path, "follow",
+                "--until", f"{deadline:.0f}"]
+        if recreate:
+            argv += ["--recreate", compress(sorted(recreate))]
+        argv.append(compress(sorted(names)))
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                                env=dict(os.environ), cwd="/")
+        log.info("follower started (pid %d) for %d node(s)", proc.pid, len(names))
+
+
+def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = None) -> int:
+    line = report.summary(verb) if verb else report.summary()
+    log.info("%s", line)
+    if wants_json(args):
+        from dataclasses import asdict
+
+        emit_json({k: v for k, v in asdict(report).items()} | {"ok": ok})
+    else:
+        print(line)
+    problems = getattr(report, "down", None) or getattr(report, "failed", None) or {}
+    for name, why in sorted(problems.items())[:20]:
+        print(f"  {name}: {why}", file=sys.stderr)
+    for name in getattr(report, "unknown", [])[:20]:
+        print(f"  {name}: unknown node (not in nodemap.json, no cloud node)", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from hpc_bridge.hostlist import expand
+    from hpc_bridge.resume import read_resume_file, run_resume
+
+    jobs = read_resume_file()  # first: the file is a /proc fd of slurmctld's that soon vanishes
+    expand(args.hostlist)  # a malformed hostlist changes nothing
+    ctx = HookContext(args)
+    report = run_resume(ctx.cfg, args.hostlist, jobs, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
+                        nodemap=ctx.nodemap, spawn_follower=ctx.spawn_follower)
+    return _hook_result(args, report, report.ok)
+
+
+def _cmd_suspend(args: argparse.Namespace) -> int:
+    from hpc_bridge.hostlist import expand
+    from hpc_bridge.suspend import run_suspend
+
+    expand(args.hostlist)
+    ctx = HookContext(args)
+    report = run_suspend(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
+                         nodemap=ctx.nodemap)
+    return _hook_result(args, report, report.ok)
+
+
+def _cmd_resume_fail(args: argparse.Namespace) -> int:
+    from hpc_bridge.hostlist import expand
+    from hpc_bridge.suspend import run_resume_fail
+
+    expand(args.hostlist)
+    ctx = HookContext(args)
+    report = run_resume_fail(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
+                             nodemap=ctx.nodemap)
+    return _hook_result(args, report, report.ok, "resume-fail")
+
+
+def _cmd_follow(args: argparse.Namespace) -> int:
+    from hpc_bridge.follower import detach_signals, follow
+    from hpc_bridge.hostlist import compress, expand
+    from hpc_bridge.resume import run_resume
+
+    detach_signals()
+    names = expand(args.hostlist)
+    recreate = expand(args.recreate) if args.recreate else []
+    ctx = HookContext(args)
+
+    def resume_again(gone: list[str]):
+        return run_resume(ctx.cfg, compress(gone), [], client=ctx.client, slurm=ctx.slurm, store=ctx.store,
+                          nodemap=ctx.nodemap)
+
+    report = follow(ctx.cfg, names, float(args.until), client=ctx.client, slurm=ctx.slurm, store=ctx.store,
+                    nodemap=ctx.nodemap, recreate=recreate, poll=args.poll, resume_fn=resume_again)
+    log.info("follower done after %d round(s): %d addressed, %d failed, %d recreated, %d unresolved",
+             report.rounds, len(report.addressed), len(report.failed), len(report.recreated), len(report.unresolved))
+    return 0 if not report.unresolved and not report.failed else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -240,6 +349,38 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--diff", action="store_true", help="show a unified diff against the files on disk; change nothing")
     mode.add_argument("--check", action="store_true", help="exit 1 when the files on disk are out of date (for cron)")
     mode.add_argument("--reconfigure", action="store_true", help="run scontrol reconfigure after writing")
+
+
+    hook_epilog = ("Slurm runs this with one argument, a hostlist; point slurm.conf at the wrapper in "
+                   "scripts/hooks/, which copes with the hook's empty environment.")
+    p = _add_command(
+        sub, "resume", _cmd_resume, "ResumeProgram: create or start the cloud nodes for a Slurm hostlist",
+        description="Create (or start, if deallocated) the cloud nodes named by a Slurm hostlist, in one API "
+                    "call each, and return at once. Nodes that cannot be created go DOWN with the reason. "
+                    + hook_epilog,
+        example="hpc-bridge resume 'hpc-[1-4],gpu-1'",
+    )
+    p.add_argument("hostlist", help="Slurm hostlist expression")
+    p = _add_command(
+        sub, "suspend", _cmd_suspend, "SuspendProgram: shut down / deallocate / terminate nodes",
+        description="Apply each nodearray's suspend policy (shutdown = the node's ShutdownPolicy, deallocate, "
+                    "terminate) to the cloud nodes named by a Slurm hostlist. " + hook_epilog,
+        example="hpc-bridge suspend 'hpc-[1-4]'",
+    )
+    p.add_argument("hostlist", help="Slurm hostlist expression")
+    p = _add_command(
+        sub, "resume-fail", _cmd_resume_fail, "ResumeFailProgram: clean up nodes that never came up",
+        description="Terminate the VMs of nodes that did not come up within ResumeTimeout and put the cloud's "
+                    "reason in the Slurm reason (see sinfo -R). " + hook_epilog,
+        example="hpc-bridge resume-fail 'hpc-3'",
+    )
+    p.add_argument("hostlist", help="Slurm hostlist expression")
+    p = sub.add_parser("follow", parents=[_common_options()])  # internal: started by resume, detached
+    p.set_defaults(func=_cmd_follow, command="follow")
+    p.add_argument("--until", required=True, help="epoch seconds: give up then")
+    p.add_argument("--recreate", default="", help="hostlist of nodes to create once their old record is gone")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("hostlist")
 
     return parser
 

@@ -258,7 +258,11 @@ class ClusterClient:
 
     # ------------------------------------------------------------------ writes
 
-    def create_nodes(self, sets: list[NodeCreationSet | dict], request_id: str | None = None) -> NodeCreationResult:
+    def create_nodes(
+        self, sets: list[NodeCreationSet | dict], request_id: str | None = None, *, resend: bool = False
+    ) -> NodeCreationResult:
+        """Create nodes. `resend=True`: this requestId may already have reached the server (a
+        recorded call being finished), so a 409 means "already done" and is recovered."""
         request = NodeCreationRequest(
             sets=[s if isinstance(s, NodeCreationSet) else NodeCreationSet.model_validate(s) for s in sets],
             request_id=request_id or new_request_id(),
@@ -266,7 +270,7 @@ class ClusterClient:
         path = self._path("/nodes/create")
         endpoint = f"POST {path}"
         attempted = self._send("POST", path, body=request.to_wire())
-        if attempted.response.status_code == 409 and attempted.retried:
+        if attempted.response.status_code == 409 and (attempted.retried or resend):
             return self._recover_create(request)
         self._check(endpoint, attempted.response)
         result = self._parse(endpoint, attempted.response, NodeCreationResult)
@@ -293,6 +297,7 @@ class ClusterClient:
         ip_addresses: list[str] | None = None,
         filter: str | None = None,
         request_id: str | None = None,
+        resend: bool = False,
     ) -> NodeManagementResult:
         if action not in MANAGEMENT_ACTIONS:
             raise ValueError(f"unknown node action {action!r}")
@@ -309,7 +314,7 @@ class ClusterClient:
         path = self._path(f"/nodes/{action}")
         endpoint = f"POST {path}"
         attempted = self._send("POST", path, body=request.to_wire())
-        if attempted.response.status_code == 409 and attempted.retried:
+        if attempted.response.status_code == 409 and (attempted.retried or resend):
             return self._recover_management(request)
         self._check(endpoint, attempted.response)
         result = self._parse(endpoint, attempted.response, NodeManagementResult)

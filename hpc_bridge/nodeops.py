@@ -1,0 +1,139 @@
+"""What the hooks, the follower and repair share: reading the cloud's nodes, recording an API
+call in the state file before making it, and telling Slurm a node is down and why."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Mapping
+
+from hpc_bridge.api.client import ClusterClient, new_request_id
+from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
+from hpc_bridge.errors import ApiError
+from hpc_bridge.state import ACCEPTED, FAILED, PENDING, Operation, StateStore
+
+log = logging.getLogger("hpc_bridge.nodeops")
+
+# Every Slurm Reason we set starts with this, so that repair can tell our reasons from an admin's.
+REASON_PREFIX = "hpc-bridge: "
+
+# Cloud Status values, as the hooks and repair group them.
+BOOTING = frozenset({"Acquiring", "Preparing", "Allocation", "Validation", "Starting"})
+READY = "Ready"
+TRANSITIONAL_DOWN = frozenset({"Terminating", "Deallocating", "Stopping", "Removing"})
+GONE = frozenset({"Terminated", "Off"})
+DEALLOCATED = "Deallocated"
+FAILED_STATUS = "Failed"
+
+
+def reason(text: str) -> str:
+    """A Slurm Reason of ours: prefixed, one line, no characters scontrol would choke on."""
+    clean = " ".join(str(text).replace("=", ":").split())[:200]
+    return clean if clean.startswith(REASON_PREFIX) else REASON_PREFIX + clean
+
+
+def is_our_reason(text: str | None) -> bool:
+    return bool(text) and text.startswith(REASON_PREFIX.strip())
+
+
+def index_by_name(nodes: Iterable[Node]) -> dict[str, Node]:
+    """Cloud nodes by name; where a name has several records, the live one wins over a gone one."""
+    found: dict[str, Node] = {}
+    for node in nodes:
+        if not node.name:
+            continue
+        prev = found.get(node.name)
+        if prev is None or (prev.status in GONE and node.status not in GONE):
+            found[node.name] = node
+    return found
+
+
+def address_of(node: Node, mode: str) -> tuple[str, str] | None:
+    """(NodeAddr, NodeHostName) that Slurm should use for a cloud node, or None if not known yet."""
+    if node.status != READY:
+        return None
+    if mode == "ip" and node.private_ip:
+        return node.private_ip, node.hostname or node.private_ip
+    if mode == "hostname" and node.hostname:
+        return node.hostname, node.hostname
+    return None
+
+
+def mark_down(slurm, reasons: Mapping[str, str]) -> int:
+    """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for name, why in reasons.items():
+        by_reason[reason(why)].append(name)
+    calls = 0
+    for why, names in sorted(by_reason.items()):
+        log.info("slurm DOWN %s: %s", ",".join(sorted(names)) if len(names) <= 20 else f"{len(names)} nodes", why)
+        calls += slurm.update_nodes(sorted(names), state="DOWN", reason=why)
+    return calls
+
+
+# --------------------------------------------------------------------------- recorded calls
+
+
+class Call:
+    """One mutating API call, recorded in the state file before it is sent."""
+
+    def __init__(self, action: str, nodes: list[str], request: dict[str, Any], deadline: float,
+                 request_id: str | None = None):
+        self.action = action
+        self.nodes = nodes
+        self.request = request  # create: {"sets": [...]}; management: {"ids": [...]} etc.
+        self.deadline = deadline
+        self.request_id = request_id or new_request_id()
+        self.result: NodeCreationResult | NodeManagementResult | None = None
+        self.error: ApiError | None = None
+
+
+def send(client: ClusterClient, call: Call, resend: bool = False):
+    if call.action == "create":
+        return client.create_nodes(call.request["sets"], request_id=call.request_id, resend=resend)
+    return client.manage_nodes(call.action, request_id=call.request_id, resend=resend, **call.request)
+
+
+def record_and_send(store: StateStore, client: ClusterClient, calls: list[Call],
+                    now: Callable[[], float] = time.time) -> list[Call]:
+    """Record every call (one lock), send them in order, record the outcomes (one lock).
+
+    An unreachable API leaves the record PENDING: the call may have reached the server, and
+    the next run or repair re-sends it with the same requestId. Any other API error is final.
+    """
+    calls = [c for c in calls if c.nodes]
+    if not calls:
+        return calls
+    with store.transaction() as state:
+        t = now()
+        for c in calls:
+            state.begin(c.action, c.nodes, c.request_id, t, c.deadline, request=c.request)
+    for c in calls:
+        try:
+            c.result = send(client, c)
+        except ApiError as err:
+            c.error = err
+            log.error("%s of %d node(s) failed: %s", c.action, len(c.nodes), err)
+    with store.transaction() as state:
+        t = now()
+        for c in calls:
+            op = state.operations.get(c.request_id)
+            if op is None:
+                continue
+            settle(op, c, t)
+    return calls
+
+
+def settle(op: Operation, call: Call, now: float) -> None:
+    from hpc_bridge.errors import ApiUnreachable
+
+    if call.result is not None:
+        op.outcome = ACCEPTED
+        op.operation_id = call.result.operation_id or op.operation_id
+        op.message = "recovered after 409" if getattr(call.result, "recovered", False) else None
+    elif isinstance(call.error, ApiUnreachable):
+        op.outcome = PENDING
+        op.message = str(call.error)
+    elif call.error is not None:
+        op.close(FAILED, now, str(call.error))

@@ -1,0 +1,413 @@
+"""Resume: create or start the cloud nodes Slurm names, and return at once.
+
+`plan_resume` is a pure function over (names, node map, cloud nodes, buckets, in-flight
+operations, cool-offs, jobs, config, clock). `run_resume` gathers those with one GET nodes,
+one GET status and one read of the state file, records the calls, makes at most one create
+and one start call, and tells Slurm (one scontrol call per reason) which nodes cannot come up.
+It never waits for a VM: a detached follower sets node addresses as the API reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from hpc_bridge import hostlist
+from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
+from hpc_bridge.config import Config
+from hpc_bridge.errors import ApiError, ApiUnreachable, UsageError
+from hpc_bridge.nodemap import NodeMap, NodeMapEntry
+from hpc_bridge.nodeops import (
+    BOOTING,
+    DEALLOCATED,
+    FAILED_STATUS,
+    GONE,
+    READY,
+    TRANSITIONAL_DOWN,
+    Call,
+    address_of,
+    index_by_name,
+    mark_down,
+    reason,
+    record_and_send,
+)
+from hpc_bridge.state import FAILED, Cooloff, Operation, StateStore
+
+log = logging.getLogger("hpc_bridge.resume")
+
+
+# --------------------------------------------------------------------------- resume file
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    nodes: tuple[str, ...]  # the nodes being resumed for this job
+    partition: str | None = None
+
+
+def parse_resume_file(text: str) -> list[Job]:
+    """Jobs from SLURM_RESUME_FILE, in the 22.05 or the 23.02+ format."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"SLURM_RESUME_FILE is not JSON ({err.msg} at char {err.pos})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs", []), list):
+        raise UsageError("SLURM_RESUME_FILE: expected an object with a 'jobs' list")
+    jobs = []
+    for item in data.get("jobs", []):
+        if not isinstance(item, dict) or "job_id" not in item:
+            raise UsageError("SLURM_RESUME_FILE: a job entry has no job_id")
+        expr = item.get("nodes_resume", item.get("nodes", ""))
+        if not isinstance(expr, str):
+            raise UsageError(f"SLURM_RESUME_FILE: job {item['job_id']}: nodes is not a string")
+        jobs.append(Job(str(item["job_id"]), tuple(hostlist.expand(expr)), item.get("partition") or None))
+    return jobs
+
+
+def read_resume_file(env: dict[str, str] | None = None) -> list[Job]:
+    """Read the file named by SLURM_RESUME_FILE at once (it is a /proc fd that soon vanishes).
+    No variable: no job information (a manual power up, or Slurm before 22.05)."""
+    env = os.environ if env is None else env
+    path = env.get("SLURM_RESUME_FILE")
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as err:
+        log.warning("SLURM_RESUME_FILE %s unreadable (%s); resuming without job information", path, err.strerror)
+        return []
+    try:
+        return parse_resume_file(text)
+    except UsageError as err:
+        log.warning("%s; resuming without job information", err)
+        return []
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def bucket_key(nodearray: str, machine_type: str) -> str:
+    return f"{nodearray}/{machine_type}"
+
+
+def buckets_by_key(status: ClusterStatus) -> dict[str, Bucket]:
+    return {bucket_key(na.name, b.machine_type): b for na in status.nodearrays for b in na.buckets}
+
+
+@dataclass
+class ResumePlan:
+    create: list[tuple[str, NodeMapEntry]] = field(default_factory=list)
+    start: dict[str, str] = field(default_factory=dict)  # name -> node id
+    terminate: dict[str, str] = field(default_factory=dict)  # failed records to clear: name -> node id
+    running: dict[str, str] = field(default_factory=dict)  # name -> cloud status (nothing to do)
+    waiting: dict[str, str] = field(default_factory=dict)  # name -> why it is left to follower/repair
+    deferred: list[str] = field(default_factory=list)  # to create once their old cloud node is gone
+    down: dict[str, str] = field(default_factory=dict)  # name -> reason
+    addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
+    cooloff_started: dict[str, str] = field(default_factory=dict)  # bucket key -> why
+
+    def create_sets(self) -> list[NodeCreationSet]:
+        """One set per name (a literal nameFormat with count 1 gives exactly that name), ordered
+        so that sets of one nodearray, VM size and placement group are together."""
+        ordered = sorted(self.create, key=lambda ne: (ne[1].nodearray, ne[1].machine_type,
+                                                      ne[1].placement_group or "", ne[0]))
+        return [
+            NodeCreationSet.make(
+                count=1, nodearray=e.nodearray, definition={"machineType": e.machine_type}, name_format=name,
+                placement_group_id=e.placement_group,
+            )
+            for name, e in ordered
+        ]
+
+
+def cooloff_reason(key: str, buckets: dict[str, Bucket], cooloffs: dict[str, Cooloff], cooloff_seconds: float,
+                   now: float) -> str | None:
+    """Why a bucket is out of service for a capacity cool-off, or None."""
+    active = cooloffs.get(key)
+    if active and active.until > now:
+        return f"capacity cool-off for {key} until {time.strftime('%H:%M:%S', time.localtime(active.until))} ({active.reason})"
+    bucket = buckets.get(key)
+    if bucket is not None and 0 <= bucket.last_capacity_failure < cooloff_seconds:
+        return f"capacity cool-off for {key}: capacity failure {bucket.last_capacity_failure:.0f}s ago"
+    return None
+
+
+def plan_resume(
+    names: list[str],
+    nodemap: NodeMap,
+    cloud: dict[str, Node],
+    buckets: dict[str, Bucket],
+    in_flight: dict[str, Operation],
+    cooloffs: dict[str, Cooloff],
+    jobs: list[Job],
+    cfg: Config,
+    now: float,
+) -> ResumePlan:
+    plan = ResumePlan()
+    mode = cfg.slurm.address_mode
+    wanted: list[tuple[str, NodeMapEntry]] = []  # would be created, subject to capacity
+    starts: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        entry = nodemap.get(name)
+        if entry is None:
+            plan.down[name] = f"unknown node {name}: not in nodemap.json (run hpc-bridge partitions)"
+            continue
+        op = in_flight.get(name)
+        if op is not None:
+            plan.waiting[name] = f"already being brought up by {op.action} {op.request_id}"
+            continue
+        node = cloud.get(name)
+        status = node.status if node else None
+        if node is None or status in GONE:
+            wanted.append((name, entry))
+        elif status in BOOTING or status == READY:
+            plan.running[name] = status
+            addr = address_of(node, mode)
+            if addr:
+                plan.addresses[name] = addr
+        elif status == DEALLOCATED:
+            starts[name] = node.node_id or ""
+        elif status == FAILED_STATUS:
+            plan.down[name] = f"cloud node failed: {node.status_message or 'no message'}"
+            if node.node_id:
+                plan.terminate[name] = node.node_id
+        elif status in TRANSITIONAL_DOWN:
+            plan.waiting[name] = f"cloud node is {status}; created again once it is gone"
+            plan.deferred.append(name)
+        else:
+            plan.waiting[name] = f"cloud node in unexpected status {status}"
+
+    # Capacity: what may not be created goes DOWN now, so Slurm reschedules at once.
+    blocked: dict[str, str] = {}
+    for name, entry in wanted:
+        key = bucket_key(entry.nodearray, entry.machine_type)
+        bucket = buckets.get(key)
+        if bucket is None:
+            blocked[name] = f"VM size {entry.machine_type} is no longer offered by nodearray {entry.nodearray}"
+        elif not bucket.valid:
+            blocked[name] = f"VM size {entry.machine_type} in {entry.nodearray} is invalid ({bucket.invalid_reason or 'no reason given'})"
+        else:
+            why = cooloff_reason(key, buckets, cooloffs, cfg.resume.capacity_cooloff, now)
+            if why:
+                blocked[name] = why
+
+    available = {key: b.available_count for key, b in buckets.items()}
+    wanted_by_name = dict(wanted)
+    granted: set[str] = set()
+    refused: dict[str, str] = dict(blocked)
+
+    def need_of(group: list[str]) -> dict[str, int]:
+        need: dict[str, int] = defaultdict(int)
+        for n in group:
+            e = wanted_by_name[n]
+            need[bucket_key(e.nodearray, e.machine_type)] += 1
+        return need
+
+    def shortfall(need: dict[str, int]) -> str | None:
+        for key, count in sorted(need.items()):
+            if count > available.get(key, 0):
+                return f"{key}: {count} node(s) needed, {max(available.get(key, 0), 0)} available (quota or max count)"
+        return None
+
+    # Multi-node jobs first, all-or-nothing where their nodearray asks for it.
+    for job in jobs:
+        members = [n for n in dict.fromkeys(job.nodes) if n in wanted_by_name or n in starts]
+        todo = [n for n in members if n in wanted_by_name and n not in granted and n not in refused]
+        entry = next((wanted_by_name[n] for n in todo), None)
+        atomic = len(job.nodes) > 1 and entry is not None and cfg.partitions.for_array(entry.nodearray).all_or_nothing
+        if not atomic:
+            continue
+        bad = next((refused[n] for n in members if n in refused), None) or shortfall(need_of(todo))
+        if bad:
+            for n in members:
+                refused.setdefault(n, f"job {job.job_id} cannot get all its nodes: {bad}")
+            continue
+        for key, count in need_of(todo).items():
+            available[key] -= count
+        granted.update(todo)
+
+    # Then every other node on its own.
+    for name, entry in wanted:
+        if name in granted or name in refused:
+            continue
+        key = bucket_key(entry.nodearray, entry.machine_type)
+        if available.get(key, 0) > 0:
+            available[key] -= 1
+            granted.add(name)
+        else:
+            refused[name] = f"{key}: no capacity left (quota or max count reached)"
+
+    plan.create = [(n, wanted_by_name[n]) for n in wanted_by_name if n in granted]
+    plan.start = {n: nid for n, nid in starts.items() if n not in refused}
+    plan.down.update(refused)
+    return plan
+
+
+# --------------------------------------------------------------------------- apply
+
+
+@dataclass
+class ResumeReport:
+    names: int = 0
+    created: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    down: dict[str, str] = field(default_factory=dict)
+    api_calls: int = 0
+    scontrol_calls: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.down
+
+    def summary(self) -> str:
+        return (f"resume {self.names} node(s): {len(self.created)} created, {len(self.started)} started, "
+                f"{len(self.running)} already up, {len(self.waiting)} waiting, {len(self.down)} down; "
+                f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
+
+
+def is_capacity_message(message: str | None) -> bool:
+    return bool(message) and "capacity" in message.lower()
+
+
+def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store: StateStore, nodemap: NodeMap,
+               now=time.time, spawn_follower=None) -> ResumeReport:
+    names = hostlist.expand(expr)
+    report = ResumeReport(names=len(names))
+    requests_before = client.request_count
+    calls_before = slurm.calls
+    try:
+        cloud = index_by_name(client.get_nodes().nodes)
+        status = client.get_status()
+    except ApiError as err:
+        why = "cluster API unreachable" if isinstance(err, ApiUnreachable) else f"cluster API error: {err}"
+        report.down = {n: why for n in names}
+        mark_down(slurm, report.down)
+        report.api_calls = client.request_count - requests_before
+        report.scontrol_calls = slurm.calls - calls_before
+        return report
+    buckets = buckets_by_key(status)
+    deadline = now() + cfg.resume.resume_timeout
+
+    with store.transaction() as state:
+        t = now()
+        plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t), state.active_cooloffs(t),
+                           jobs, cfg, t)
+    for name, why in plan.waiting.items():
+        log.info("%s: %s", name, why)
+    for name, st in plan.running.items():
+        log.info("%s: cloud node already %s, nothing to create", name, st)
+
+    calls = []
+    create_call = start_call = None
+    if plan.create:
+        sets = plan.create_sets()
+        create_call = Call("create", [s.name_format for s in sets], {"sets": [s.to_wire() for s in sets]}, deadline)
+        calls.append(create_call)
+    if plan.start:
+        start_call = Call("start", sorted(plan.start), {"ids": [plan.start[n] for n in sorted(plan.start)]}, deadline)
+        calls.append(start_call)
+    if plan.terminate:
+        calls.append(Call("terminate", sorted(plan.terminate),
+                          {"ids": [plan.terminate[n] for n in sorted(plan.terminate)]}, deadline))
+    record_and_send(store, client, calls, now)
+
+    down = dict(plan.down)
+    capacity: dict[str, str] = {}
+    if create_call is not None:
+        if create_call.result is None:
+            why = _api_reason(create_call.error)
+            down.update({n: why for n in create_call.nodes})
+        else:
+            for name, result_set in zip(create_call.nodes, create_call.result.sets):
+                if result_set.added >= 1:
+                    report.created.append(name)
+                    log.info("%s: create accepted (operation %s)", name, create_call.result.operation_id)
+                    continue
+                message = result_set.message or "not created (no reason given)"
+                down[name] = f"create refused: {message}"
+                if is_capacity_message(message):
+                    e = nodemap[name]
+                    capacity[bucket_key(e.nodearray, e.machine_type)] = message
+    if start_call is not None:
+        if start_call.result is None:
+            why = _api_reason(start_call.error)
+            down.update({n: why for n in start_call.nodes})
+        else:
+            errors = {m.name: m.error for m in start_call.result.nodes if not m.ok}
+            for name in start_call.nodes:
+                if name in errors:
+                    down[name] = f"start refused: {errors[name] or 'no message'}"
+                else:
+                    report.started.append(name)
+    # A call we marked down must not be re-sent by repair: close it.
+    failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
+    if failed_calls or capacity:
+        with store.transaction() as state:
+            t = now()
+            for c in failed_calls:
+                op = state.operations.get(c.request_id)
+                if op is not None and op.open:
+                    op.close(FAILED, t, str(c.error))
+            for key, message in capacity.items():
+                until = t + cfg.resume.capacity_cooloff
+                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120])
+                log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
+
+    if capacity:
+        down.update(_take_out_of_service(cfg, slurm, store, nodemap, capacity, exclude=set(names), now=now))
+
+    if down:
+        mark_down(slurm, down)
+    if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
+        slurm.set_addresses(plan.addresses)
+
+    watch = sorted(set(report.created) | set(report.started) | set(plan.waiting)
+                   | (set(plan.running) - set(plan.addresses)))
+    if watch and spawn_follower is not None and cfg.resume.follower:
+        spawn_follower(watch, deadline, plan.deferred)
+
+    report.running = sorted(plan.running)
+    report.waiting = sorted(plan.waiting)
+    report.down = down
+    report.api_calls = client.request_count - requests_before
+    report.scontrol_calls = slurm.calls - calls_before
+    return report
+
+
+def _api_reason(err) -> str:
+    if isinstance(err, ApiUnreachable):
+        return "cluster API unreachable"
+    return f"cluster API error: {err}"
+
+
+def _take_out_of_service(cfg, slurm, store, nodemap: NodeMap, capacity: dict[str, str], exclude: set[str],
+                         now) -> dict[str, str]:
+    """The powered-down idle nodes of a bucket in capacity cool-off go DOWN with a reason, so
+    Slurm places jobs on other sizes; repair puts them back when the cool-off ends."""
+    nodes = slurm.show_nodes()
+    out: dict[str, str] = {}
+    per_key: dict[str, list[str]] = defaultdict(list)
+    for key, message in capacity.items():
+        array, machine_type = key.split("/", 1)
+        for name, node in nodes.items():
+            entry = nodemap.get(name)
+            if name in exclude or entry is None or (entry.nodearray, entry.machine_type) != (array, machine_type):
+                continue
+            if "POWERED_DOWN" in node.state_flags and node.state == "IDLE":
+                out[name] = f"capacity cool-off for {key}: {message}"
+                per_key[key].append(name)
+    if per_key:
+        with store.transaction() as state:
+            for key, taken in per_key.items():
+                c = state.cooloffs.get(key)
+                if c is not None:
+                    c.nodes = sorted(set(c.nodes) | set(taken))
+    return out

@@ -1,0 +1,207 @@
+"""Suspend and resume-fail: shut down the cloud nodes behind Slurm names.
+
+`plan_suspend` (pure) decides per name: the nodearray's policy (shutdown = the node's own
+ShutdownPolicy, deallocate, or terminate), nothing for names with no live cloud node (suspend
+may be called twice), KeepAlive nodes left running. `run_suspend` makes one GET nodes, one API
+call per action and, in ip mode, one scontrol call to reset the nodes' addresses.
+
+Resume-fail terminates what is left of nodes that never came up and puts the cloud's reason in
+Slurm's (so `sinfo -R` says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from hpc_bridge import hostlist
+from hpc_bridge.api.models import Node
+from hpc_bridge.config import Config
+from hpc_bridge.errors import ApiError
+from hpc_bridge.nodemap import NodeMap
+from hpc_bridge.nodeops import (
+    DEALLOCATED,
+    FAILED_STATUS,
+    GONE,
+    TRANSITIONAL_DOWN,
+    Call,
+    index_by_name,
+    mark_down,
+    record_and_send,
+)
+from hpc_bridge.state import StateStore
+
+log = logging.getLogger("hpc_bridge.suspend")
+
+POLICY_ACTIONS = {"shutdown": "shutdown", "deallocate": "deallocate", "terminate": "terminate"}
+
+
+@dataclass
+class SuspendPlan:
+    actions: dict[str, dict[str, str]] = field(default_factory=dict)  # action -> {name: node id}
+    keep_alive: list[str] = field(default_factory=list)
+    nothing: dict[str, str] = field(default_factory=dict)  # name -> why nothing to do
+    unknown: list[str] = field(default_factory=list)  # neither in the node map nor in the cloud
+
+
+def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg: Config,
+                 policy_override: str | None = None) -> SuspendPlan:
+    plan = SuspendPlan()
+    for name in dict.fromkeys(names):
+        entry = nodemap.get(name)
+        node = cloud.get(name)
+        if node is None or node.status in GONE:
+            if entry is None:
+                plan.unknown.append(name)
+            else:
+                plan.nothing[name] = "no cloud node"
+            continue
+        if node.status in TRANSITIONAL_DOWN or node.status == DEALLOCATED:
+            plan.nothing[name] = f"cloud node already {node.status}"
+            continue
+        if node.keep_alive:
+            plan.keep_alive.append(name)
+            continue
+        array = entry.nodearray if entry else (node.template or "")
+        policy = policy_override or cfg.partitions.for_array(array).suspend_policy
+        if node.status == FAILED_STATUS:
+            policy = "terminate"  # a failed VM is never worth keeping deallocated
+        plan.actions.setdefault(POLICY_ACTIONS[policy], {})[name] = node.node_id or ""
+    return plan
+
+
+@dataclass
+class SuspendReport:
+    names: int = 0
+    by_action: dict[str, list[str]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> why the call did not go through
+    keep_alive: list[str] = field(default_factory=list)
+    nothing: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    api_calls: int = 0
+    scontrol_calls: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.unknown
+
+    def summary(self, verb: str = "suspend") -> str:
+        acted = ", ".join(f"{len(v)} {k}" for k, v in sorted(self.by_action.items())) or "no action"
+        return (f"{verb} {self.names} node(s): {acted}; {len(self.nothing)} with nothing to do, "
+                f"{len(self.keep_alive)} KeepAlive, {len(self.unknown)} unknown, {len(self.failed)} failed; "
+                f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
+
+
+def _apply_actions(plan: SuspendPlan, client, store: StateStore, deadline: float, now, report: SuspendReport) -> None:
+    calls = [
+        Call(action, sorted(targets), {"ids": [targets[n] for n in sorted(targets)]}, deadline)
+        for action, targets in sorted(plan.actions.items())
+    ]
+    record_and_send(store, client, calls, now)
+    for call in calls:
+        if call.result is None:
+            for name in call.nodes:
+                report.failed[name] = f"{call.action}: {call.error}"
+            continue
+        errors = {m.name: m.error for m in call.result.nodes if not m.ok}
+        for name in call.nodes:
+            if name in errors:
+                report.failed[name] = f"{call.action} refused: {errors[name] or 'no message'}"
+            else:
+                report.by_action.setdefault(call.action, []).append(name)
+                log.info("%s: %s accepted (operation %s)", name, call.action, call.result.operation_id)
+
+
+def run_suspend(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
+                now=time.time) -> SuspendReport:
+    names = hostlist.expand(expr)
+    report = SuspendReport(names=len(names))
+    requests_before, calls_before = client.request_count, slurm.calls
+    try:
+        cloud = index_by_name(client.get_nodes().nodes)
+    except ApiError as err:
+        # Record the intent so repair finishes it: shut down whatever is behind these names.
+        deadline = now() + cfg.resume.resume_timeout
+        record_and_send(store, _Offline(err), [Call("shutdown", names, {"names": names}, deadline)], now)
+        report.failed = {n: str(err) for n in names}
+        report.api_calls = client.request_count - requests_before
+        return report
+    plan = plan_suspend(names, nodemap, cloud, cfg)
+    for name in plan.keep_alive:
+        log.info("%s: KeepAlive is set, VM left running", name)
+    for name, why in plan.nothing.items():
+        log.info("%s: %s, nothing to do", name, why)
+    for name in plan.unknown:
+        log.error("%s: unknown node (not in nodemap.json and no cloud node)", name)
+    _apply_actions(plan, client, store, now() + cfg.resume.resume_timeout, now, report)
+    report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
+    if cfg.slurm.address_mode in ("ip", "hostname"):
+        known = [n for n in names if n in nodemap]
+        if known:
+            slurm.reset_addresses(known)
+    report.api_calls = client.request_count - requests_before
+    report.scontrol_calls = slurm.calls - calls_before
+    return report
+
+
+class _Offline:
+    """Stands in for the client when the API is already known to be unreachable: recording
+    the call PENDING without trying again (repair re-sends it)."""
+
+    def __init__(self, err: ApiError):
+        self.err = err
+
+    def create_nodes(self, *a, **k):
+        raise self.err
+
+    def manage_nodes(self, *a, **k):
+        raise self.err
+
+
+# --------------------------------------------------------------------------- resume-fail
+
+
+def fail_reason(node: Node | None) -> str:
+    if node is None or node.status in GONE:
+        return "resume failed: no cloud node (never created, or already gone)"
+    if node.status == FAILED_STATUS:
+        return f"resume failed: cloud node failed: {node.status_message or 'no message'}"
+    return f"resume failed: never became Ready (cloud status {node.status})"
+
+
+def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
+                    now=time.time) -> SuspendReport:
+    names = hostlist.expand(expr)
+    report = SuspendReport(names=len(names))
+    requests_before, calls_before = client.request_count, slurm.calls
+    try:
+        cloud = index_by_name(client.get_nodes().nodes)
+    except ApiError as err:
+        deadline = now() + cfg.resume.resume_timeout
+        record_and_send(store, _Offline(err), [Call("terminate", names, {"names": names}, deadline)], now)
+        mark_down(slurm, {n: "resume failed; cluster API unreachable, VM cleanup left to repair" for n in names})
+        report.failed = {n: str(err) for n in names}
+        report.api_calls = client.request_count - requests_before
+        report.scontrol_calls = slurm.calls - calls_before
+        return report
+    reasons = {n: fail_reason(cloud.get(n)) for n in names}
+    plan = plan_suspend(names, nodemap, cloud, cfg, policy_override="terminate")
+    plan.keep_alive = []  # a node that never came up is not kept alive
+    for name in names:
+        node = cloud.get(name)
+        if node is not None and node.keep_alive and node.status not in GONE and node.node_id:
+            plan.actions.setdefault("terminate", {})[name] = node.node_id
+    _apply_actions(plan, client, store, now() + cfg.resume.resume_timeout, now, report)
+    report.nothing, report.unknown = sorted(plan.nothing), plan.unknown
+    for name, why in reasons.items():
+        log.info("%s: %s", name, why)
+    mark_down(slurm, {n: r for n, r in reasons.items() if n in nodemap})
+    if cfg.slurm.address_mode in ("ip", "hostname"):
+        known = [n for n in names if n in nodemap]
+        if known:
+            slurm.reset_addresses(known)
+    report.api_calls = client.request_count - requests_before
+    report.scontrol_calls = slurm.calls - calls_before
+    return report
