@@ -1,0 +1,218 @@
+"""The pure resume and suspend plans as tables, plus properties (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpc_bridge.api.models import Bucket, Node
+from hpc_bridge.config import config_from_dict
+from hpc_bridge.errors import BridgeError
+from hpc_bridge.nodemap import NodeMap, NodeRange
+from hpc_bridge.resume import Job, bucket_key, parse_resume_file, plan_resume
+from hpc_bridge.state import Cooloff, Operation
+from hpc_bridge.suspend import fail_reason, plan_suspend
+
+NOW = 1_000_000.0
+HPC = "Standard_HB120rs_v3"
+F2, F4 = "Standard_F2s_v2", "Standard_F4s_v2"
+
+NODEMAP = NodeMap("demo", [
+    NodeRange("hpc-", 1, 8, "hpc", HPC, "b-hpc", "hpc", placement_group_size=4, placement_group_prefix="hpc-pg"),
+    NodeRange("htc-f2sv2-", 1, 4, "htc", F2, "b-f2", "htc"),
+    NodeRange("htc-f4sv2-", 1, 4, "htc", F4, "b-f4", "htc"),
+])
+
+
+def cfg(**arrays):
+    return config_from_dict({
+        "cluster": {"url": "http://127.0.0.1:1", "name": "demo", "username": "u"},
+        "partitions": {"nodearrays": arrays},
+    })
+
+
+def bucket(machine_type, available=10, valid=True, last_failure=-1.0):
+    return Bucket.model_validate({
+        "bucketId": f"b-{machine_type}", "definition": {"machineType": machine_type},
+        "virtualMachine": {"vcpuCount": 2, "memory": 4.0}, "availableCount": available, "valid": valid,
+        "invalidReason": "" if valid else "DisabledMachineType", "lastCapacityFailure": last_failure,
+    })
+
+
+def buckets(hpc=10, f2=10, f4=10, **over):
+    out = {bucket_key("hpc", HPC): bucket(HPC, hpc), bucket_key("htc", F2): bucket(F2, f2),
+           bucket_key("htc", F4): bucket(F4, f4)}
+    out.update(over)
+    return out
+
+
+def node(name, status, **kw):
+    return Node.model_validate({"Name": name, "NodeId": f"id-{name}", "Status": status, **kw})
+
+
+def plan(names, cloud=(), bk=None, in_flight=None, cooloffs=None, jobs=(), config=None):
+    return plan_resume(names, NODEMAP, {n.name: n for n in cloud}, bk or buckets(), in_flight or {},
+                       cooloffs or {}, list(jobs), config or cfg(), NOW)
+
+
+# --------------------------------------------------------------------------- classification table
+
+@pytest.mark.parametrize("status,expect", [
+    (None, "create"), ("Terminated", "create"), ("Off", "create"),
+    ("Acquiring", "running"), ("Preparing", "running"), ("Ready", "running"),
+    ("Deallocated", "start"), ("Failed", "down"), ("Terminating", "waiting"), ("Deallocating", "waiting"),
+])
+def test_each_cloud_status_is_classified(status, expect):
+    cloud = [node("hpc-1", status)] if status else []
+    p = plan(["hpc-1"], cloud)
+    where = {"create": [n for n, _ in p.create], "running": list(p.running), "start": list(p.start),
+             "down": list(p.down), "waiting": list(p.waiting)}
+    assert [k for k, v in where.items() if "hpc-1" in v] == [expect]
+
+
+def test_deallocated_node_started_by_its_own_id():
+    p = plan(["htc-f2sv2-2"], [node("htc-f2sv2-1", "Deallocated"), node("htc-f2sv2-2", "Deallocated")])
+    assert p.start == {"htc-f2sv2-2": "id-htc-f2sv2-2"}
+
+
+def test_failed_node_is_down_with_cloud_message_and_terminated():
+    p = plan(["hpc-1"], [node("hpc-1", "Failed", StatusMessage="disk image not found")])
+    assert "disk image not found" in p.down["hpc-1"] and p.terminate == {"hpc-1": "id-hpc-1"}
+
+
+def test_ready_node_gives_its_address():
+    p = plan(["hpc-1"], [node("hpc-1", "Ready", PrivateIp="127.1.0.5", Hostname="ip-1")])
+    assert p.addresses == {"hpc-1": ("127.1.0.5", "ip-1")} and not p.create
+
+
+def test_unknown_name_goes_down():
+    p = plan(["nosuch-1", "hpc-1"])
+    assert "unknown node nosuch-1" in p.down["nosuch-1"] and [n for n, _ in p.create] == ["hpc-1"]
+
+
+def test_in_flight_operation_prevents_a_duplicate_create():
+    op = Operation("r1", "create", ["hpc-1"], NOW - 5, NOW + 100)
+    p = plan(["hpc-1", "hpc-2"], in_flight={"hpc-1": op})
+    assert "hpc-1" in p.waiting and [n for n, _ in p.create] == ["hpc-2"]
+
+
+def test_capacity_limit_downs_the_rest():
+    p = plan(["htc-f2sv2-1", "htc-f2sv2-2", "htc-f2sv2-3"], bk=buckets(f2=2))
+    assert [n for n, _ in p.create] == ["htc-f2sv2-1", "htc-f2sv2-2"]
+    assert "no capacity left" in p.down["htc-f2sv2-3"]
+
+
+def test_invalid_bucket_and_missing_bucket():
+    bk = buckets()
+    bk[bucket_key("htc", F4)] = bucket(F4, valid=False)
+    del bk[bucket_key("htc", F2)]
+    p = plan(["htc-f4sv2-1", "htc-f2sv2-1"], bk=bk)
+    assert "invalid (DisabledMachineType)" in p.down["htc-f4sv2-1"]
+    assert "no longer offered" in p.down["htc-f2sv2-1"]
+
+
+def test_capacity_cooloff_from_state_or_from_the_bucket():
+    p = plan(["htc-f2sv2-1"], cooloffs={bucket_key("htc", F2): Cooloff(NOW + 60, "no capacity")})
+    assert "capacity cool-off" in p.down["htc-f2sv2-1"]
+    bk = buckets()
+    bk[bucket_key("htc", F4)] = bucket(F4, last_failure=30.0)
+    p = plan(["htc-f4sv2-1"], bk=bk)
+    assert "capacity failure 30s ago" in p.down["htc-f4sv2-1"]
+    bk[bucket_key("htc", F4)] = bucket(F4, last_failure=5000.0)  # older than the cool-off
+    assert not plan(["htc-f4sv2-1"], bk=bk).down
+
+
+def test_job_all_or_nothing():
+    job = Job("7", ("hpc-1", "hpc-2", "hpc-3"))
+    p = plan(["hpc-1", "hpc-2", "hpc-3", "htc-f2sv2-1"], bk=buckets(hpc=2), jobs=[job])
+    assert not [n for n, _ in p.create if n.startswith("hpc")]
+    assert all("job 7 cannot get all its nodes" in p.down[n] for n in job.nodes)
+    assert [n for n, _ in p.create] == ["htc-f2sv2-1"]
+
+
+def test_job_partial_allowed_when_configured():
+    job = Job("7", ("hpc-1", "hpc-2", "hpc-3"))
+    p = plan(list(job.nodes), bk=buckets(hpc=2), jobs=[job], config=cfg(hpc={"all_or_nothing": False}))
+    assert len(p.create) == 2 and len(p.down) == 1
+
+
+def test_job_that_fits_gets_its_nodes_before_loose_nodes():
+    job = Job("9", ("hpc-3", "hpc-4"))
+    p = plan(["hpc-1", "hpc-3", "hpc-4"], bk=buckets(hpc=2), jobs=[job])
+    assert sorted(n for n, _ in p.create) == ["hpc-3", "hpc-4"] and "hpc-1" in p.down
+
+
+def test_create_sets_one_per_name_with_placement_group_and_size():
+    p = plan(["hpc-5", "hpc-1", "htc-f4sv2-1"])
+    sets = [s.to_wire() for s in p.create_sets()]
+    assert sets[0] == {"count": 1, "nodearray": "hpc", "definition": {"machineType": HPC}, "nameFormat": "hpc-1",
+                       "placementGroupId": "hpc-pg1"}
+    assert sets[1]["placementGroupId"] == "hpc-pg2" and sets[1]["nameFormat"] == "hpc-5"
+    assert "placementGroupId" not in sets[2] and sets[2]["definition"] == {"machineType": F4}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(NODEMAP.names() + ["zz-1"]), max_size=20),
+    statuses=st.dictionaries(st.sampled_from(NODEMAP.names()),
+                             st.sampled_from(["Acquiring", "Ready", "Deallocated", "Terminated", "Failed",
+                                              "Terminating"]), max_size=10),
+    avail=st.integers(0, 6),
+)
+def test_every_name_gets_exactly_one_outcome_and_capacity_holds(names, statuses, avail):
+    cloud = [node(n, s) for n, s in statuses.items()]
+    p = plan(names, cloud, bk=buckets(hpc=avail, f2=avail, f4=avail))
+    created = [n for n, _ in p.create]
+    outcomes = [set(created), set(p.start), set(p.running), set(p.waiting), set(p.down)]
+    for name in set(names):
+        assert sum(name in o for o in outcomes) == 1, name
+    assert len(created) == len(set(created))
+    for key in (bucket_key("hpc", HPC), bucket_key("htc", F2), bucket_key("htc", F4)):
+        assert sum(1 for _, e in p.create if bucket_key(e.nodearray, e.machine_type) == key) <= avail
+    # never create a name whose cloud node is alive
+    for n in created:
+        assert statuses.get(n) in (None, "Terminated")
+
+
+# --------------------------------------------------------------------------- resume file
+
+def test_resume_file_both_formats():
+    old = '{"jobs":[{"job_id":5,"nodes":"hpc-[1-2]"}],"all_nodes":"hpc-[1-2]"}'
+    new = ('{"all_nodes_resume":"hpc-[1-2]","jobs":[{"job_id":5,"nodes_resume":"hpc-[1-2]",'
+           '"nodes_alloc":"hpc-[1-3]","partition":"hpc"}]}')
+    assert parse_resume_file(old) == [Job("5", ("hpc-1", "hpc-2"), None)]
+    assert parse_resume_file(new) == [Job("5", ("hpc-1", "hpc-2"), "hpc")]
+    assert parse_resume_file('{"jobs":[],"all_nodes":"hpc-1"}') == []
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "[1]", '{"jobs": 3}', '{"jobs":[{"nodes":"a"}]}',
+                                  '{"jobs":[{"job_id":1,"nodes":"a[1-"}]}'])
+def test_resume_file_garbage_is_a_clear_error(text):
+    with pytest.raises(BridgeError) as err:
+        parse_resume_file(text)
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- suspend
+
+def test_suspend_policies_per_nodearray():
+    cloud = {n.name: n for n in [node("hpc-1", "Ready"), node("htc-f2sv2-1", "Ready"), node("htc-f4sv2-1", "Failed")]}
+    p = plan_suspend(["hpc-1", "htc-f2sv2-1", "htc-f4sv2-1"], NODEMAP, cloud,
+                     cfg(htc={"suspend_policy": "deallocate"}))
+    assert p.actions == {"shutdown": {"hpc-1": "id-hpc-1"}, "deallocate": {"htc-f2sv2-1": "id-htc-f2sv2-1"},
+                         "terminate": {"htc-f4sv2-1": "id-htc-f4sv2-1"}}
+
+
+def test_suspend_twice_and_keepalive_and_unknown():
+    cloud = {n.name: n for n in [node("hpc-1", "Terminating"), node("hpc-2", "Ready", KeepAlive=True),
+                                 node("hpc-3", "Deallocated")]}
+    p = plan_suspend(["hpc-1", "hpc-2", "hpc-3", "hpc-4", "zz-9"], NODEMAP, cloud, cfg())
+    assert p.actions == {} and p.keep_alive == ["hpc-2"] and p.unknown == ["zz-9"]
+    assert set(p.nothing) == {"hpc-1", "hpc-3", "hpc-4"}
+
+
+def test_fail_reason_keeps_the_cloud_message():
+    assert "cloud node failed: boom" in fail_reason(node("a", "Failed", StatusMessage="boom"))
+    assert "never became Ready (cloud status Preparing)" in fail_reason(node("a", "Preparing"))
+    assert "no cloud node" in fail_reason(None)
