@@ -1,0 +1,54 @@
+"""Shared pytest fixtures.
+
+Slurm part (slurm helper): ``slurm_cluster_factory`` builds real clusters on loopback
+(tests/slurmcluster.py). Without root or the Debian Slurm packages the tests using it are
+skipped with the reason; with env CI=true that is a failure instead (CI must run them).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from slurmcluster import SlurmCluster, slurm_available  # noqa: E402
+
+
+def _require_slurm() -> None:
+    why = slurm_available()
+    if why is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the real-Slurm tests cannot run: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture
+def slurm_cluster_factory(tmp_path_factory):
+    """Call it like SlurmCluster(...) minus the workdir; returns a *started* cluster, stopped at
+    teardown (all of them, by PID). Pass ``start=False`` to get it unstarted (to add programs
+    with ``make_program`` first, then call ``.start()``)."""
+    _require_slurm()
+    clusters: list[SlurmCluster] = []
+
+    def make(*args, start: bool = True, **kwargs) -> SlurmCluster:
+        workdir = tmp_path_factory.mktemp("slurm")
+        c = SlurmCluster(workdir, *args, **kwargs)
+        clusters.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield make
+    errors = []
+    for c in reversed(clusters):
+        try:
+            c.stop()
+        except Exception as exc:  # keep stopping the others
+            errors.append(exc)
+    if errors:
+        raise errors[0]

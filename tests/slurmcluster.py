@@ -1,0 +1,820 @@
+"""A real Slurm cluster on loopback for tests (root, Debian packages slurmctld/slurmd/munge).
+
+    with SlurmCluster(tmp_path, nodes_conf_text="NodeName=t-[1-2] CPUs=4 ...") as c:
+        c.start_slurmd("t-1")
+        c.run(["sbatch", "-N1", "--wrap", "hostname"])
+
+What it does (recipe: ../shared/SLURM-FACTS.md):
+- its own munged (key, socket under the workdir), its own slurm.conf with free ports,
+  ``slurmctld -D -i`` in its own session, readiness by ``scontrol ping``;
+- one ``slurmd -D -b -N <name>`` per node, each with its own port. Node lines usually come from
+  generated files (``hpc-bridge partitions``) that carry no Port=, and Slurm rejects a second
+  NodeName line for the same node, so the harness includes *rewritten copies* of those files:
+  every ``NodeName=`` line without Port= gets ``Port=[a-b]`` (ports pair up positionally with the
+  expanded names; a stable name -> port map is kept across rewrites, see ``sync_includes``);
+- ``stop()`` kills by PID what it started: job processes of its slurmds, the slurmds (also those a
+  boot hook recorded in ``run_dir/slurmd-<name>.pid``), slurmctld, munged. Nothing leaks.
+
+Every daemon and client gets ``SLURM_CONF`` explicitly (without it clients try DNS SRV).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SBIN = "/usr/sbin"
+BIN = "/usr/bin"
+
+__all__ = ["SlurmCluster", "slurm_available", "add_node_ports", "REPO"]
+
+
+def slurm_available(sbin_dir: str = SBIN, bin_dir: str = BIN) -> str | None:
+    """None when this machine can run the cluster, else why not (one line)."""
+    if os.geteuid() != 0:
+        return "real-Slurm tests need root (slurmd, munged as root)"
+    missing = [
+        p
+        for p in (
+            f"{sbin_dir}/slurmctld",
+            f"{sbin_dir}/slurmd",
+            f"{sbin_dir}/munged",
+            f"{bin_dir}/scontrol",
+            f"{bin_dir}/sbatch",
+        )
+        if not os.access(p, os.X_OK)
+    ]
+    if not shutil.which("mungekey", path=f"{sbin_dir}:{bin_dir}"):
+        missing.append("mungekey")
+    if missing:
+        return "Slurm/munge not installed (missing " + ", ".join(missing) + "; apt-get install slurmctld slurmd slurm-client munge)"
+    return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+class _PortPool:
+    """Free TCP ports below the ephemeral range, handed out in ascending runs."""
+
+    def __init__(self, low: int = 20000, high: int = 32000):
+        self.low, self.high = low, high
+        self.next = random.randrange(low, high - 2000)
+
+    def take(self, n: int = 1) -> list[int]:
+        out: list[int] = []
+        tries = 0
+        while len(out) < n:
+            if self.next >= self.high:
+                self.next = self.low
+            p = self.next
+            self.next += 1
+            if _port_free(p):
+                out.append(p)
+            tries += 1
+            if tries > (self.high - self.low):
+                raise RuntimeError("no free TCP ports left")
+        return out
+
+
+def _port_expr(ports: Sequence[int]) -> str:
+    """[18001-18003,18007] for Slurm's Port= (a hostlist of numbers, order preserved)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(ports):
+        j = i
+        while j + 1 < len(ports) and ports[j + 1] == ports[j] + 1:
+            j += 1
+        parts.append(str(ports[i]) if i == j else f"{ports[i]}-{ports[j]}")
+        i = j + 1
+    return "[" + ",".join(parts) + "]"
+
+
+def _logical_lines(text: str) -> list[str]:
+    """slurm.conf lines with backslash continuations joined."""
+    out: list[str] = []
+    buf = ""
+    for line in text.splitlines():
+        if line.endswith("\\"):
+            buf += line[:-1]
+            continue
+        out.append(buf + line)
+        buf = ""
+    if buf:
+        out.append(buf)
+    return out
+
+
+def add_node_ports(text: str, expand: Callable[[str], list[str]], port_of: Callable[[str], int]) -> str:
+    """Add ``Port=[...]`` to every ``NodeName=`` line (not DEFAULT, not already with Port=).
+
+    ``expand`` turns the NodeName hostlist into names in Slurm's order; ``port_of`` gives each
+    name's port. Pure text transform: the rest of each line is kept as it is.
+    """
+    out = []
+    for line in _logical_lines(text):
+        stripped = line.split("#", 1)[0].strip()
+        m = re.match(r"(?i)^nodename=(\S+)(\s|$)", stripped)
+        if not m or m.group(1).upper() == "DEFAULT" or re.search(r"(?i)(^|\s)port=", stripped):
+            out.append(line)
+            continue
+        names = expand(m.group(1))
+        out.append(f"{stripped} Port={_port_expr([port_of(n) for n in names])}")
+    return "\n".join(out) + "\n"
+
+
+class SlurmCluster:
+    """One slurmctld + munged (+ slurmds on demand) under ``workdir``. See module doc.
+
+    Node lines come from ``nodes_conf_includes`` (files, rewritten with ports, re-read by
+    ``sync_includes``) and/or ``nodes_conf_text`` (written as ``etc/nodes.conf``, same rewrite).
+    Programs are absolute paths (or None). Times are seconds.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        nodes_conf_includes: Iterable[str | os.PathLike] = (),
+        *,
+        nodes_conf_text: str | None = None,
+        extra_conf: str = "",
+        resume_program: str | None = None,
+        suspend_program: str | None = None,
+        resume_fail_program: str | None = None,
+        suspend_time: int = 5,
+        suspend_timeout: int = 5,
+        resume_timeout: int = 20,
+        topology_conf: str | os.PathLike | None = None,
+        gres_conf: str | os.PathLike | None = None,
+        slurmctld_parameters: str = "idle_on_node_suspend,power_save_interval=1",
+        prolog_wait_for_nodes: bool = True,
+        cluster_name: str = "hb",
+        sbin_dir: str = SBIN,
+        bin_dir: str = BIN,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.includes = [Path(p).resolve() for p in nodes_conf_includes]
+        self.nodes_conf_text = nodes_conf_text
+        self.extra_conf = extra_conf
+        self.resume_program = resume_program
+        self.suspend_program = suspend_program
+        self.resume_fail_program = resume_fail_program
+        self.suspend_time = suspend_time
+        self.suspend_timeout = suspend_timeout
+        self.resume_timeout = resume_timeout
+        self.topology_conf = topology_conf
+        self.gres_conf = gres_conf
+        self.slurmctld_parameters = slurmctld_parameters
+        self.prolog_wait_for_nodes = prolog_wait_for_nodes
+        self.cluster_name = cluster_name
+        self.sbin_dir = sbin_dir
+        self.bin_dir = bin_dir
+
+        self.etc = self.workdir / "etc"
+        self.run_dir = self.workdir / "run"
+        self.log_dir = self.workdir / "log"
+        self.state_dir = self.workdir / "state"
+        self.spool_dir = self.workdir / "spool"
+        self.conf_path = self.etc / "slurm.conf"
+        # munge's socket path must stay short (sun_path is 108 bytes).
+        self.munge_dir: Path | None = None
+        self._munge_tmp = False
+        self._pool = _PortPool()
+        self.ctld_port = 0
+        self.slurmd_port = 0
+        self.node_ports: dict[str, int] = {}
+        self._ctld: subprocess.Popen | None = None
+        self._munged_pid: int | None = None
+        self._munged: subprocess.Popen | None = None
+        self._slurmds: dict[str, subprocess.Popen] = {}
+        self._started = False
+
+    # -- environment -----------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm clients: only what they need, SLURM_CONF always set."""
+        return {
+            "SLURM_CONF": str(self.conf_path),
+            "PATH": f"{self.bin_dir}:{self.sbin_dir}:/usr/bin:/bin",
+            "LC_ALL": "C",
+        }
+
+    def hook_env(self, node_name: str | None = None) -> dict[str, str]:
+        """Environment for scripts/sim-boot-hook: where the cluster's conf and run dir are."""
+        env = {
+            "SLURM_CONF": str(self.conf_path),
+            "HPC_BRIDGE_SLURM_RUN_DIR": str(self.run_dir),
+            "HPC_BRIDGE_SLURM_SBIN": self.sbin_dir,
+        }
+        if node_name:
+            env["HPC_BRIDGE_NODE_NAME"] = node_name
+        return env
+
+    def slurm(self, timeout: float = 30.0):
+        """An hpc_bridge.slurm.Slurm bound to this cluster."""
+        from hpc_bridge.slurm import Slurm
+
+        return Slurm(bin_dir=self.bin_dir, slurm_conf=str(self.conf_path), timeout=timeout)
+
+    # -- config ------------------------------------------------------------------------------
+
+    def _expand(self, expr: str) -> list[str]:
+        proc = subprocess.run(
+            [f"{self.bin_dir}/scontrol", "show", "hostnames", expr],
+            env={"SLURM_CONF": str(self.etc / "oracle.conf")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        names = proc.stdout.split()
+        if proc.returncode != 0 or not names or "Invalid" in proc.stderr:
+            raise ValueError(f"bad hostlist in node conf: {expr!r}: {proc.stderr.strip()[:200]}")
+        return names
+
+    def _port_of(self, name: str) -> int:
+        if name not in self.node_ports:
+            self.node_ports[name] = self._pool.take(1)[0]
+        return self.node_ports[name]
+
+    def _write_node_includes(self) -> list[Path]:
+        (self.etc / "oracle.conf").write_text(f"ClusterName=oracle\nSlurmctldHost=localhost\n")
+        sources: list[tuple[str, str]] = []
+        if self.nodes_conf_text is not None:
+            sources.append(("nodes.conf", self.nodes_conf_text))
+        for i, p in enumerate(self.includes):
+            sources.append((f"{i:02d}-{p.name}", p.read_text()))
+        written = []
+        for name, text in sources:
+            target = self.etc / f"ported-{name}"
+            # Take ports for new names in the order they appear, so ranges stay contiguous.
+            new_text = add_node_ports(text, self._expand, self._port_of)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(new_text)
+            os.replace(tmp, target)
+            written.append(target)
+        (self.run_dir / "ports.json").write_text(json.dumps(self.node_ports, indent=1, sort_keys=True))
+        return written
+
+    def _copy_side_file(self, src, name: str) -> None:
+        if src is None:
+            return
+        p = Path(src)
+        text = p.read_text() if "\n" not in str(src) and p.exists() else str(src)
+        (self.etc / name).write_text(text)
+
+    def _prolog(self) -> str:
+        """A PrologSlurmctld that returns once the job's nodes stopped POWERING_UP: with it a
+        batch job on resumed cloud nodes starts ~3 s after slurmd registers instead of up to
+        30 s later (SLURM-FACTS)."""
+        path = self.etc / "prolog-slurmctld"
+        path.write_text(
+            f"#!{sys.executable}\n"
+            "import os, subprocess, time\n"
+            f"os.environ.setdefault('SLURM_CONF', {str(self.conf_path)!r})\n"
+            "job = os.environ.get('SLURM_JOB_ID', '')\n"
+            f"scontrol = {self.bin_dir + '/scontrol'!r}\n"
+            f"deadline = time.monotonic() + {self.resume_timeout + 30}\n"
+            "while job and time.monotonic() < deadline:\n"
+            "    out = subprocess.run([scontrol, '-o', 'show', 'job', job], capture_output=True, text=True).stdout\n"
+            "    if 'State=CONFIGURING' not in out and 'JobState=CONFIGURING' not in out:\n"
+            "        break\n"
+            "    nodes = out.split(' NodeList=', 1)[-1].split(' ', 1)[0]\n"
+            "    if not nodes or nodes == '(null)':\n"
+            "        break\n"
+            "    st = subprocess.run([scontrol, '-o', 'show', 'node', nodes], capture_output=True, text=True).stdout\n"
+            "    busy = ('POWERING_UP', 'POWERED_DOWN', 'NOT_RESPONDING')\n"
+            "    if st and not any(b in st for b in busy):\n"
+            "        break\n"
+            "    time.sleep(0.5)\n"
+        )
+        path.chmod(0o755)
+        return str(path)
+
+    def write_conf(self) -> Path:
+        for d in (self.etc, self.run_dir, self.log_dir, self.state_dir, self.spool_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.ctld_port:
+            self.ctld_port, self.slurmd_port = self._pool.take(2)
+        includes = self._write_node_includes()
+        self._copy_side_file(self.topology_conf, "topology.conf")
+        self._copy_side_file(self.gres_conf, "gres.conf")
+        lines = [
+            f"ClusterName={self.cluster_name}",
+            "SlurmctldHost=localhost",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            f"SlurmctldPort={self.ctld_port}",
+            f"SlurmdPort={self.slurmd_port}",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_dir}/munge.socket.2",
+            "CredType=cred/munge",
+            f"StateSaveLocation={self.state_dir}",
+            f"SlurmdSpoolDir={self.spool_dir}/%n",
+            f"SlurmctldPidFile={self.run_dir}/slurmctld.pid",
+            f"SlurmdPidFile={self.run_dir}/slurmd-daemon-%n.pid",
+            f"SlurmctldLogFile={self.log_dir}/slurmctld.log",
+            f"SlurmdLogFile={self.log_dir}/slurmd-%n.log",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "MpiDefault=none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SchedulerType=sched/backfill",
+            "MailProg=/bin/true",
+            "ReturnToService=2",
+            "TreeWidth=65533",
+            "PrivateData=cloud",
+            "SlurmdParameters=config_overrides",
+            "GresTypes=gpu",
+            "MessageTimeout=10",
+            "SlurmdTimeout=300",
+            "KillWait=2",
+            "MinJobAge=300",
+            f"SuspendTime={self.suspend_time}",
+            f"SuspendTimeout={self.suspend_timeout}",
+            f"ResumeTimeout={self.resume_timeout}",
+            "ResumeRate=0",
+            "SuspendRate=0",
+            f"SlurmctldParameters={self.slurmctld_parameters}",
+        ]
+        for key, prog in (
+            ("ResumeProgram", self.resume_program),
+            ("SuspendProgram", self.suspend_program),
+            ("ResumeFailProgram", self.resume_fail_program),
+        ):
+            if prog:
+                lines.append(f"{key}={prog}")
+        if self.prolog_wait_for_nodes:
+            lines.append(f"PrologSlurmctld={self._prolog()}")
+        if self.topology_conf is not None:
+            lines.append("TopologyPlugin=topology/tree")
+        if self.extra_conf:
+            lines.append(self.extra_conf.strip())
+        lines += [f"include {p}" for p in includes]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+        return self.conf_path
+
+    def sync_includes(self, reconfigure: bool = True) -> None:
+        """Re-read the node include files (e.g. after ``hpc-bridge partitions`` rewrote them),
+        write port-added copies, and ``scontrol reconfigure`` (resets updated NodeAddrs)."""
+        self._write_node_includes()
+        if reconfigure and self._started:
+            self.scontrol("reconfigure")
+
+    def make_program(self, name: str, argv: Sequence[str]) -> str:
+        """Write ``etc/<name>``: an executable that runs ``argv + its own arguments`` (Slurm
+        passes the hostlist as $1). For ResumeProgram= & co, which take no arguments and run
+        with no PATH. Returns the absolute path."""
+        self.etc.mkdir(parents=True, exist_ok=True)
+        path = self.etc / name
+        path.write_text(
+            f"#!{sys.executable}\n"
+            "import os, sys\n"
+            f"argv = {list(map(str, argv))!r} + sys.argv[1:]\n"
+            "os.execv(argv[0], argv)\n"
+        )
+        path.chmod(0o755)
+        return str(path)
+
+    def use_bridge_hooks(self, config_path: str | os.PathLike) -> dict[str, str]:
+        """Install scripts/hooks wrappers (this python, this source tree on PYTHONPATH, the given
+        hpc-bridge config) under etc/hooks and point Resume/Suspend/ResumeFailProgram at them.
+        Call before start() (or follow with write_conf() + ``scontrol reconfigure``)."""
+        dest = self.etc / "hooks"
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "hooks" / "install"),
+                "--dest", str(dest),
+                "--python", sys.executable,
+                "--config", str(Path(config_path).resolve()),
+                "--pythonpath", str(REPO),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        self.resume_program = str(dest / "resume")
+        self.suspend_program = str(dest / "suspend")
+        self.resume_fail_program = str(dest / "resume-fail")
+        return {"resume": self.resume_program, "suspend": self.suspend_program, "resume-fail": self.resume_fail_program}
+
+    def use_test_hooks(self) -> None:
+        """Trivial hooks with no cloud (tests/slurm_test_hook.py): resume sets NodeAddr=127.0.0.1
+        and starts slurmds through scripts/sim-boot-hook; suspend / resume-fail stop them."""
+        hook = [sys.executable, str(REPO / "tests" / "slurm_test_hook.py")]
+        self.resume_program = self.make_program("test-resume", [*hook, "resume", str(self.run_dir)])
+        self.suspend_program = self.make_program("test-suspend", [*hook, "suspend", str(self.run_dir)])
+        self.resume_fail_program = self.make_program("test-resume-fail", [*hook, "resume-fail", str(self.run_dir)])
+
+    def boot_hook_argv(self, action: str = "start") -> list[str]:
+        """argv for the simulator's [hooks] on_ready / on_stop: scripts/sim-boot-hook bound to
+        this cluster (node name comes from env HPC_BRIDGE_NODE_NAME)."""
+        return [
+            sys.executable,
+            str(REPO / "scripts" / "sim-boot-hook"),
+            action,
+            "--conf", str(self.conf_path),
+            "--run-dir", str(self.run_dir),
+            "--sbin", self.sbin_dir,
+        ]
+
+    def node_port(self, name: str) -> int:
+        return self.node_ports[name]
+
+    # -- start / stop ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> SlurmCluster:
+        why = slurm_available(self.sbin_dir, self.bin_dir)
+        if why:
+            raise RuntimeError(why)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _become_subreaper()
+        self._started = True  # from here on stop() cleans up whatever did start
+        try:
+            self._start_munged()
+            self.write_conf()
+            log = open(self.log_dir / "slurmctld.out", "ab")
+            self._ctld = subprocess.Popen(
+                [f"{self.sbin_dir}/slurmctld", "-D", "-i"],
+                cwd=self.workdir,
+                env={"SLURM_CONF": str(self.conf_path)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+            self.wait_for(self._ctld_up, timeout, what="slurmctld answering scontrol ping")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ctld_up(self) -> bool:
+        if self._ctld is not None and self._ctld.poll() is not None:
+            tail = self.log_tail("slurmctld.out") + self.log_tail("slurmctld.log")
+            raise RuntimeError(f"slurmctld exited with {self._ctld.returncode}:\n{tail}")
+        p = self.run(["scontrol", "ping"], check=False, timeout=10)
+        return p.returncode == 0 and "is UP" in p.stdout
+
+    def _start_munged(self) -> None:
+        d = self.workdir / "munge"
+        if len(str(d / "munge.socket.2")) > 100:
+            d = Path(tempfile.mkdtemp(prefix="hbmunge-", dir="/tmp"))
+            self._munge_tmp = True
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o755)
+        self.munge_dir = d
+        key = d / "munge.key"
+        mungekey = shutil.which("mungekey", path=f"{self.sbin_dir}:{self.bin_dir}")
+        if not key.exists():
+            subprocess.run([mungekey, "-c", "-k", str(key)], check=True, capture_output=True, timeout=30)
+        sock = d / "munge.socket.2"
+        log = open(d / "munged.out", "ab")
+        self._munged = subprocess.Popen(
+            [
+                f"{self.sbin_dir}/munged",
+                "--foreground",  # our child: stopped and reaped by PID, no zombie left behind
+                f"--key-file={key}",
+                f"--socket={sock}",
+                f"--pid-file={d}/munged.pid",
+                f"--seed-file={d}/munged.seed",
+                f"--log-file={d}/munged.log",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self._munged_pid = self._munged.pid
+
+        def munge_up():
+            if self._munged.poll() is not None:
+                raise RuntimeError(f"munged exited with {self._munged.returncode}: {(d / 'munged.out').read_text()[-500:]}")
+            return sock.exists()
+
+        self.wait_for(munge_up, 10, what="munged socket")
+
+    def start_slurmd(self, name: str, wait: bool = False, timeout: float = 30.0) -> int:
+        """Start ``slurmd -D -b -N name`` (own session; -b reports a fresh boot). Returns its PID.
+        With wait=True, returns once slurmctld sees the node responding."""
+        if name in self._slurmds and self._slurmds[name].poll() is None:
+            return self._slurmds[name].pid
+        (self.spool_dir / name).mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"slurmd-{name}.out", "ab")
+        p = subprocess.Popen(
+            [f"{self.sbin_dir}/slurmd", "-D", "-b", "-N", name],
+            cwd=self.workdir,
+            env={"SLURM_CONF": str(self.conf_path)},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self._slurmds[name] = p
+        if wait:
+            self.wait_for(lambda: self._responding(name), timeout, what=f"slurmd {name} registered")
+        return p.pid
+
+    def _responding(self, name: str) -> bool:
+        out = self.run(["scontrol", "-o", "show", "node", name], check=False).stdout
+        m = re.search(r" State=(\S+)", out)
+        return bool(m) and not {"NOT_RESPONDING", "POWERING_UP", "POWERED_DOWN", "DOWN"} & set(m.group(1).split("+"))
+
+    def stop_slurmd(self, name: str) -> None:
+        """Stop the node's slurmd (started here or by the boot hook) and its job processes."""
+        pids = set()
+        p = self._slurmds.pop(name, None)
+        if p is not None:
+            pids.add(p.pid)
+        pids |= self._recorded_slurmd_pids(only=name)
+        for pid in pids:
+            self._kill_slurmd_tree(pid)
+        if p is not None:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _recorded_slurmd_pids(self, only: str | None = None) -> set[int]:
+        pids = set()
+        for f in self.run_dir.glob("slurmd-*.pid"):
+            node = f.name[len("slurmd-") : -len(".pid")]
+            if node.startswith("daemon-"):
+                node = node[len("daemon-") :]
+            if only is not None and node != only:
+                continue
+            try:
+                pids.add(int(f.read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
+
+    def _kill_slurmd_tree(self, pid: int) -> None:
+        """SIGTERM the slurmd's session (slurmd + slurmstepds + job tasks), then SIGKILL."""
+        if not _is_process(pid, b"slurmd"):
+            return
+        victims = _session_members(pid)
+        victims |= _descendants(victims | {pid})
+        _terminate(victims | {pid}, grace=5.0)
+
+    def stop(self) -> None:
+        """Kill everything started here, by PID: slurmds (and their jobs), slurmctld, munged."""
+        for name in list(self._slurmds):
+            self.stop_slurmd(name)
+        for pid in self._recorded_slurmd_pids():
+            self._kill_slurmd_tree(pid)
+        if self._ctld is not None:
+            kids = _descendants({self._ctld.pid})  # hook programs still running
+            _terminate({self._ctld.pid}, grace=10.0)
+            try:
+                self._ctld.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            _terminate(kids, grace=2.0)
+            self._ctld = None
+        # Boot hooks may have raced a last slurmd in while slurmctld stopped.
+        for pid in self._recorded_slurmd_pids():
+            self._kill_slurmd_tree(pid)
+        if self._munged is not None:
+            _terminate({self._munged.pid}, grace=5.0)
+            try:
+                self._munged.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._munged = self._munged_pid = None
+        _reap_adopted()
+        if self._munge_tmp and self.munge_dir is not None:
+            shutil.rmtree(self.munge_dir, ignore_errors=True)
+        self._started = False
+
+    def __enter__(self) -> SlurmCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- using it ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        check: bool = True,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        """Run a Slurm client (``["sbatch", "-N2", "--wrap", "hostname"]``) with this cluster's
+        SLURM_CONF; a bare argv[0] is looked up in bin_dir then sbin_dir."""
+        argv = list(argv)
+        if not os.path.isabs(argv[0]):
+            for d in (self.bin_dir, self.sbin_dir):
+                if os.access(os.path.join(d, argv[0]), os.X_OK):
+                    argv[0] = os.path.join(d, argv[0])
+                    break
+        full_env = dict(self.env)
+        if env:
+            full_env.update(env)
+        p = subprocess.run(
+            argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=self.workdir, stdin=subprocess.DEVNULL
+        )
+        if check and p.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} -> exit {p.returncode}: {p.stderr.strip()[:500]}")
+        return p
+
+    def scontrol(self, *args: str) -> str:
+        return self.run(["scontrol", *args]).stdout
+
+    def sbatch(self, *args: str) -> int:
+        """sbatch --parsable ... -> job id."""
+        out = self.run(["sbatch", "--parsable", *args]).stdout.strip()
+        return int(out.split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """``scontrol -o show job`` as a dict ({} when the job is gone)."""
+        p = self.run(["scontrol", "-o", "show", "job", str(job_id)], check=False)
+        if p.returncode != 0:
+            return {}
+        return dict(re.findall(r"(?:^| )([A-Za-z][A-Za-z0-9_:/]*)=(\S*)", p.stdout.strip()))
+
+    def job_state(self, job_id: int) -> str | None:
+        return self.job(job_id).get("JobState")
+
+    def nodes(self):
+        """hpc_bridge.slurm.Slurm(...).show_nodes() for this cluster."""
+        return self.slurm().show_nodes()
+
+    def node_flags(self, name: str) -> frozenset[str]:
+        n = self.nodes().get(name)
+        return n.state_flags if n else frozenset()
+
+    @staticmethod
+    def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+        """Poll until predicate() is truthy; return its value, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        last_exc: Exception | None = None
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (RuntimeError, AssertionError):
+                raise
+            except Exception as exc:  # transient (file not there yet, ...)
+                last_exc = exc
+            if time.monotonic() >= deadline:
+                extra = f" (last error: {last_exc})" if last_exc else ""
+                raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{extra}")
+            time.sleep(interval)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        p = self.log_dir / name
+        try:
+            return "\n".join(p.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+        except OSError:
+            return ""
+
+    def status(self) -> dict:
+        """What runs, for scripts/slurm-cluster status."""
+        return {
+            "conf": str(self.conf_path),
+            "slurmctld": self._ctld.pid if self._ctld else None,
+            "munged": self._munged_pid,
+            "slurmds": {n: p.pid for n, p in self._slurmds.items() if p.poll() is None},
+        }
+
+
+# -- process helpers (by PID only) -----------------------------------------------------------
+
+
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants (slurmds started by hooks whose parent exited), so that
+    killing them leaves no zombie when PID 1 of a container does not reap."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        pass
+
+
+def _is_process(pid: int, name: bytes) -> bool:
+    """True when pid is alive (not a zombie) and its command line mentions name."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        if stat.rsplit(b")", 1)[1].split()[0] == b"Z":
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return name in f.read()
+    except (OSError, IndexError):
+        return False
+
+
+def _reap_adopted() -> None:
+    """Reap zombie slurmd/slurmstepd processes this (subreaper) process adopted."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+            comm = raw[raw.index(b"(") + 1 : raw.rindex(b")")]
+            fields = raw.rsplit(b")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == me and comm in (b"slurmd", b"slurmstepd"):
+            try:
+                os.waitpid(int(entry), os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _proc_table() -> list[tuple[int, int, int]]:
+    """(pid, ppid, session) of every process."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            out.append((int(entry), int(fields[1]), int(fields[3])))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _session_members(sid: int) -> set[int]:
+    return {pid for pid, _, s in _proc_table() if s == sid and pid != sid}
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    table = _proc_table()
+    found: set[int] = set()
+    frontier = set(roots)
+    while frontier:
+        kids = {pid for pid, ppid, _ in table if ppid in frontier and pid not in found and pid not in roots}
+        found |= kids
+        frontier = kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _terminate(pids: set[int], grace: float) -> None:
+    pids = {p for p in pids if p > 1 and p != os.getpid()}
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    # Reap our own children so no zombies linger.
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
