@@ -37,7 +37,8 @@ ENDPOINTS = (
     "operations",
     "operation",
 )
-REQUEST_FAULT_KEYS = ("error_rate", "throttle_rate", "retry_after", "latency", "drop_rate", "lost_response_rate")
+REQUEST_FAULT_KEYS = ("error_rate", "throttle_rate", "retry_after", "latency", "drop_rate", "lost_response_rate", "times")
+_UNBOUNDED = ("retry_after", "latency", "times")  # not fractions
 
 
 class ScenarioError(ConfigError):
@@ -282,10 +283,10 @@ def validate_faults(data: Any, where: str = "faults", *, partial: bool = False) 
     _no_unknown(data, known, where)
     out: dict[str, Any] = {}
     defaults = {"error_rate": 0.0, "throttle_rate": 0.0, "retry_after": 1.0, "latency": 0.0, "drop_rate": 0.0,
-                "lost_response_rate": 0.0, "boot_failure_rate": 0.0}
+                "lost_response_rate": 0.0, "times": 0.0, "boot_failure_rate": 0.0}
     for key, default in defaults.items():
         if key in data or not partial:
-            upper = None if key in ("retry_after", "latency") else 1.0
+            upper = None if key in _UNBOUNDED else 1.0
             out[key] = _num(data, key, where, default, maximum=upper)
     if "seed" in data or not partial:
         out["seed"] = _int(data, "seed", where, default=0)
@@ -303,7 +304,7 @@ def validate_faults(data: Any, where: str = "faults", *, partial: bool = False) 
             knobs = _table(knobs, f"{where}.endpoints.{name}")
             _no_unknown(knobs, set(REQUEST_FAULT_KEYS), f"{where}.endpoints.{name}")
             parsed[name] = {
-                k: _num(knobs, k, f"{where}.endpoints.{name}", 0.0, maximum=None if k in ("retry_after", "latency") else 1.0)
+                k: _num(knobs, k, f"{where}.endpoints.{name}", 0.0, maximum=None if k in _UNBOUNDED else 1.0)
                 for k in knobs
             }
         out["endpoints"] = parsed

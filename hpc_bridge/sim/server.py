@@ -56,6 +56,7 @@ class SimServer:
         self._stopping = threading.Event()
         self._hook_procs: list[subprocess.Popen] = []
         self.hook_errors: list[str] = []
+        self._injected: dict[str, int] = {}  # faults injected per scope ("*" or an endpoint), for `times`
         self.reset_stats()
 
     # ------------------------------------------------------------------ properties
@@ -151,6 +152,10 @@ class SimServer:
             raise ValueError(error)
         with self._lock:
             self.model.set_faults(normalised)
+            if set(normalised) & set(REQUEST_FAULT_KEYS):
+                self._injected.pop("*", None)
+            for name in normalised.get("endpoints", {}):
+                self._injected.pop(name, None)
             if "seed" in normalised:
                 self._fault_rng = random.Random(f"faults-{normalised['seed']}")
             return json.loads(json.dumps(self.model.faults))
@@ -229,11 +234,16 @@ class SimServer:
 
     # ------------------------------------------------------------------ faults
 
-    def _fault_for(self, endpoint: str) -> dict[str, float]:
+    def _fault_for(self, endpoint: str) -> tuple[str, dict[str, float]]:
+        """(scope, knobs) in effect for an endpoint; no faults once `times` injections happened."""
         faults = self.model.faults
         knobs = {k: faults.get(k, 0.0) for k in REQUEST_FAULT_KEYS}
-        knobs.update(faults.get("endpoints", {}).get(endpoint, {}))
-        return knobs
+        own = faults.get("endpoints", {}).get(endpoint)
+        scope = endpoint if own else "*"
+        knobs.update(own or {})
+        if knobs["times"] and self._injected.get(scope, 0) >= knobs["times"]:
+            knobs.update(error_rate=0.0, throttle_rate=0.0, drop_rate=0.0, lost_response_rate=0.0, latency=0.0)
+        return scope, knobs
 
     # ------------------------------------------------------------------ dispatch
 
@@ -267,9 +277,9 @@ class SimServer:
         if len(rest) == 2 and rest[0] == "nodes":
             _allow(method, "POST", path)
             if rest[1] == "create":
+                self._count("creates", "calls")  # every call, also those refused (409)
                 result = m.create(body, now)
-                self._count("creates", "calls")
-                self._count("creates", "nodes_requested", sum(s.get("count", 0) for s in body["sets"] if isinstance(s, dict)))
+                self._count("creates", "nodes_requested", sum(s.get("count", 0) for s in body["sets"]))
                 self._count("creates", "nodes_added", sum(s["added"] for s in result["sets"]))
             else:
                 result = m.manage(rest[1], body, now)
@@ -432,12 +442,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         endpoint = endpoint_name(method, path)
         with sim._lock:
-            knobs = sim._fault_for(endpoint)
+            scope, knobs = sim._fault_for(endpoint)
             roll = sim._fault_rng.random
             drop = roll() < knobs["drop_rate"]
             fail = roll() < knobs["error_rate"]
             throttle = roll() < knobs["throttle_rate"]
             lose = roll() < knobs["lost_response_rate"]
+            if drop or fail or throttle or lose:
+                sim._injected[scope] = sim._injected.get(scope, 0) + 1
             sim._stats["total"] += 1
             sim._count("requests", endpoint)
         if knobs["latency"] > 0:
