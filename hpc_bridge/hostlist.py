@@ -392,21 +392,22 @@ def compress_sorted(names: Iterable[str]) -> str:
     the same prefix, then by the width of the number, then by its value. Meant for config
     generation: the same set of names always gives the same string.
     """
-    names = _names_list(names)
-    keyed = []
-    prefixes = set()
-    digits = _DIGITS
-    for name in set(names):
-        stem = name.rstrip(digits)
-        prefixes.add(stem)
-        if len(stem) == len(name):
-            keyed.append((stem, 0, 0, 0, name))
-        else:
-            suffix = name[len(stem):]
-            keyed.append((stem, 1, len(suffix), int(suffix), name))
-    rank = {p: i for i, p in enumerate(sorted(prefixes, key=cmp_to_key(_strnatcmp)))}
-    keyed.sort(key=lambda k: (rank[k[0]], k[1], k[2], k[3]))
-    return _compress([k[4] for k in keyed])
+    groups: dict[str, list[str]] = {}
+    for name in dict.fromkeys(_names_list(names)):
+        stem = name.rstrip(_DIGITS)
+        group = groups.get(stem)
+        if group is None:
+            groups[stem] = group = []
+        group.append(name)
+    ordered: list[str] = []
+    for stem in sorted(groups, key=cmp_to_key(_strnatcmp)):
+        group = groups[stem]
+        # Same prefix: the bare name (no number) first, then by width, then by value; for digit
+        # strings of one width the string order is the numeric order. Both sorts are stable.
+        group.sort()
+        group.sort(key=len)
+        ordered.extend(group)
+    return _compress(ordered)
 
 
 def _nat_bytes(text: str) -> list[int]:

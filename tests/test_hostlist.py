@@ -1,0 +1,442 @@
+"""hpc_bridge.hostlist against Slurm 22.05's own parser (scontrol as oracle).
+
+The oracle is `scontrol show hostnames|hostlist|hostlistsorted` run with a minimal SLURM_CONF and
+no controller. Without /usr/bin/scontrol the oracle tests skip, unless CI=true (then they fail).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from hpc_bridge.errors import HostlistError
+from hpc_bridge.hostlist import compress, compress_sorted, expand
+
+# ---------------------------------------------------------------------------------------------
+# oracle
+# ---------------------------------------------------------------------------------------------
+
+SCONTROL = shutil.which("scontrol", path="/usr/bin:/usr/local/bin:" + os.environ.get("PATH", ""))
+
+
+class Oracle:
+    """Runs scontrol with a minimal slurm.conf; one process per question (~2-5 ms)."""
+
+    def __init__(self, scontrol: str, conf: str):
+        self.scontrol = scontrol
+        self.env = dict(os.environ, SLURM_CONF=conf)
+
+    def show(self, what: str, arg: str) -> list[str] | None:
+        """Lines printed by `scontrol show <what> <arg>`, or None when Slurm says invalid."""
+        # "--": an argument starting with '-' must not be read as an scontrol option
+        proc = subprocess.run([self.scontrol, "--", "show", what, arg], capture_output=True,
+                              env=self.env, timeout=60)
+        if b"Invalid hostlist" in proc.stderr:
+            return None
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout.decode("utf-8", "surrogateescape")
+        lines = text.split("\n")
+        assert lines[-1] == "", "scontrol output ends with a newline"
+        return lines[:-1]
+
+    def hostnames(self, expr: str) -> list[str] | None:
+        return self.show("hostnames", expr)
+
+    def hostlist(self, names: list[str]) -> str:
+        out = self.show("hostlist", ",".join(names))
+        assert out is not None and len(out) <= 1
+        return out[0] if out else ""
+
+    def hostlistsorted(self, names: list[str]) -> str:
+        out = self.show("hostlistsorted", ",".join(names))
+        assert out is not None and len(out) <= 1
+        return out[0] if out else ""
+
+
+@pytest.fixture(scope="session")
+def oracle(tmp_path_factory) -> Oracle:
+    if not SCONTROL or not os.access(SCONTROL, os.X_OK):
+        message = "scontrol not installed: Slurm oracle tests need /usr/bin/scontrol"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true)")
+        pytest.skip(message)
+    conf = tmp_path_factory.mktemp("oracle") / "slurm.conf"
+    conf.write_text("ClusterName=oracle\nSlurmctldHost=localhost\n")
+    return Oracle(SCONTROL, str(conf))
+
+
+# ---------------------------------------------------------------------------------------------
+# table of tricky cases (each one checked against scontrol 22.05 by test_table_matches_slurm)
+# ---------------------------------------------------------------------------------------------
+
+EXPAND_TABLE = [
+    ("", []),
+    ("   ", []),
+    ("n1", ["n1"]),
+    ("a,,b", ["a", "b"]),
+    (",a", ["a"]),
+    ("a b\tc\nd", ["a", "b", "c", "d"]),
+    ("a, b", ["a", "b"]),
+    ("n[1-3,05-7]", ["n1", "n2", "n3", "n05", "n06", "n07"]),
+    ("a[1-03]", ["a1", "a2", "a3"]),  # padding follows the first number
+    ("a[001-3]", ["a001", "a002", "a003"]),
+    ("a[09-11]", ["a09", "a10", "a11"]),
+    ("a[8-10]", ["a8", "a9", "a10"]),
+    ("a[1-1]", ["a1"]),
+    ("a[1-]", ["a1"]),  # an empty upper bound means the lower one
+    ("a2,a1,a2", ["a2", "a1", "a2"]),  # order and duplicates kept
+    ("a[1-2],a[1-2]", ["a1", "a2", "a1", "a2"]),
+    ("[1-3]", ["1", "2", "3"]),
+    ("x[1]", ["x1"]),
+    ("n1-[1-2]", ["n1-1", "n1-2"]),  # prefix ending in a digit
+    ("gpu01[1-2]", ["gpu011", "gpu012"]),
+    ("a[1-2]b[3-4]", ["a1b3", "a1b4", "a2b3", "a2b4"]),
+    ("n[1-3]-[4-5]", ["n1-4", "n1-5", "n2-4", "n2-5", "n3-4", "n3-5"]),
+    ("a[1-2][3,4]", ["a13", "a14", "a23", "a24"]),
+    # three groups: Slurm walks the prefix groups right to left, the first varies faster
+    ("a[1-2]b[3-4]c[5]", ["a1b3c5", "a2b3c5", "a1b4c5", "a2b4c5"]),
+    ("a[1,2]b[3,4],c[5,6]", ["a1b3", "a1b4", "a2b3", "a2b4", "c5", "c6"]),
+    ("a[1,2] b", ["a1", "a2", "b"]),
+    ("a[ 1-2]", ["a01", "a02"]),  # Slurm counts the blank in the padding width
+    ("a[1, 2]", ["a1", "a02"]),
+    ("a[+1-2]", ["a01", "a02"]),
+    ("a[1- 2]", ["a1", "a2"]),
+    ("a[0- -0]", ["a0"]),
+    ("n[1a-3]", ["n01", "n02", "n03"]),  # Slurm only checks the end of the last number
+    ("a;b,a$b", ["a;b", "a$b"]),  # no shell meaning: just characters
+    ("a1-2]", ["a1-2]"]),
+    ("]", ["]"]),
+    ("a]b[1-2]", ["a]b1", "a]b2"]),
+    ("a]b,c", ["a]b", "c"]),
+    ("a[1]b[2,3]", ["a1b2", "a1b3"]),
+    ("[1-2]x[3]", ["1x3", "2x3"]),
+    ("a18446744073709551614", ["a18446744073709551614"]),
+]
+
+# Slurm answers "Invalid hostlist" for all of these.
+SLURM_REJECTS = [
+    "a[1-2]b",  # text after the last bracket
+    "a[1,2]x,y",
+    "a[1,2]b[3,4]c",
+    "a[1-3]]",
+    "a[[1-3]]",
+    "a[]",
+    "[]",
+    "a[3-1]",
+    "a[1,,2]",
+    "a[,1]",
+    "a[1,]",
+    "a[-1]",
+    "a[x]",
+    "a[1x]",
+    "a[1-2x]",
+    "a[1-2 ]",
+    "a[1 2]",
+    "a[1 ,2]",
+    "a[1--2]",
+    "a[1- -0]",
+    "n[1a-]",
+    "a[1-2]-[a]",
+    "a[1-2]]b[3]",
+    "a[1-2]b[c]d[3]",
+    "a[0-65536]",  # more than 65,536 hosts in one range
+    "a[1-65537]",
+    "a[0-65535,1][1]",  # more than 65,536 prefixes from one group
+    "a[1]b]",
+]
+
+# Slurm accepts these but answers with damaged data; we refuse rather than guess.
+DELIBERATE_REJECTS = [
+    ("a[1-2", "unclosed"),  # Slurm: host "a]"
+    ("a[1,2", "unclosed"),  # Slurm: hosts "a]", "2"
+    ("[", "unclosed"),  # Slurm: an empty host name
+    ("a[b[1-2]", "unclosed"),  # Slurm: hosts "a[b1", "a[b2"
+    ("x]a[1,2]", "unclosed"),  # Slurm: hosts "x]a]", "2]"
+    ("a99999999999999999999", "too large"),  # Slurm clamps to 18446744073709551615
+    ("a[0-99999999999999999999]", "too large"),  # Slurm wraps and prints nothing
+    ("a[x]b[1-2]c[3]", "invalid range"),  # Slurm silently prints nothing
+    ("a[0-65535,0]b[1]c[1]", "prefixes"),  # Slurm prints a partial list
+    ("a\rb", "invalid character"),
+    ("a\x0bb", "invalid character"),
+]
+
+COMPRESS_TABLE = [
+    ([], ""),
+    (["a1", "a2", "a3", "b01"], "a[1-3],b01"),
+    (["a1", "a3", "a2"], "a[1,3,2]"),  # input order kept
+    (["a2", "a1"], "a[2,1]"),
+    (["a1", "b1", "a2"], "a1,b1,a2"),
+    (["a1", "a1"], "a[1,1]"),
+    (["a1", "a01"], "a[1,01]"),
+    (["a9", "a10"], "a[9-10]"),  # compatible widths join
+    (["a09", "a10"], "a[09-10]"),
+    (["a9", "a010"], "a[9,010]"),  # incompatible padding does not
+    (["a05", "a6"], "a[05,6]"),
+    (["a0099", "a100"], "a[0099,100]"),
+    (["a099", "a100"], "a[099-100]"),
+    (["a0", "a00", "a000"], "a[0,00,000]"),
+    (["a", "a1"], "a,a1"),
+    (["a1", "a2", "a", "a3"], "a[1-2],a,a3"),
+    (["n1-1", "n1-2"], "n1-[1-2]"),
+    (["1", "2", "3"], "[1-3]"),
+    (["01", "2"], "[01,2]"),
+    (["a1", "a2", "b1", "b2", "a3"], "a[1-2],b[1-2],a3"),
+    (["a1b2", "a1b10", "a2b1"], "a1b[2,10],a2b1"),
+]
+
+COMPRESS_SORTED_TABLE = [
+    (["a2", "a1", "a1"], "a[1-2]"),
+    (["n10", "n9"], "n[9-10]"),
+    (["b1", "a10", "a9", "a"], "a,a[9-10],b1"),
+    (["a10", "a9", "a09", "a010"], "a[9,09-10,010]"),
+    (["n1", "n2", "n10", "n010", "n0010", "n9", "n09", "n009"],
+     "n[1-2,9,09-10,009-010,0010]"),
+    (["a01b1", "a1b1", "a001b1", "a2b1", "a10b1", "a0b1"], "a0b1,a001b1,a01b1,a1b1,a2b1,a10b1"),
+    (["b", "a", "B", "_", "a-1", "a.1"], "B,_,a,a-1,a.1,b"),
+    (["x1", "x-1", "x_1", "x01", "x"], "x,x[1,01],x-1,x_1"),
+    (["a1b2", "a1b10", "a2b1", "a10b1"], "a1b[2,10],a2b1,a10b1"),
+]
+
+
+@pytest.mark.parametrize("expr,expected", EXPAND_TABLE)
+def test_expand_table(expr, expected):
+    assert expand(expr) == expected
+
+
+@pytest.mark.parametrize("expr", SLURM_REJECTS)
+def test_expand_rejects_what_slurm_rejects(expr):
+    with pytest.raises(HostlistError) as info:
+        expand(expr)
+    message = str(info.value)
+    assert "\n" not in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("expr,why", DELIBERATE_REJECTS)
+def test_expand_refuses_to_guess(expr, why):
+    with pytest.raises(HostlistError, match=why):
+        expand(expr)
+
+
+def test_error_message_quotes_the_offending_part():
+    with pytest.raises(HostlistError, match=r"'1-2x'.*'gpu\[1-2x\]'"):
+        expand("cpu[1-4],gpu[1-2x]")
+    with pytest.raises(HostlistError, match=r"'b'.*'a\[1-2\]b'"):
+        expand("a[1-2]b")
+    with pytest.raises(HostlistError, match=r"'0-70000'"):
+        expand("n[0-70000]")
+    with pytest.raises(HostlistError, match=r"\\n"):  # shown escaped, message stays one line
+        compress(["a\nb"])
+
+
+def test_range_cap_is_65536_hosts():
+    assert len(expand("a[0-65535]")) == 65536
+    assert len(expand("a[1-65536]")) == 65536
+    assert len(expand("a[0-65535][1]")) == 65536
+
+
+@pytest.mark.parametrize("names,expected", COMPRESS_TABLE)
+def test_compress_table(names, expected):
+    assert compress(names) == expected
+
+
+@pytest.mark.parametrize("names,expected", COMPRESS_SORTED_TABLE)
+def test_compress_sorted_table(names, expected):
+    assert compress_sorted(names) == expected
+
+
+@pytest.mark.parametrize("names", [["a[1]"], ["a,b"], ["a b"], [""], ["x]"], ["a\tb"],
+                                   "n1,n2", [1, 2]])
+def test_compress_rejects_non_host_names(names):
+    with pytest.raises(HostlistError):
+        compress(names)
+
+
+def test_compress_accepts_any_iterable():
+    assert compress(f"n{i}" for i in range(1, 4)) == "n[1-3]"
+    assert compress_sorted({"n3", "n1", "n2"}) == "n[1-3]"
+
+
+def test_table_matches_slurm(oracle):
+    for expr, expected in EXPAND_TABLE:
+        assert oracle.hostnames(expr) == expected, expr
+    for expr in SLURM_REJECTS:
+        assert oracle.hostnames(expr) is None, expr
+    for names, expected in COMPRESS_TABLE:
+        assert oracle.hostlist(names) == expected, names
+    for names, expected in COMPRESS_SORTED_TABLE:
+        assert oracle.hostlistsorted(sorted(set(names))) == expected, names
+
+
+def test_deliberate_rejections_are_damaged_answers_in_slurm(oracle):
+    """Each input we refuse is one where Slurm's answer is not a faithful expansion."""
+    damaged = {
+        "a[1-2": ["a]"], "a[1,2": ["a]", "2"], "[": [""], "a[b[1-2]": ["a[b1", "a[b2"],
+        "x]a[1,2]": ["x]a]", "2]"], "a99999999999999999999": ["a18446744073709551615"],
+        "a[0-99999999999999999999]": [], "a[x]b[1-2]c[3]": [],
+    }
+    for expr, slurm_says in damaged.items():
+        assert oracle.hostnames(expr) == slurm_says, expr
+    partial = oracle.hostnames("a[0-65535,0]b[1]c[1]")
+    assert partial is not None and len(partial) == 65536  # 65,537 asked for
+
+
+# ---------------------------------------------------------------------------------------------
+# property tests against scontrol
+# ---------------------------------------------------------------------------------------------
+
+ORACLE_SETTINGS = settings(max_examples=150, deadline=None,
+                           suppress_health_check=[HealthCheck.too_slow])
+
+prefix_chars = st.sampled_from("abn-_.0123456789")
+prefixes = st.text(prefix_chars, max_size=4)
+
+
+@st.composite
+def numbers(draw, max_value=2000):
+    """A number as a string, sometimes zero padded."""
+    value = draw(st.integers(0, max_value))
+    width = draw(st.integers(0, 4))
+    return f"{value:0{width}d}"
+
+
+@st.composite
+def range_items(draw):
+    lo = draw(numbers(300))
+    kind = draw(st.sampled_from(["single", "range", "range", "open"]))
+    if kind == "single":
+        return lo
+    if kind == "open":
+        return lo + "-"
+    hi = int(lo) + draw(st.integers(0, 12))
+    hi_width = draw(st.integers(0, 4))
+    return f"{lo}-{hi:0{hi_width}d}"
+
+
+@st.composite
+def bracket_groups(draw):
+    return "[" + ",".join(draw(st.lists(range_items(), min_size=1, max_size=3))) + "]"
+
+
+@st.composite
+def hostlist_items(draw):
+    first = draw(prefixes)
+    groups = draw(st.integers(0, 3))
+    text = first
+    for _ in range(groups):
+        text += draw(bracket_groups()) + draw(prefixes)
+    if groups:
+        # usually well-formed (nothing after the last bracket), sometimes not
+        if draw(st.integers(0, 4)):
+            text = text.rstrip("abn-_.0123456789")
+            if not text.endswith("]"):
+                text += draw(bracket_groups())
+    return text or "x"
+
+
+expressions = st.lists(hostlist_items(), min_size=0, max_size=4).flatmap(
+    lambda items: st.tuples(st.just(items),
+                            st.lists(st.sampled_from([",", " ", ",,", "\t"]),
+                                     min_size=len(items), max_size=len(items)))
+).map(lambda pair: "".join(item + sep for item, sep in zip(*pair)))
+
+
+def _expand_or_none(expr):
+    try:
+        return expand(expr)
+    except HostlistError:
+        return None
+
+
+@ORACLE_SETTINGS
+@given(expr=expressions)
+def test_expand_matches_slurm(oracle, expr):
+    assert _expand_or_none(expr) == oracle.hostnames(expr)
+
+
+@ORACLE_SETTINGS
+@given(expr=st.text(st.sampled_from("ab01-,[] "), max_size=14))
+def test_expand_fuzz_matches_slurm_or_refuses_damage(oracle, expr):
+    ours = _expand_or_none(expr)
+    slurm = oracle.hostnames(expr)
+    if ours is not None or slurm is None:
+        assert ours == slurm
+    else:
+        # we refused and Slurm answered: only for an unclosed '[' that Slurm papers over
+        # (it tacks on a ']' or drops the '[': "a[1-2" -> "a]", "[0" -> "0")
+        assert "[" in expr
+        with pytest.raises(HostlistError, match="unclosed"):
+            expand(expr)
+
+
+@st.composite
+def host_names(draw, max_value=3000):
+    prefix = draw(st.text(st.sampled_from("abn-_.01"), max_size=3))
+    if draw(st.integers(0, 9)) == 0:
+        return prefix + draw(st.sampled_from("xyz"))  # no numeric suffix
+    return prefix + draw(numbers(max_value))
+
+
+@st.composite
+def runs_of_names(draw):
+    """Lists with long consecutive runs (so ranges form) mixed with odd names."""
+    names = []
+    for _ in range(draw(st.integers(0, 5))):
+        start = draw(host_names())
+        stem = start.rstrip("0123456789")
+        digits = start[len(stem):]
+        if digits:
+            width = len(digits) if draw(st.booleans()) else 0
+            first = int(digits)
+            for i in range(draw(st.integers(1, 15))):
+                names.append(f"{stem}{first + i:0{width}d}")
+        else:
+            names.append(start)
+    return names
+
+
+name_lists = st.one_of(st.lists(host_names(), max_size=12), runs_of_names())
+
+
+@ORACLE_SETTINGS
+@given(names=name_lists)
+def test_compress_matches_slurm(oracle, names):
+    names = [n for n in names if n]
+    assert compress(names) == oracle.hostlist(names)
+
+
+@ORACLE_SETTINGS
+@given(names=name_lists)
+def test_compress_sorted_matches_slurm(oracle, names):
+    names = [n for n in names if n]
+    unique = list(dict.fromkeys(names))
+    assert compress_sorted(names) == oracle.hostlistsorted(unique)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=name_lists)
+def test_round_trip(names):
+    names = list(dict.fromkeys(n for n in names if n))  # no duplicates
+    assert expand(compress(names)) == names
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=name_lists)
+def test_sorted_round_trip_is_sorted_unique(names):
+    names = [n for n in names if n]
+    out = expand(compress_sorted(names))
+    assert sorted(out) == sorted(set(names))
+    assert compress_sorted(out) == compress(out)  # already in Slurm's sorted order
+
+
+@settings(max_examples=200, deadline=None)
+@given(expr=expressions)
+def test_compress_of_expansion_expands_back(expr):
+    names = _expand_or_none(expr)
+    assume(names is not None)
+    assert expand(compress(names)) == names
