@@ -36,8 +36,16 @@ TICK_SECONDS = 0.05
 MAX_BODY = 4 * 1024 * 1024
 
 
-class _Drop(Exception):
-    """Close the connection without an answer."""
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        err = sys.exc_info()[1]
+        if isinstance(err, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            return  # the client went away (timeout, test over): nothing to report
+        super().handle_error(request, client_address)
 
 
 class SimServer:
@@ -87,8 +95,7 @@ class SimServer:
 
     def start(self) -> "SimServer":
         handler = type("Handler", (_Handler,), {"sim": self})
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer((self.host, self.port), handler)
         self._stopping.clear()
         serve = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                  name="sim-http", daemon=True)
