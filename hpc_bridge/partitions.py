@@ -32,8 +32,9 @@ default InfiniBand with maxPlacementGroupSize > 1) the names are cut into consec
 of maxPlacementGroupSize: names 1..S are placement group `<array>-<sizetag>-pg1`, S+1..2S
 `-pg2`, and so on. The group id goes into the node map (resume creates the node in it) and
 into topology.conf as one leaf switch per block. Buckets without placement groups get one
-leaf switch for the whole range (so topology/tree can still schedule every node); leaves hang
-under one switch per nodearray (`<array>-switch`), all of those under `root`.
+leaf switch `<array>-<sizetag>-all` for the whole range (so topology/tree can still schedule
+every node); leaves hang under one switch per nodearray (`<array>-switch`), all of those under
+`root`. The shapes (`...-pg<k>`, `...-all`, `...-switch`, `root`) keep switch names distinct.
 
 Every name that reaches the Slurm files (nodearray, partition, feature, machine type) is
 checked against a conservative Slurm/hostname alphabet; anything else from the API (a newline,
@@ -498,7 +499,7 @@ def plan_partitions(status: ClusterStatus, cfg: Config) -> PartitionPlan:
         leaves: list[str] = []
         for g in groups:
             for pg, lo, hi in g.placement_blocks():
-                leaf = pg or f"{g.prefix.rstrip('-')}"
+                leaf = pg or f"{g.prefix}all"
                 plan.switches.append(Switch(leaf, nodes=range_expression(g.prefix, lo, hi)))
                 leaves.append(leaf)
         sw = f"{host_prefix(array)}-switch"

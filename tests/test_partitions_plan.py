@@ -151,6 +151,8 @@ def test_default_scenario_plan():
         "hpc-hb120rsv3-[1-4]", "hpc-hb120rsv3-[5-8]", "hpc-hb120rsv3-[9-12]", "hpc-hb120rsv3-[13-16]"]
     assert sw["hpc-switch"].switches == "hpc-hb120rsv3-pg1,hpc-hb120rsv3-pg2,hpc-hb120rsv3-pg3,hpc-hb120rsv3-pg4"
     assert sw["root"].switches == "gpu-switch,hpc-switch,htc-switch"
+    assert sw["htc-f2sv2-all"].nodes == "htc-f2sv2-[1-8]"
+    assert sw["htc-switch"].switches == "htc-f2sv2-all,htc-f4sv2-all"
 
     nm = plan.nodemap()
     assert nm.cluster == "demo"
@@ -563,10 +565,11 @@ def test_property_plan_invariants(arrays):
     for (arr, mt), b in vms.items():
         if (arr, mt) not in emitted:
             assert any(arr in c for c in plan.comments)
-    # topology leaves cover every name exactly once
+    # switch names are unique; topology leaves cover every name exactly once
     leaves = [n for s in plan.switches if s.nodes and s.name not in ("root",) and not s.switches
               for n in expand_simple(s.nodes)]
     assert sorted(leaves) == sorted(names)
+    assert len({s.name for s in plan.switches}) == len(plan.switches)
     nm = plan.nodemap()
     assert len(nm) == len(names)
     for n in names[:: max(1, len(names) // 50)]:
