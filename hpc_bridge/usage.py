@@ -164,6 +164,7 @@ class Chart:
     width: int
     height: int
     title: str
+    subtitle: str
     unit: str
     plot_left: float
     plot_top: float
@@ -212,17 +213,24 @@ def chart(records: Sequence[UsageRecord], metric: str = "cost", granularity: str
     axis_max = step * max(1, math.ceil(top / step - 1e-9)) if top > 0 else step * 5
 
     n = max(1, len(intervals))
-    legend_width = min(320, 40 + 7 * max((len(s) for s in series), default=10))
-    slot = max(14.0, min(60.0, 720.0 / n))
-    left, top_margin = 80.0, 50.0
-    rotate = n > 8
-    bottom = 90.0 if rotate else 50.0
+    labels = [interval_label(a, b, granularity) for a, b in intervals]
+    legend_texts = [f"{key} ({_fmt_value(series_total[key], metric)})" for key in series]
+    legend_width = 40 + 7 * max((len(t) for t in legend_texts), default=10)
+    slot = min(60.0, max(3.0, 900.0 / n))
+    every = max(1, math.ceil(n / 24))
+    label_px = 7 * max((len(t) for t in labels), default=0)
+    rotate = label_px + 6 > slot * every
+    left, top_margin = 80.0, 64.0
+    bottom = 30.0 + (0.72 * label_px if rotate else 20.0)
     plot_w, plot_h = slot * n, 300.0
     width = int(left + plot_w + 30 + legend_width)
-    height = int(top_margin + plot_h + bottom)
+    height = int(max(top_margin + plot_h + bottom, top_margin + 22 * len(series) + 20))
     unit = "USD" if metric == "cost" else "core-hours"
-    c = Chart(width=width, height=max(height, int(top_margin + 22 * len(series) + 20)),
+    total_value = sum(series_total.values())
+    period = f"{intervals[0][0][:10]} .. {intervals[-1][1][:10]}" if intervals else "no intervals"
+    c = Chart(width=width, height=height,
               title=title or f"{'Cost' if metric == 'cost' else 'Core-hours'} per nodearray and VM size",
+              subtitle=f"{period} (UTC), total {_fmt_value(total_value, metric)}",
               unit=unit, plot_left=left, plot_top=top_margin, plot_width=plot_w, plot_height=plot_h,
               rotate_labels=rotate, empty=not series, legend_x=left + plot_w + 30)
     scale = plot_h / axis_max
@@ -231,12 +239,11 @@ def chart(records: Sequence[UsageRecord], metric: str = "cost", granularity: str
         v = k * step
         c.ticks.append((top_margin + plot_h - v * scale, _tick_label(v, metric)))
         k += 1
-    every = max(1, math.ceil(n / 24))
     bar_w = slot * 0.7
     for i, iv in enumerate(intervals):
         x = left + i * slot + (slot - bar_w) / 2
         if i % every == 0:
-            c.labels.append((x + bar_w / 2, top_margin + plot_h + 16, interval_label(iv[0], iv[1], granularity)))
+            c.labels.append((x + bar_w / 2, top_margin + plot_h + 16, labels[i]))
         y = top_margin + plot_h
         for key in series:  # same stacking order in every bar
             v = stacks[iv].get(key, 0.0)
@@ -245,9 +252,9 @@ def chart(records: Sequence[UsageRecord], metric: str = "cost", granularity: str
             h = v * scale
             y -= h
             c.segments.append(Segment(round(x, 2), round(y, 2), round(bar_w, 2), round(h, 2), colors[key],
-                                      f"{interval_label(iv[0], iv[1], granularity)} {key}: {_fmt_value(v, metric)}"))
+                                      f"{labels[i]} {key}: {_fmt_value(v, metric)}"))
     for j, key in enumerate(reversed(series)):  # top of the stack first, like the bars
-        c.legend.append((top_margin + 22 * j, colors[key], f"{key} ({_fmt_value(series_total[key], metric)})"))
+        c.legend.append((top_margin + 22 * j, colors[key], legend_texts[series.index(key)]))
     return c
 
 

@@ -1,0 +1,436 @@
+"""`hpc-bridge install-hooks`: the slurm.conf lines, hook wrappers and repair timer, and a check
+of an existing slurm.conf.
+
+Pure parts: `desired_settings()` (what slurm.conf needs, from the hpc-bridge config),
+`include_file_text()`, `wrapper_text()`, `systemd_units()`, `parse_slurm_conf_text()` and
+`check_settings()` (what an existing slurm.conf lacks). `read_slurm_conf()` follows `include`
+lines on disk; `write_install()` writes the files.
+
+Slurm reads a key given more than once with the *latest* value (it logs "specified more than
+once, latest value used"), so the generated include file is meant to be included at the END of
+slurm.conf; `--check` reports a key whose effective value is wrong wherever it was set.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from hpc_bridge.errors import ConfigError
+
+HOOKS = {"resume": "ResumeProgram", "suspend": "SuspendProgram", "resume-fail": "ResumeFailProgram"}
+INCLUDE_FILE = "hpc-bridge.conf"
+DEFAULT_HOOKS_DIR = "/usr/local/libexec/hpc-bridge"
+DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
+REPAIR_SERVICE = "hpc-bridge-repair.service"
+REPAIR_TIMER = "hpc-bridge-repair.timer"
+TREE_WIDTH = 65533  # Slurm's advice for cloud nodes: no tree fan-out through nodes that may be off
+
+# Multi-key record lines (NodeName=... CPUs=...): not global settings.
+_RECORD_KEYS = frozenset({"nodename", "partitionname", "nodeset", "downnodes", "frontendname", "switchname"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str  # what is wrong, one line
+    fix: str  # the line to add / the action to take
+
+
+def _int_seconds(value: float) -> int:
+    return int(value) if float(value).is_integer() else int(value) + 1
+
+
+def desired_settings(cfg, hooks_dir: str, *, suspend_time: int = 600, suspend_timeout: int = 300,
+                     resume_rate: int = 0, suspend_rate: int = 0) -> list[Setting]:
+    """The slurm.conf settings hpc-bridge needs, in the order they are written."""
+    ctld = ["idle_on_node_suspend"]
+    if cfg.slurm.address_mode == "registration":
+        ctld.append("cloud_reg_addrs")
+    elif cfg.slurm.address_mode == "dns":
+        ctld.append("cloud_dns")
+    return [
+        Setting("ResumeProgram", os.path.join(hooks_dir, "resume"), "create/start the cloud nodes"),
+        Setting("SuspendProgram", os.path.join(hooks_dir, "suspend"), "shut down / deallocate / terminate them"),
+        Setting("ResumeFailProgram", os.path.join(hooks_dir, "resume-fail"), "clean up nodes that never came up"),
+        Setting("SuspendTime", str(suspend_time), "seconds idle before a node is powered down"),
+        Setting("SuspendTimeout", str(suspend_timeout), "seconds a node stays powering down before it may resume"),
+        Setting("ResumeTimeout", str(_int_seconds(cfg.resume.resume_timeout)),
+                "must equal [resume] resume_timeout in the hpc-bridge config"),
+        Setting("ResumeRate", str(resume_rate), "0: no limit, hpc-bridge batches the API calls"),
+        Setting("SuspendRate", str(suspend_rate), "0: no limit"),
+        Setting("PrivateData", "cloud", "show powered-down cloud nodes in sinfo/scontrol"),
+        Setting("SlurmctldParameters", ",".join(ctld), "powered-down nodes go idle at once"
+                + ("; slurmd's address is taken from its registration" if "cloud_reg_addrs" in ctld else "")),
+        Setting("TreeWidth", str(TREE_WIDTH), "no message fan-out through cloud nodes"),
+        Setting("GresTypes", "gpu", "gres.conf from hpc-bridge partitions declares GPUs"),
+        Setting("TopologyPlugin", "topology/tree", "topology.conf from hpc-bridge partitions (placement groups)"),
+    ]
+
+
+def partitions_include(cfg) -> str:
+    return os.path.join(cfg.slurm.conf_dir, "partitions.conf")
+
+
+def include_file_text(cfg, settings: list[Setting], config_path: str) -> str:
+    lines = [
+        "# hpc-bridge: Slurm power saving for cloud nodes. Written by `hpc-bridge install-hooks`.",
+        f"# hpc-bridge config: {config_path}",
+        "# Include this file at the END of slurm.conf (a later value of a key wins), then",
+        "# `scontrol reconfigure` (TreeWidth/TopologyPlugin/GresTypes need a slurmctld restart).",
+        "",
+    ]
+    for s in settings:
+        lines.append(f"# {s.why}")
+        lines.append(f"{s.key}={s.value}")
+    lines += ["", "# nodes and partitions generated from the cluster's buckets by `hpc-bridge partitions`;",
+              "# gres.conf and topology.conf are read from slurm.conf's directory",
+              f"include {partitions_include(cfg)}", ""]
+    return "\n".join(lines)
+
+
+def _check_path(what: str, value: str) -> str:
+    if not os.path.isabs(value):
+        raise ConfigError(f"{what} must be an absolute path, got {value!r}")
+    if any(c in value for c in "'\"\n\r\\$`"):
+        raise ConfigError(f"{what} contains a character a hook wrapper cannot hold: {value!r}")
+    return value
+
+
+def wrapper_text(hook: str, python: str, config_path: str, pythonpath: str = "") -> str:
+    """A /bin/sh wrapper Slurm can run with no PATH: interpreter and config fixed."""
+    _check_path("--python", python)
+    _check_path("config path", config_path)
+    lines = [
+        "#!/bin/sh",
+        f"# hpc-bridge {HOOKS[hook]} wrapper, written by `hpc-bridge install-hooks`.",
+        "# Slurm runs it with no PATH and one argument (a hostlist); everything is fixed here.",
+        "# env HPC_BRIDGE_CONFIG, when set, overrides the config path.",
+    ]
+    if pythonpath:
+        for part in pythonpath.split(":"):
+            _check_path("--pythonpath", part)
+        lines.append(f"PYTHONPATH='{pythonpath}'${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH")
+    lines.append(f"exec '{python}' -m hpc_bridge {hook} --config \"${{HPC_BRIDGE_CONFIG:-{config_path}}}\" \"$@\"")
+    return "\n".join(lines) + "\n"
+
+
+def systemd_units(python: str, config_path: str, user: str = "slurm", pythonpath: str = "",
+                  interval: str = "5min") -> dict[str, str]:
+    """The repair service (oneshot) and its timer."""
+    _check_path("--python", python)
+    _check_path("config path", config_path)
+    env = f"Environment=PYTHONPATH={pythonpath}\n" if pythonpath else ""
+    service = (
+        "[Unit]\n"
+        "Description=hpc-bridge repair: reconcile Slurm, the cloud nodes and the state file\n"
+        "Documentation=man:slurm.conf(5)\n"
+        "After=network-online.target slurmctld.service\n"
+        "Wants=network-online.target\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"User={user}\n"
+        f"{env}"
+        f"ExecStart={python} -m hpc_bridge repair --config {config_path}\n"
+        "TimeoutStartSec=900\n"
+        "Nice=5\n"
+    )
+    timer = (
+        "[Unit]\n"
+        "Description=Run hpc-bridge repair regularly\n"
+        "\n"
+        "[Timer]\n"
+        "OnBootSec=2min\n"
+        f"OnUnitActiveSec={interval}\n"
+        "AccuracySec=30s\n"
+        f"Unit={REPAIR_SERVICE}\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    )
+    return {REPAIR_SERVICE: service, REPAIR_TIMER: timer}
+
+
+def default_pythonpath() -> str:
+    """The source tree's root when hpc_bridge is not installed in site-packages (a checkout)."""
+    import hpc_bridge
+
+    root = Path(hpc_bridge.__file__).resolve().parent.parent
+    if "site-packages" in root.parts or "dist-packages" in root.parts:
+        return ""
+    return str(root)
+
+
+# --------------------------------------------------------------------------- reading slurm.conf
+
+
+@dataclass
+class SlurmConf:
+    """Global settings of a slurm.conf and its includes (keys lower-cased, latest value wins)."""
+
+    path: str
+    values: dict[str, str] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)  # key -> "file:line" of the effective value
+    keys: dict[str, str] = field(default_factory=dict)  # lower -> as written
+    includes: list[str] = field(default_factory=list)  # as resolved paths
+    missing_includes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key.lower())
+
+
+def _strip_comment(line: str) -> str:
+    out = []
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line) and line[i + 1] == "#":
+            out.append("#")
+            i += 2
+            continue
+        if ch == "#":
+            break
+        out.append(ch)
+        i += 1
+    return "".join(out).strip()
+
+
+def parse_slurm_conf_text(text: str, source: str, conf: SlurmConf, base_dir: str,
+                          read: Callable[[str], str | None], depth: int = 0) -> None:
+    """Add the settings of one file to `conf`, following includes through `read(path)` (None:
+    missing). Include paths are taken relative to `base_dir` (slurm.conf's directory)."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        lineno = i + 1
+        line = lines[i]
+        while line.endswith("\\") and i + 1 < len(lines):  # continuation lines
+            i += 1
+            line = line[:-1] + lines[i]
+        i += 1
+        line = _strip_comment(line)
+        if not line:
+            continue
+        head, _, rest = line.partition(" ")
+        if head.lower() == "include":
+            pattern = rest.strip()
+            if not os.path.isabs(pattern):
+                pattern = os.path.join(base_dir, pattern)
+            matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+            for path in matches or [pattern]:
+                conf.includes.append(path)
+                if depth > 10:
+                    conf.errors.append(f"{source}:{lineno}: includes nested too deep")
+                    continue
+                sub = read(path)
+                if sub is None:
+                    conf.missing_includes.append(path)
+                    continue
+                parse_slurm_conf_text(sub, path, conf, base_dir, read, depth + 1)
+            continue
+        try:
+            tokens = shlex.split(line, posix=True)
+        except ValueError:
+            conf.errors.append(f"{source}:{lineno}: unbalanced quotes")
+            continue
+        if not tokens or "=" not in tokens[0]:
+            conf.errors.append(f"{source}:{lineno}: not Key=Value: {line[:60]}")
+            continue
+        if tokens[0].split("=", 1)[0].lower() in _RECORD_KEYS:
+            continue
+        for tok in tokens:
+            key, eq, value = tok.partition("=")
+            if not eq or not key:
+                continue
+            conf.values[key.lower()] = value
+            conf.keys[key.lower()] = key
+            conf.where[key.lower()] = f"{source}:{lineno}"
+
+
+def _read_or_none(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def read_slurm_conf(path: str) -> SlurmConf:
+    text = _read_or_none(path)
+    if text is None:
+        raise ConfigError(f"slurm.conf {path} not found (give --slurm-conf-dir, or [slurm] conf_dir)")
+    conf = SlurmConf(path=path)
+    parse_slurm_conf_text(text, path, conf, os.path.dirname(path), _read_or_none)
+    return conf
+
+
+def _words(value: str | None) -> set[str]:
+    return {w.strip().lower() for w in (value or "").split(",") if w.strip()}
+
+
+def _seconds(value: str | None) -> int | None:
+    if value is None:
+        return None
+    v = value.strip().lower().removesuffix("sec").strip()
+    try:
+        return int(v)
+    except ValueError:
+        return None
+
+
+def is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def check_settings(conf: SlurmConf, cfg, *, executable: Callable[[str], bool] = is_executable,
+                   hooks_dir: str | None = None) -> list[Problem]:
+    """What `conf` lacks for hpc-bridge (empty list: nothing). Pure given `executable`."""
+    problems: list[Problem] = []
+    hooks_dir = hooks_dir or DEFAULT_HOOKS_DIR
+    for hook, key in HOOKS.items():
+        value = conf.get(key)
+        want = os.path.join(hooks_dir, hook)
+        if not value:
+            problems.append(Problem(key, f"{key} is not set", f"{key}={want}"))
+        elif not os.path.isabs(value):
+            problems.append(Problem(key, f"{key}={value} is not an absolute path (Slurm runs hooks with no PATH)",
+                                    f"{key}={want}"))
+        elif not executable(value):
+            problems.append(Problem(key, f"{key}={value} is not an existing executable",
+                                    f"hpc-bridge install-hooks --write (writes {want}), then {key}={want}"))
+    suspend_time = conf.get("SuspendTime")
+    if suspend_time is None or suspend_time.strip().upper() in ("NONE", "INFINITE", "-1"):
+        problems.append(Problem("SuspendTime", "SuspendTime is not set: power saving is off", "SuspendTime=600"))
+    want_rt = _int_seconds(cfg.resume.resume_timeout)
+    rt = _seconds(conf.get("ResumeTimeout"))
+    if rt != want_rt:
+        have = "not set (default 60)" if rt is None else f"{rt}"
+        problems.append(Problem("ResumeTimeout", f"ResumeTimeout is {have}, [resume] resume_timeout is {want_rt}",
+                                f"ResumeTimeout={want_rt} (or change [resume] resume_timeout to match)"))
+    if "cloud" not in _words(conf.get("PrivateData")):
+        have = _words(conf.get("PrivateData")) - {"cloud"}
+        problems.append(Problem("PrivateData", "PrivateData lacks cloud: powered-down nodes are invisible to "
+                                "scontrol, so hpc-bridge cannot see them", "PrivateData=" + ",".join([*sorted(have), "cloud"])))
+    params = _words(conf.get("SlurmctldParameters"))
+    need = ["idle_on_node_suspend"]
+    if cfg.slurm.address_mode == "registration":
+        need.append("cloud_reg_addrs")
+    if cfg.slurm.address_mode == "dns":
+        need.append("cloud_dns")
+    lacking = [p for p in need if p not in params]
+    if lacking:
+        problems.append(Problem("SlurmctldParameters", f"SlurmctldParameters lacks {','.join(lacking)}",
+                                "SlurmctldParameters=" + ",".join([*sorted(params), *lacking])))
+    tw = _seconds(conf.get("TreeWidth"))
+    if tw is None or tw < TREE_WIDTH:
+        problems.append(Problem("TreeWidth", f"TreeWidth is {conf.get('TreeWidth') or 'not set (default 50)'}: "
+                                "messages would be forwarded through nodes that may be powered down",
+                                f"TreeWidth={TREE_WIDTH}"))
+    if "gpu" not in _words(conf.get("GresTypes")):
+        problems.append(Problem("GresTypes", "GresTypes lacks gpu: the generated Gres=gpu lines are ignored",
+                                "GresTypes=" + ",".join([*sorted(_words(conf.get("GresTypes"))), "gpu"])))
+    if (conf.get("TopologyPlugin") or "").lower() != "topology/tree":
+        problems.append(Problem("TopologyPlugin", "TopologyPlugin is not topology/tree: placement groups from "
+                                "topology.conf are ignored", "TopologyPlugin=topology/tree"))
+    want_inc = os.path.normpath(partitions_include(cfg))
+    if not any(os.path.normpath(p) == want_inc for p in conf.includes):
+        problems.append(Problem("include", f"no `include {want_inc}`: Slurm does not know the cloud nodes",
+                                f"include {want_inc}"))
+    for path in conf.missing_includes:
+        problems.append(Problem("include", f"included file {path} does not exist (slurmctld will not start)",
+                                "hpc-bridge partitions" if path.endswith(("partitions.conf",)) else f"create {path}"))
+    conf_dir = os.path.dirname(os.path.normpath(conf.path))
+    if os.path.normpath(cfg.slurm.conf_dir) != conf_dir:
+        problems.append(Problem("conf_dir", f"[slurm] conf_dir is {cfg.slurm.conf_dir} but slurm.conf is in {conf_dir}: "
+                                "Slurm reads gres.conf and topology.conf only next to slurm.conf",
+                                f"set [slurm] conf_dir = \"{conf_dir}\" in the hpc-bridge config"))
+    return problems
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class InstallPlan:
+    files: dict[str, tuple[str, int]]  # path -> (text, mode)
+    include_path: str
+    settings: list[Setting]
+
+
+def plan_install(cfg, *, slurm_conf_dir: str, hooks_dir: str = DEFAULT_HOOKS_DIR,
+                 systemd_dir: str = DEFAULT_SYSTEMD_DIR, python: str | None = None, pythonpath: str | None = None,
+                 user: str = "slurm", suspend_time: int = 600, suspend_timeout: int = 300) -> InstallPlan:
+    python = python or sys.executable
+    pythonpath = default_pythonpath() if pythonpath is None else pythonpath
+    config_path = os.path.abspath(cfg.source) if cfg.source and not cfg.source.startswith("<") else \
+        "/etc/hpc-bridge/config.toml"
+    for what, d in (("--slurm-conf-dir", slurm_conf_dir), ("--hooks-dir", hooks_dir), ("--systemd-dir", systemd_dir)):
+        _check_path(what, d)
+    settings = desired_settings(cfg, hooks_dir, suspend_time=suspend_time, suspend_timeout=suspend_timeout)
+    include_path = os.path.join(slurm_conf_dir, INCLUDE_FILE)
+    files: dict[str, tuple[str, int]] = {include_path: (include_file_text(cfg, settings, config_path), 0o644)}
+    for hook in HOOKS:
+        files[os.path.join(hooks_dir, hook)] = (wrapper_text(hook, python, config_path, pythonpath), 0o755)
+    for name, text in systemd_units(python, config_path, user=user, pythonpath=pythonpath).items():
+        files[os.path.join(systemd_dir, name)] = (text, 0o644)
+    return InstallPlan(files=files, include_path=include_path, settings=settings)
+
+
+def write_install(plan: InstallPlan) -> list[str]:
+    written = []
+    for path, (text, mode) in plan.files.items():
+        try:
+            _atomic_write(Path(path), text, mode)
+        except OSError as err:
+            raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
+        written.append(path)
+    return written
+
+
+def instructions(plan: InstallPlan, slurm_conf_dir: str) -> list[str]:
+    return [
+        f"1. add this line at the END of {os.path.join(slurm_conf_dir, 'slurm.conf')}:  include {plan.include_path}",
+        "   (and delete earlier lines setting the same keys, or `hpc-bridge install-hooks --check` keeps listing them)",
+        "2. hpc-bridge partitions            # writes partitions.conf, gres.conf, topology.conf, nodemap.json",
+        "3. systemctl daemon-reload && systemctl enable --now " + REPAIR_TIMER,
+        "4. systemctl restart slurmctld      # TreeWidth/TopologyPlugin/GresTypes need a restart, the rest a reconfigure",
+        "5. hpc-bridge doctor                # checks the whole installation",
+    ]
+
+
+def user_from_conf(conf: SlurmConf | None) -> str:
+    return (conf.get("SlurmUser") if conf else None) or "slurm"
+
+
+def problems_lines(problems: Iterable[Problem]) -> list[str]:
+    return [f"missing: {p.message}\n  fix: {p.fix}" for p in problems]
