@@ -339,8 +339,15 @@ class ClusterClient:
     # ------------------------------------------------------------------ 409 recovery
 
     def find_operation(self, request_id: str) -> tuple[str | None, NodeList]:
-        """What the call with this requestId did: (operation id or None, its nodes)."""
-        nodes = self.get_nodes(request_id=request_id)
+        """What the call with this requestId did: (operation id or None, its nodes).
+        (None, no nodes) when the server never saw the id (it answers 404 for an unknown id)."""
+        try:
+            nodes = self.get_nodes(request_id=request_id)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            ops = self.list_operations(request_id=request_id)
+            return (ops[0].operation_id if ops else None), NodeList(nodes=[])
         op_id = nodes.operation.operation_id if nodes.operation else None
         if op_id is None:
             ops = self.list_operations(request_id=request_id)

@@ -47,7 +47,7 @@ class Node(BaseModel):
     name: str | None = None
     node_id: str | None = None
     template: str | None = None
-    machine_type: str | None = None
+    machine_type: str | list[str] | None = None  # a nodearray record may list several sizes
     status: str | None = None
     state: str | None = None
     target_state: str | None = None

@@ -1,0 +1,189 @@
+"""The resume / suspend / resume-fail hooks as real processes, against the simulator over HTTP
+and a real slurmctld that includes the generated partitions (no slurmd: nodes never boot here;
+the end-to-end tests boot them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from bridge_env import BridgeEnv, default_scenario
+
+
+@pytest.fixture
+def env(tmp_path, slurm_cluster_factory):
+    e = BridgeEnv.create(tmp_path, slurm_cluster_factory)
+    yield e
+    e.close()
+
+
+def slurm_node(env, name):
+    return env.cluster.slurm().show_nodes()[name]
+
+
+def creates(env) -> int:
+    return env.sim.stats()["endpoints"].get("POST nodes/create", 0) if "endpoints" in env.sim.stats() else None
+
+
+def test_resume_creates_exact_names_in_one_call_and_sets_addresses(env):
+    env.sim.reset_stats()
+    run = env.hook("resume", "hpc-[1-2],htc-f2sv2-1")
+    assert run.rc == 0, run.stderr
+    assert "3 created" in run.stdout
+    stats = env.sim.stats()
+    print(json.dumps(stats)[:2000])
+    nodes = env.cloud_nodes()
+    assert {"hpc-1", "hpc-2", "htc-f2sv2-1"} <= set(nodes)
+    assert nodes["hpc-1"]["PlacementGroupId"] == nodes["hpc-2"]["PlacementGroupId"]
+    assert nodes["hpc-1"]["MachineType"] == "Standard_HB120rs_v3"
+    assert nodes["htc-f2sv2-1"]["MachineType"] == "Standard_F2s_v2"
+    # the state file recorded the call before it was made, and its outcome after
+    ops = env.state()["operations"]
+    assert [op["action"] for op in ops] == ["create"]
+    assert ops[0]["outcome"] == "accepted" and ops[0]["operation_id"]
+    # the detached follower sets NodeAddr once the simulator reports the node Ready with an IP
+    ip = env.wait_for(lambda: env.cloud_nodes()["hpc-1"].get("PrivateIp") if
+                      env.cloud_nodes()["hpc-1"]["Status"] == "Ready" else None, what="hpc-1 Ready")
+    env.wait_for(lambda: slurm_node(env, "hpc-1").node_addr == ip, what="NodeAddr of hpc-1")
+
+
+def test_resume_again_creates_nothing_twice(env):
+    assert env.hook("resume", "htc-f4sv2-[1-2]").rc == 0
+    run = env.hook("resume", "htc-f4sv2-[1-3]")
+    assert run.rc == 0, run.stderr
+    names = [n["Name"] for n in env.all_cloud_records() if n["Name"].startswith("htc-f4sv2")]
+    assert sorted(names) == ["htc-f4sv2-1", "htc-f4sv2-2", "htc-f4sv2-3"]
+
+
+def test_concurrent_resumes_of_overlapping_hostlists(env):
+    lists = ["htc-f2sv2-[1-4]", "htc-f2sv2-[3-6]", "htc-f2sv2-[1-8]", "htc-f2sv2-[2,4,6,8]", "htc-f2sv2-[5-8]"]
+    procs = [env.popen_hook("resume", hl) for hl in lists]
+    for p in procs:
+        p.wait(timeout=60)
+    records = [n["Name"] for n in env.all_cloud_records() if n["Name"].startswith("htc-f2sv2")]
+    assert sorted(records) == sorted(f"htc-f2sv2-{i}" for i in range(1, 9)), records
+    ops = env.state()["operations"]
+    created = [n for op in ops if op["action"] == "create" and op["outcome"] == "accepted" for n in op["nodes"]]
+    # no name requested twice by two accepted creates, no record lost
+    assert sorted(created) == sorted(set(created))
+
+
+def test_quota_exhausted_goes_down_at_once_with_reason(env):
+    run = env.hook("resume", "htc-f2sv2-[1-8],htc-f4sv2-1")
+    assert run.rc == 0
+    # 9 more than F2's max of 8? no: fill F2, then ask for more than exists
+    env.sim.set_faults(capacity_failure=[])
+    run = env.hook("resume", "gpu-[1-4]")
+    assert run.rc == 0
+    status = env.cli("status", "--json")
+    assert status.rc == 0
+
+
+def test_job_larger_than_available_gets_nothing(tmp_path, slurm_cluster_factory):
+    scenario = default_scenario()
+    scenario["nodearrays"][0]["buckets"][0]["quotaCount"] = 3
+    env = BridgeEnv.create(tmp_path, slurm_cluster_factory, scenario=scenario)
+    try:
+        run = env.hook("resume", "hpc-[1-4]", resume_file={"jobs": [{"job_id": 11, "nodes": "hpc-[1-4]"}],
+                                                           "all_nodes": "hpc-[1-4]"})
+        assert run.rc == 1
+        assert not [n for n in env.all_cloud_records() if n["Name"].startswith("hpc-")]
+        node = slurm_node(env, "hpc-1")
+        assert "DOWN" in node.state_flags
+        assert "job 11 cannot get all its nodes" in node.reason and "1 available" not in node.reason
+        assert node.reason.startswith("hpc-bridge:")
+    finally:
+        env.close()
+
+
+def test_api_unreachable_marks_nodes_down(env):
+    env.sim.stop()
+    run = env.hook("resume", "htc-f2sv2-[1-2]")
+    assert run.rc == 1 and "Traceback" not in run.stderr
+    node = slurm_node(env, "htc-f2sv2-1")
+    assert "DOWN" in node.state_flags and "cluster API unreachable" in node.reason
+
+
+def test_unknown_name_down_and_malformed_hostlist_changes_nothing(env):
+    run = env.hook("resume", "htc-f2sv2-[1-2")
+    assert run.rc == 2 and "hostlist" in run.stderr and "Traceback" not in run.stderr
+    assert env.state() == {} and not env.all_cloud_records()
+
+
+def test_faults_500_429_and_dropped_connections_still_create_once(env):
+    env.sim.set_faults(error_rate=0.3, throttle_rate=0.2, retry_after=0, drop_rate=0.1, lost_response_rate=0.2)
+    run = env.hook("resume", "htc-f4sv2-[1-4]")
+    env.sim.set_faults(error_rate=0, throttle_rate=0, drop_rate=0, lost_response_rate=0)
+    names = sorted(n["Name"] for n in env.all_cloud_records())
+    if run.rc == 0:
+        assert names == [f"htc-f4sv2-{i}" for i in range(1, 5)]
+    else:  # retries exhausted: the nodes are DOWN with the reason, and never duplicated
+        assert len(names) == len(set(names))
+        assert "cluster API" in run.stderr
+
+
+def test_capacity_failure_starts_cooloff_and_takes_bucket_out_of_service(env):
+    env.sim.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
+    run = env.hook("resume", "htc-f2sv2-1")
+    assert run.rc == 1
+    node = slurm_node(env, "htc-f2sv2-1")
+    assert "DOWN" in node.state_flags and "apacity" in node.reason
+    other = slurm_node(env, "htc-f2sv2-5")
+    assert "DOWN" in other.state_flags and "capacity cool-off" in other.reason
+    assert "htc/Standard_F2s_v2" in env.state()["cooloffs"]
+    # the other size is unaffected
+    assert "DOWN" not in slurm_node(env, "htc-f4sv2-1").state_flags
+    env.sim.set_faults(capacity_failure=[])
+    run = env.hook("resume", "htc-f2sv2-2")  # still cooling off: refused without an API create
+    assert run.rc == 1 and "cool-off" in run.stderr
+
+
+def test_suspend_applies_policy_and_is_idempotent(env):
+    assert env.hook("resume", "hpc-1,htc-f2sv2-1").rc == 0
+    env.wait_for(lambda: env.cloud_nodes()["hpc-1"]["Status"] == "Ready", what="hpc-1 Ready")
+    run = env.hook("suspend", "hpc-1,htc-f2sv2-1")
+    assert run.rc == 0, run.stderr
+    env.wait_for(lambda: env.cloud_nodes()["hpc-1"]["Status"] == "Deallocated", what="hpc-1 deallocated")
+    env.wait_for(lambda: env.cloud_nodes().get("htc-f2sv2-1", {}).get("Status") in (None, "Terminated"),
+                 what="htc-f2sv2-1 terminated")
+    assert slurm_node(env, "hpc-1").node_addr == "hpc-1"  # ip mode: address reset to the name
+    again = env.hook("suspend", "hpc-1,htc-f2sv2-1")
+    assert again.rc == 0 and "2 with nothing to do" in again.stdout
+    # deallocated node is started again by its own id
+    before = env.cloud_nodes()["hpc-1"]["NodeId"]
+    assert env.hook("resume", "hpc-1").rc == 0
+    after = env.cloud_nodes()["hpc-1"]
+    assert after["NodeId"] == before and after["Status"] != "Deallocated"
+    assert [op["action"] for op in env.state()["operations"]][-1] == "start"
+
+
+def test_resume_fail_terminates_and_keeps_the_cloud_reason(env):
+    env.sim.set_faults(boot_failure_rate=1.0)
+    assert env.hook("resume", "htc-f4sv2-1").rc == 0
+    env.wait_for(lambda: env.cloud_nodes()["htc-f4sv2-1"]["Status"] == "Failed", what="boot failure")
+    run = env.hook("resume-fail", "htc-f4sv2-1")
+    assert run.rc == 0, run.stderr
+    node = slurm_node(env, "htc-f4sv2-1")
+    assert "DOWN" in node.state_flags and "cloud node failed" in node.reason
+    env.wait_for(lambda: env.cloud_nodes().get("htc-f4sv2-1", {}).get("Status") in (None, "Terminated"),
+                 what="failed VM terminated")
+
+
+def test_killed_resume_never_duplicates(env):
+    env.sim.set_faults(latency=1.5)
+    proc = env.popen_hook("resume", "htc-f2sv2-[1-3]")
+    env.wait_for(lambda: env.state().get("operations"), timeout=20, what="operation recorded")
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    env.sim.set_faults(latency=0)
+    run = env.hook("resume", "htc-f2sv2-[1-3]")
+    assert run.rc == 0, run.stderr
+    names = sorted(n["Name"] for n in env.all_cloud_records())
+    assert len(names) == len(set(names))
+    ops = env.state()["operations"]
+    assert ops[0]["outcome"] == "pending" and ops[0]["request"]["sets"]
