@@ -49,13 +49,13 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 from hpc_bridge.api.models import Bucket, ClusterStatus, NodearrayStatus
 from hpc_bridge.config import Config, NodearrayConfig
-from hpc_bridge.errors import BridgeError, ConfigError
+from hpc_bridge.errors import ConfigError
 from hpc_bridge.nodemap import NODEMAP_FILE, NodeMap, NodeRange, dump_nodemap, range_expression
 
 OUTPUT_FILES = ("partitions.conf", "gres.conf", "topology.conf", NODEMAP_FILE)
@@ -511,8 +511,6 @@ def plan_partitions(status: ClusterStatus, cfg: Config) -> PartitionPlan:
 
 
 def _with_weight(g: NodeGroup, weight: int) -> NodeGroup:
-    from dataclasses import replace
-
     return replace(g, weight=weight)
 
 
@@ -691,9 +689,6 @@ def run_partitions(
     if reconfigure:
         from hpc_bridge.slurm import Slurm
 
-        try:
-            Slurm.from_config(cfg).reconfigure()
-        except BridgeError:
-            raise
+        Slurm.from_config(cfg).reconfigure()
         result.reconfigured = True
     return result

@@ -7,10 +7,8 @@ names, memory below the VM's, GPU counts, placement blocks, names stable when co
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
