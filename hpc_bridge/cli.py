@@ -299,6 +299,104 @@ def _cmd_follow(args: argparse.Namespace) -> int:
     return 0 if not report.unresolved and not report.failed else 1
 
 
+# --------------------------------------------------------------------------- operator commands (issue 11)
+
+
+def _cmd_nodes(args: argparse.Namespace) -> int:
+    from hpc_bridge.nodes_view import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from hpc_bridge.usage import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from hpc_bridge.scale import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_install_hooks(args: argparse.Namespace) -> int:
+    from hpc_bridge.install import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from hpc_bridge.doctor import run_cli
+
+    return run_cli(args)
+
+
+def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
+    p = _add_command(
+        sub, "nodes", _cmd_nodes, "Slurm and cloud side by side, one line per node",
+        description="One scontrol show node, one GET nodes and the state file: per node the Slurm state and "
+                    "reason, cloud Status/TargetState, machine type, IP, placement group, age and any operation in "
+                    "flight. Without a reachable slurmctld only the cloud columns are shown (with a warning).",
+        example="hpc-bridge nodes 'hpc-[1-8]' --state down --state Failed",
+    )
+    p.add_argument("hostlist", nargs="?", help="Slurm hostlist of the nodes to show (default: all)")
+    p.add_argument("--state", action="append", metavar="STATE",
+                   help="only nodes in this Slurm state/flag (idle, down~, powered_down) or cloud Status/TargetState "
+                        "(Ready, Failed); repeatable")
+    p = _add_command(
+        sub, "usage", _cmd_usage, "core-hours and cost per nodearray and VM size (table, CSV, SVG chart)",
+        example="hpc-bridge usage --timeframe lastMonth --svg cost.svg   # open cost.svg in a browser",
+    )
+    p.add_argument("--timeframe", choices=["monthToDate", "lastMonth", "weekToDate", "custom"],
+                   help="period (default monthToDate; --from/--to imply custom)")
+    p.add_argument("--from", dest="from_", metavar="ISO", help="start (ISO-8601, UTC), rounded down to the hour/day")
+    p.add_argument("--to", metavar="ISO", help="end (ISO-8601, UTC), rounded up to the hour/day")
+    p.add_argument("--granularity", choices=["total", "daily", "hourly"], help="interval length (default daily)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout: one row per interval, nodearray and VM size")
+    p.add_argument("--svg", metavar="FILE", help="write a stacked bar chart of --metric over the intervals")
+    p.add_argument("--metric", choices=["cost", "hours"], default="cost", help="what the chart stacks (default cost)")
+    p = _add_command(
+        sub, "scale", _cmd_scale, "grow a nodearray to a total number of nodes or cores (the scale endpoint)",
+        description="Ask the cluster to hold at least N nodes (or cores) in NODEARRAY; it adds nodes with its own "
+                    "names (they are not Slurm nodes unless named like them) and never removes any.",
+        example="hpc-bridge scale htc --nodes 4 --wait",
+    )
+    p.add_argument("nodearray")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--nodes", type=int, metavar="N", help="total nodes wanted in the nodearray")
+    target.add_argument("--cores", type=int, metavar="N", help="total cores wanted in the nodearray")
+    p.add_argument("--wait", action="store_true", help="show progress until the new nodes are Ready or failed")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits at most (default 1800)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between polls with --wait (default 5)")
+    p = _add_command(
+        sub, "install-hooks", _cmd_install_hooks,
+        "print or write the slurm.conf lines, hook wrappers and repair timer; --check an existing slurm.conf",
+        description="Without options: print the include file for slurm.conf, the three hook wrappers (python "
+                    "interpreter and config path fixed, since Slurm runs hooks with no PATH) and the systemd "
+                    "service + timer for repair. --write writes them; --check lists what DIR/slurm.conf lacks.",
+        example="hpc-bridge install-hooks --slurm-conf-dir /etc/slurm --write",
+    )
+    from hpc_bridge.install import DEFAULT_HOOKS_DIR, DEFAULT_SYSTEMD_DIR
+
+    p.add_argument("--slurm-conf-dir", required=True, metavar="DIR", help="directory of slurm.conf")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="write the files (include file into DIR)")
+    mode.add_argument("--check", action="store_true", help="exit 1 and list the fixes when DIR/slurm.conf lacks anything")
+    p.add_argument("--hooks-dir", default=DEFAULT_HOOKS_DIR, metavar="DIR", help="where the wrappers go (default %(default)s)")
+    p.add_argument("--systemd-dir", default=DEFAULT_SYSTEMD_DIR, metavar="DIR", help="where the units go (default %(default)s)")
+    p.add_argument("--python", metavar="PATH", help="interpreter for the wrappers (default: this one)")
+    p.add_argument("--pythonpath", metavar="PATH", help="PYTHONPATH for the wrappers (default: the source tree when "
+                   "hpc_bridge is not installed in site-packages)")
+    p.add_argument("--user", help="user for the repair service (default: SlurmUser from slurm.conf, else slurm)")
+    p.add_argument("--suspend-time", type=int, default=600, metavar="S", help="SuspendTime (default 600)")
+    p.add_argument("--suspend-timeout", type=int, default=300, metavar="S", help="SuspendTimeout (default 300)")
+    _add_command(
+        sub, "doctor", _cmd_doctor, "check the installation end to end; one line per check, a fix for each failure",
+        example="hpc-bridge doctor --config /etc/hpc-bridge/config.toml",
+    )
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -381,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recreate", default="", help="hostlist of nodes to create once their old record is gone")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     p.add_argument("hostlist")
+    _add_operator_commands(sub)
 
     return parser
 

@@ -434,3 +434,51 @@ def user_from_conf(conf: SlurmConf | None) -> str:
 
 def problems_lines(problems: Iterable[Problem]) -> list[str]:
     return [f"missing: {p.message}\n  fix: {p.fix}" for p in problems]
+
+
+def run_cli(args) -> int:
+    """`hpc-bridge install-hooks --slurm-conf-dir DIR [--write | --check]` (called by hpc_bridge.cli)."""
+    from hpc_bridge.cli import emit_json, load_config_for, wants_json
+
+    cfg = load_config_for(args)
+    conf_dir = os.path.abspath(args.slurm_conf_dir)
+    existing = None
+    try:
+        existing = read_slurm_conf(os.path.join(conf_dir, "slurm.conf"))
+    except ConfigError:
+        if args.check:
+            raise
+    if args.check:
+        problems = check_settings(existing, cfg, hooks_dir=args.hooks_dir)
+        if wants_json(args):
+            emit_json({"slurmConf": existing.path, "ok": not problems,
+                       "missing": [{"key": p.key, "message": p.message, "fix": p.fix} for p in problems]})
+            return 1 if problems else 0
+        for line in problems_lines(problems):
+            print(line)
+        print(f"{existing.path}: " + (f"{len(problems)} problem(s)" if problems else "everything hpc-bridge needs is set"))
+        return 1 if problems else 0
+    plan = plan_install(cfg, slurm_conf_dir=conf_dir, hooks_dir=args.hooks_dir, systemd_dir=args.systemd_dir,
+                        python=args.python, pythonpath=args.pythonpath, user=args.user or user_from_conf(existing),
+                        suspend_time=args.suspend_time, suspend_timeout=args.suspend_timeout)
+    if args.write:
+        written = write_install(plan)
+        if wants_json(args):
+            emit_json({"written": written, "next": instructions(plan, conf_dir)})
+            return 0
+        for path in written:
+            print(f"wrote {path}")
+        print("next steps:")
+        for line in instructions(plan, conf_dir):
+            print(f"  {line}")
+        return 0
+    if wants_json(args):
+        emit_json({"files": {p: t for p, (t, _) in plan.files.items()}, "next": instructions(plan, conf_dir)})
+        return 0
+    for path, (text, mode) in plan.files.items():
+        print(f"----- {path} (mode {mode:o})")
+        print(text.rstrip("\n"))
+    print("----- (nothing written; --write writes the files above)")
+    for line in instructions(plan, conf_dir):
+        print(line)
+    return 0

@@ -100,3 +100,48 @@ def wait_for_operation(
         if p.done or clock() >= deadline:
             return p, nodes
         sleep(max(0.0, min(poll, deadline - clock())))
+
+
+def run_cli(args) -> int:
+    """`hpc-bridge scale NODEARRAY (--nodes N | --cores N) [--wait]` (called by hpc_bridge.cli)."""
+    import sys
+
+    from hpc_bridge.cli import client_for, emit_json, load_config_for, wants_json
+    from hpc_bridge.table import format_table
+
+    check_target(args.nodes, args.cores)
+    cfg = load_config_for(args)
+    as_json = wants_json(args)
+    with client_for(cfg) as client:
+        result = run_scale(client, args.nodearray, nodes=args.nodes, cores=args.cores)
+        target = f"{args.nodes} nodes" if args.nodes is not None else f"{args.cores} cores"
+        messages = [s.message for s in result.sets if s.message]
+        if not as_json:
+            print(f"scale {args.nodearray} to {target}: added {added(result)} node(s), operation {result.operation_id}")
+            for m in messages:
+                print(f"  {m}")
+        if not args.wait:
+            if as_json:
+                emit_json({"operationId": result.operation_id, "added": added(result), "messages": messages})
+            return 0
+
+        def show(p: Progress) -> None:
+            if not as_json:
+                print(f"  {p.line()}", flush=True)
+
+        p, nodes = wait_for_operation(client, result.operation_id, timeout=args.timeout, poll=args.poll,
+                                      on_progress=show)
+    if as_json:
+        emit_json({"operationId": result.operation_id, "added": added(result), "messages": messages,
+                   "progress": p.to_json(), "nodes": [n.to_wire() for n in nodes]})
+    else:
+        if nodes:
+            print(format_table(["name", "status", "machine type", "ip", "message"],
+                               ([n.name, n.status, n.machine_type, n.private_ip, n.status_message] for n in
+                                sorted(nodes, key=lambda n: n.name or ""))))
+        if not p.done:
+            print(f"gave up after {args.timeout:g}s: {len(p.waiting)} node(s) not Ready yet "
+                  f"(follow with: hpc-bridge operations {result.operation_id})", file=sys.stderr)
+        elif p.failed:
+            print(f"{len(p.failed)} node(s) failed", file=sys.stderr)
+    return 0 if p.ok else 1

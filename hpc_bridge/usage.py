@@ -267,3 +267,40 @@ def render_svg(c: Chart) -> str:
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
     return env.get_template("usage.svg.j2").render(chart=c)
+
+
+def run_cli(args) -> int:
+    """`hpc-bridge usage ...` (called by hpc_bridge.cli)."""
+    import sys
+
+    from hpc_bridge.cli import client_for, emit_json, load_config_for, wants_json
+    from hpc_bridge.table import format_table
+
+    timeframe = check_options(args.timeframe, args.from_, args.to, args.granularity)
+    cfg = load_config_for(args)
+    with client_for(cfg) as client:
+        usage = client.get_usage(timeframe=timeframe, from_=args.from_, to=args.to, granularity=args.granularity)
+    records = usage_records(usage)
+    if args.svg:
+        svg = render_svg(chart(records, args.metric, args.granularity or "daily",
+                               title=f"{cfg.cluster.name}: {'cost' if args.metric == 'cost' else 'core-hours'} "
+                                     "per nodearray and VM size"))
+        try:
+            with open(args.svg, "w", encoding="utf-8") as fh:
+                fh.write(svg)
+        except OSError as err:
+            raise UsageError(f"--svg {args.svg}: {err.strerror}") from None
+        print(f"wrote {args.svg}", file=sys.stderr)
+    if args.csv:
+        sys.stdout.write(to_csv(records))
+        return 0
+    summary, total = summarize(records), totals(records)
+    if wants_json(args):
+        emit_json({"timeframe": timeframe or "monthToDate", "granularity": args.granularity or "daily",
+                   "summary": summary, "total": total, "intervals": [r.to_json() for r in records]})
+        return 0
+    intervals = list(dict.fromkeys((r.start, r.end) for r in records)) or [(u.start, u.end) for u in usage.usage]
+    if intervals:
+        print(f"usage of {cfg.cluster.name} from {intervals[0][0]} to {intervals[-1][1]} (UTC)")
+    print(format_table(["nodearray", "vm size", "core-hours", "cost"], table_rows(summary, total)))
+    return 0

@@ -1,0 +1,404 @@
+"""`hpc-bridge doctor`: check a live installation end to end, one line per check.
+
+`gather()` collects the facts once (config, one GET status, slurm.conf and its includes on disk,
+one scontrol show node, the node map, the state file, the repair timer unit); `run_checks()`
+is pure over them and returns one `Check` per line, each failure with its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, BridgeError, ConfigError
+
+OK, FAIL, WARN, SKIP = "ok", "FAIL", "warn", "skip"
+TYPICAL_BOOT = 300  # seconds: a cloud VM with its software install rarely Ready sooner
+SYSTEMD_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: str  # ok / FAIL / warn / skip
+    detail: str = ""
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"[{self.result:>4}] {self.name}" + (f": {self.detail}" if self.detail else "")
+        if self.result in (FAIL, WARN) and self.fix:
+            text += f"\n       fix: {self.fix}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.name, "result": self.result.lower(), "detail": self.detail, "fix": self.fix or None}
+
+
+@dataclass
+class Facts:
+    config_path: str = ""
+    config_error: str | None = None
+    cfg: Any = None
+    password_source: str | None = None  # "env" / "file"
+    password_error: str | None = None
+    api_error: BaseException | None = None
+    status: Any = None  # ClusterStatus
+    slurm_conf_path: str | None = None
+    slurm_conf: Any = None  # install.SlurmConf
+    slurm_conf_error: str | None = None
+    conf_problems: list[Any] = field(default_factory=list)  # install.Problem
+    partitions_changed: list[str] | None = None
+    partitions_error: str | None = None
+    slurm_nodes: dict[str, Any] | None = None
+    slurm_error: str | None = None
+    nodemap_names: set[str] | None = None
+    nodemap_error: str | None = None
+    state_error: str | None = None
+    boot_times: list[float] = field(default_factory=list)  # observed create/start -> done, seconds
+    timer_unit: str | None = None  # path of the repair timer unit found
+    timer_enabled: bool = False
+
+
+def _names(names) -> str:
+    from hpc_bridge.hostlist import compress_sorted
+
+    names = sorted(names)
+    try:
+        text = compress_sorted(names)
+    except BridgeError:
+        text = ",".join(names)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# --------------------------------------------------------------------------- checks (pure)
+
+
+def check_config(f: Facts) -> list[Check]:
+    if f.config_error:
+        return [Check("config valid", FAIL, f.config_error,
+                      "fix the key named above; scripts/config.example.toml documents every key")]
+    out = [Check("config valid", OK, f.config_path)]
+    if f.password_error:
+        fix = ("chmod 600 the file (owned by the user running the hooks, SlurmUser)" if "readable by" in f.password_error
+               else "set [cluster] password_file to a file holding only the password (mode 600)")
+        out.append(Check("password file private", FAIL, f.password_error, fix))
+    elif f.password_source == "env":
+        out.append(Check("password file private", OK, "password from $HPC_BRIDGE_PASSWORD"))
+    else:
+        out.append(Check("password file private", OK, f.cfg.cluster.password_file if f.cfg else ""))
+    return out
+
+
+def check_api(f: Facts) -> list[Check]:
+    if f.cfg is None:
+        return [Check("API reachable", SKIP, "no valid config")]
+    url = f.cfg.cluster.url
+    name = f.cfg.cluster.name
+    err = f.api_error
+    tls_fail = isinstance(err, ApiUnreachable) and "TLS" in str(err)
+    reach = Check("API reachable", OK, url)
+    if isinstance(err, ApiUnreachable) and not tls_fail:
+        return [Check("API reachable", FAIL, str(err),
+                      f"check [cluster] url ({url}), the network path and that the server is running")]
+    out = [reach]
+    # TLS
+    if url.startswith("https://"):
+        if tls_fail:
+            out.append(Check("TLS verified", FAIL, str(err),
+                             "set [cluster] ca_bundle to the CA certificate that signed the server's certificate"))
+            return out
+        if not f.cfg.cluster.verify_tls:
+            out.append(Check("TLS verified", FAIL, "verify_tls = false: the server's certificate is not checked",
+                             "set [cluster] verify_tls = true (and ca_bundle for a private CA)"))
+        else:
+            out.append(Check("TLS verified", OK, "certificate verified" + (
+                f" against {f.cfg.cluster.ca_bundle}" if f.cfg.cluster.ca_bundle else "")))
+    else:
+        from hpc_bridge.config import is_loopback_url
+
+        if is_loopback_url(url):
+            out.append(Check("TLS verified", OK, "plain http to loopback (simulator or local proxy)"))
+        else:
+            out.append(Check("TLS verified", FAIL, "plain http: the password crosses the network in clear",
+                             "use an https:// url"))
+    if isinstance(err, AuthError):
+        out.append(Check("credentials accepted", FAIL, str(err),
+                         "check [cluster] username and the password file's content"))
+        return out
+    if f.password_error and err is None and f.status is None:
+        out.append(Check("credentials accepted", SKIP, "no password"))
+        return out
+    if isinstance(err, ApiError) and err.status == 404:
+        out.append(Check("credentials accepted", OK))
+        out.append(Check("cluster found", FAIL, str(err),
+                         f"check [cluster] name ({name!r}) against the cluster's name in CycleCloud"))
+        return out
+    if err is not None:
+        out.append(Check("credentials accepted", SKIP, "API error before the check"))
+        out.append(Check("cluster found", FAIL, str(err), "see the log file (hpc-bridge doctor -v) and the server's log"))
+        return out
+    out.append(Check("credentials accepted", OK, f.cfg.cluster.username))
+    arrays = ", ".join(na.name for na in f.status.nodearrays) if f.status else ""
+    out.append(Check("cluster found", OK, f"{name} (nodearrays: {arrays or 'none'})"))
+    return out
+
+
+_PROGRAMS = ("ResumeProgram", "SuspendProgram", "ResumeFailProgram")
+
+
+def check_slurm_conf(f: Facts) -> list[Check]:
+    if f.cfg is None:
+        return [Check("slurm.conf", SKIP, "no valid config")]
+    if f.slurm_conf_error:
+        return [Check("slurm.conf readable", FAIL, f.slurm_conf_error,
+                      "set [slurm] conf_dir (or slurm_conf) to where slurm.conf lives")]
+    by_key: dict[str, list[Any]] = {}
+    for p in f.conf_problems:
+        by_key.setdefault(p.key, []).append(p)
+    out = []
+    progs = [p for k in _PROGRAMS for p in by_key.get(k, [])]
+    if progs:
+        out.append(Check("slurm.conf hook programs", FAIL, "; ".join(p.message for p in progs),
+                         "hpc-bridge install-hooks --write, then " + "; ".join(p.fix for p in progs if "=" in p.fix)[:300]))
+    else:
+        out.append(Check("slurm.conf hook programs", OK,
+                         ", ".join(f"{k}={f.slurm_conf.get(k)}" for k in _PROGRAMS)))
+    pd = by_key.get("PrivateData")
+    out.append(Check("slurm.conf PrivateData=cloud", FAIL, pd[0].message, pd[0].fix) if pd
+               else Check("slurm.conf PrivateData=cloud", OK))
+    out.append(check_resume_timeout(f, by_key.get("ResumeTimeout")))
+    inc = by_key.get("include", []) + by_key.get("conf_dir", [])
+    out.append(Check("slurm.conf includes generated files", FAIL, "; ".join(p.message for p in inc),
+                     "; ".join(p.fix for p in inc)) if inc
+               else Check("slurm.conf includes generated files", OK,
+                          os.path.join(f.cfg.slurm.conf_dir, "partitions.conf")))
+    handled = set(_PROGRAMS) | {"PrivateData", "ResumeTimeout", "include", "conf_dir"}
+    rest = [p for p in f.conf_problems if p.key not in handled]
+    out.append(Check("slurm.conf other settings", FAIL, "; ".join(p.message for p in rest),
+                     "; ".join(p.fix for p in rest)) if rest
+               else Check("slurm.conf other settings", OK, "SuspendTime, SlurmctldParameters, TreeWidth, GresTypes, "
+                          "TopologyPlugin"))
+    return out
+
+
+def check_resume_timeout(f: Facts, problems: list[Any] | None) -> Check:
+    name = "ResumeTimeout longer than boot time"
+    from hpc_bridge.install import _seconds
+
+    rt = _seconds(f.slurm_conf.get("ResumeTimeout")) if f.slurm_conf else None
+    if problems:
+        return Check(name, FAIL, problems[0].message, problems[0].fix)
+    longest = max(f.boot_times, default=None)
+    if longest is not None:
+        if rt is None or rt <= longest * 1.2:
+            want = int(longest * 1.5) + 60
+            return Check(name, FAIL, f"ResumeTimeout={rt}s, but nodes took up to {longest:.0f}s to boot "
+                         "(state file): slow nodes fail and their jobs are requeued",
+                         f"ResumeTimeout={want} in slurm.conf and [resume] resume_timeout = {want}")
+        return Check(name, OK, f"{rt}s; longest observed boot {longest:.0f}s")
+    if rt is not None and rt < TYPICAL_BOOT:
+        return Check(name, WARN, f"ResumeTimeout={rt}s; no boot observed yet, cloud VMs typically need "
+                     f"{TYPICAL_BOOT}s or more", f"ResumeTimeout=1800 and [resume] resume_timeout = 1800")
+    return Check(name, OK, f"{rt}s (no boot observed yet)")
+
+
+def check_generated(f: Facts) -> list[Check]:
+    name = "generated files up to date"
+    if f.partitions_error:
+        return [Check(name, FAIL, f.partitions_error, "hpc-bridge partitions")]
+    if f.partitions_changed is None:
+        return [Check(name, SKIP, "cluster status not available")]
+    if f.partitions_changed:
+        return [Check(name, FAIL, "out of date: " + ", ".join(f.partitions_changed),
+                      "hpc-bridge partitions --diff, then hpc-bridge partitions --reconfigure")]
+    return [Check(name, OK)]
+
+
+def check_nodemap(f: Facts) -> list[Check]:
+    name = "Slurm cloud nodes match the node map"
+    if f.nodemap_error:
+        return [Check(name, FAIL, f.nodemap_error, "hpc-bridge partitions")]
+    if f.slurm_error:
+        return [Check(name, FAIL, f"Slurm not reachable: {f.slurm_error}",
+                      "start slurmctld; check [slurm] bin_dir and conf_dir")]
+    if f.slurm_nodes is None or f.nodemap_names is None:
+        return [Check(name, SKIP)]
+    cloud = {n for n, sn in f.slurm_nodes.items() if sn.cloud}
+    only_slurm = cloud - f.nodemap_names
+    only_map = f.nodemap_names - cloud
+    problems = []
+    if only_slurm:
+        problems.append(f"{len(only_slurm)} cloud node(s) in Slurm but not in the node map: {_names(only_slurm)}")
+    if only_map:
+        problems.append(f"{len(only_map)} node(s) in the node map but not in Slurm: {_names(only_map)}")
+    if not cloud and not f.nodemap_names:
+        return [Check(name, WARN, "no cloud nodes at all", "hpc-bridge partitions --reconfigure")]
+    if problems:
+        return [Check(name, FAIL, "; ".join(problems),
+                      "hpc-bridge partitions --reconfigure (and check PrivateData=cloud: hidden nodes look missing)")]
+    return [Check(name, OK, f"{len(cloud)} node(s)")]
+
+
+def check_state(f: Facts) -> list[Check]:
+    if f.cfg is None:
+        return [Check("state file readable", SKIP)]
+    if f.state_error:
+        return [Check("state file readable", FAIL, f.state_error,
+                      f"make {f.cfg.paths.state_dir} owned by SlurmUser (mode 700); move a corrupt file aside and run "
+                      "hpc-bridge repair")]
+    return [Check("state file readable", OK, str(f.cfg.state_file))]
+
+
+def check_timer(f: Facts) -> list[Check]:
+    name = "repair timer installed"
+    if not f.timer_unit:
+        return [Check(name, FAIL, "no hpc-bridge-repair.timer unit",
+                      "hpc-bridge install-hooks --write; systemctl enable --now hpc-bridge-repair.timer")]
+    if not f.timer_enabled:
+        return [Check(name, FAIL, f"{f.timer_unit} is not enabled",
+                      "systemctl enable --now hpc-bridge-repair.timer")]
+    return [Check(name, OK, f.timer_unit)]
+
+
+def run_checks(f: Facts) -> list[Check]:
+    out = check_config(f)
+    if f.cfg is None:
+        return out
+    for fn in (check_api, check_slurm_conf, check_generated, check_nodemap, check_state, check_timer):
+        out.extend(fn(f))
+    return out
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.result == FAIL for c in checks)
+
+
+# --------------------------------------------------------------------------- gathering (I/O)
+
+
+def slurm_conf_path(cfg) -> str:
+    return cfg.slurm.slurm_conf or os.path.join(cfg.slurm.conf_dir, "slurm.conf")
+
+
+def find_timer(systemd_dirs=SYSTEMD_DIRS) -> tuple[str | None, bool]:
+    from hpc_bridge.install import REPAIR_TIMER
+
+    unit = next((os.path.join(d, REPAIR_TIMER) for d in systemd_dirs
+                 if os.path.isfile(os.path.join(d, REPAIR_TIMER))), None)
+    enabled = any(os.path.exists(os.path.join(d, "timers.target.wants", REPAIR_TIMER)) for d in systemd_dirs)
+    return unit, enabled
+
+
+def boot_times(state) -> list[float]:
+    from hpc_bridge.state import DONE, RESUME_ACTIONS
+
+    return [op.finished - op.started for op in state.operations.values()
+            if op.action in RESUME_ACTIONS and op.outcome == DONE and op.finished and op.finished > op.started]
+
+
+def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | None = None,
+           systemd_dirs=SYSTEMD_DIRS, slurm=None) -> Facts:
+    from hpc_bridge.config import PASSWORD_ENV, config_path as resolve, load_config
+    from hpc_bridge.install import check_settings, read_slurm_conf
+
+    f = Facts(config_path=resolve(config_path))
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as err:
+        f.config_error = str(err)
+        return f
+    f.cfg = cfg
+    try:
+        cfg.cluster.password()
+        f.password_source = "env" if os.environ.get(PASSWORD_ENV) else "file"
+    except ConfigError as err:
+        f.password_error = str(err)
+
+    # API: one GET status
+    if not f.password_error:
+        from hpc_bridge.api.client import ClusterClient
+
+        factory = client_factory or (lambda c: ClusterClient.from_config(c, retries=1, retry_budget=5.0))
+        try:
+            with factory(cfg) as client:
+                f.status = client.get_status()
+        except BridgeError as err:
+            f.api_error = err
+
+    # slurm.conf on disk
+    f.slurm_conf_path = slurm_conf_path(cfg)
+    try:
+        f.slurm_conf = read_slurm_conf(f.slurm_conf_path)
+        hooks_dir = os.path.dirname(f.slurm_conf.get("ResumeProgram") or "") or None
+        f.conf_problems = check_settings(f.slurm_conf, cfg, hooks_dir=hooks_dir)
+    except ConfigError as err:
+        f.slurm_conf_error = str(err)
+
+    # generated files
+    if f.status is not None:
+        from hpc_bridge.partitions import run_partitions
+
+        try:
+            f.partitions_changed = run_partitions(cfg, f.status, check=True).changed
+        except BridgeError as err:
+            f.partitions_error = str(err)
+
+    # Slurm nodes and the node map
+    from hpc_bridge.nodemap import load_nodemap
+    from hpc_bridge.slurm import Slurm
+
+    try:
+        f.nodemap_names = set(load_nodemap(cfg.nodemap_path).names())
+    except BridgeError as err:
+        f.nodemap_error = str(err)
+    try:
+        f.slurm_nodes = (slurm or Slurm.from_config(cfg, timeout=15.0)).show_nodes()
+    except BridgeError as err:
+        f.slurm_error = str(err)
+
+    # state file: readable, not corrupt, known schema
+    from hpc_bridge.state import State
+
+    try:
+        raw = Path(cfg.state_file).read_bytes()
+        state = State.from_json(json.loads(raw), str(cfg.state_file))
+        f.boot_times = boot_times(state)
+    except FileNotFoundError:
+        if not os.access(cfg.paths.state_dir if os.path.isdir(cfg.paths.state_dir) else
+                         os.path.dirname(cfg.paths.state_dir.rstrip("/")) or "/", os.W_OK):
+            f.state_error = f"state directory {cfg.paths.state_dir} is not writable"
+    except OSError as err:
+        f.state_error = f"cannot read {cfg.state_file}: {err.strerror}"
+    except BridgeError as err:
+        f.state_error = str(err)
+    except (ValueError, TypeError, KeyError) as err:
+        f.state_error = f"{cfg.state_file} is corrupt ({type(err).__name__})"
+
+    f.timer_unit, f.timer_enabled = find_timer(systemd_dirs)
+    return f
+
+
+def run_cli(args) -> int:
+    """`hpc-bridge doctor` (called by hpc_bridge.cli): exit 1 when any check fails."""
+    from hpc_bridge.cli import emit_json, wants_json
+    from hpc_bridge.log import setup_logging
+
+    facts = gather(getattr(args, "config", None))
+    if facts.cfg is not None:
+        try:
+            setup_logging(args.command, facts.cfg.paths.log_dir, getattr(args, "verbose", 0))
+        except (BridgeError, OSError):
+            pass
+    checks = run_checks(facts)
+    bad = failed(checks)
+    if wants_json(args):
+        emit_json({"ok": not bad, "checks": [c.to_json() for c in checks]})
+    else:
+        for c in checks:
+            print(c.line())
+        n = sum(c.result == FAIL for c in checks)
+        print(f"{n} check(s) failed" if bad else "all checks passed")
+    return 1 if bad else 0
