@@ -397,6 +397,40 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     )
 
 
+# --------------------------------------------------------------------------- repair
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from hpc_bridge.repair import format_plan, run_repair
+
+    ctx = HookContext(args)
+    with ctx.client:
+        report = run_repair(ctx.cfg, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap,
+                            dry_run=args.dry_run)
+    if wants_json(args):
+        emit_json(report.to_json())
+        return 0 if report.ok else 1
+    if report.actions and not report.busy:
+        print(format_plan(report.actions))
+    print(report.summary())
+    for kind, err in sorted(report.errors.items()):
+        print(f"  {kind}: {err}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _add_repair_command(sub: argparse._SubParsersAction) -> None:
+    p = _add_command(
+        sub, "repair", _cmd_repair, "one-shot reconcile of Slurm, the cloud and the state file",
+        description="Read Slurm's nodes, the cloud's nodes and status and the state file once, decide what "
+                    "drifted (leaked VMs, failed nodes, stuck power-ups, down~ nodes with no VM, missing "
+                    "addresses, unfinished operations, ended cool-offs) and fix it with batched calls. "
+                    "A second copy exits 0 at once; run it by hand or from the systemd timer.",
+        example="hpc-bridge repair --dry-run",
+    )
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (node, Slurm state, cloud state, action, reason); change nothing")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -480,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     p.add_argument("hostlist")
     _add_operator_commands(sub)
+    _add_repair_command(sub)
 
     return parser
 

@@ -1,0 +1,646 @@
+"""Repair: a one-shot reconcile of Slurm, the cloud and the state file.
+
+`plan_repair` is a pure function over (Slurm nodes with their state *flag sets* and reasons,
+cloud node records, the state file, the node map, bucket status, config, clock, which hook pids
+are alive) that returns `RepairAction`s, each with the reason it is taken. `run_repair` reads
+everything once (one ``scontrol -o show node``, one GET nodes, one GET status, the state file,
+read last so that any operation a hook started before our cloud read is seen), plans, and
+applies with batched calls: one ``scontrol update`` per state/reason group, one API call per
+action kind (re-sent operations keep their own requestId, so one call each). It is a singleton
+(a non-blocking lock file next to the state file) and idempotent: a run right after another
+plans nothing.
+
+Decisions look at Slurm's flag *sets* ("POWERED_DOWN" in flags, base state DOWN, ...), never at
+one exact State= string: Slurm adds and drops flags (NOT_RESPONDING, CLOUD, COMPLETING, ...)
+between versions. Never terminated: a node Slurm has allocated, a node an in-flight create or
+start is bringing up, a KeepAlive node; nodes an admin took out of service (DOWN/DRAIN with a
+reason that is not ours) are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import filelock
+
+from hpc_bridge import hostlist
+from hpc_bridge.api.models import Node
+from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, StateError
+from hpc_bridge.nodemap import NodeMap
+from hpc_bridge.nodeops import (
+    BOOTING,
+    DEALLOCATED,
+    FAILED_STATUS,
+    GONE,
+    READY,
+    TRANSITIONAL_DOWN,
+    Call,
+    address_of,
+    index_by_name,
+    is_our_reason,
+    mark_down,
+    reason as our_reason,
+    record_and_send,
+    send,
+    settle,
+)
+from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Operation, State, StateStore
+
+log = logging.getLogger("hpc_bridge.repair")
+
+# --------------------------------------------------------------------------- action kinds
+
+TERMINATE = "terminate"  # API: terminate the cloud node (by node id)
+SLURM_DOWN = "down"  # scontrol State=DOWN Reason=...
+SLURM_RESUME = "resume"  # scontrol State=RESUME (down~ -> idle~)
+POWER_DOWN_FORCE = "power_down_force"  # scontrol State=POWER_DOWN_FORCE (-> idle~, reason kept)
+SET_ADDRESS = "set_address"  # scontrol NodeAddr=/NodeHostName=
+RESEND = "resend_operation"  # re-send a recorded call with its own requestId (409 = it went through)
+CLOSE = "close_operation"  # give up a recorded call whose hook is gone
+RESOLVE = "resolve_operation"  # accepted call past its deadline: look it up and close it
+END_COOLOFF = "end_cooloff"  # expired capacity cool-off: forget the nodes it took out of service
+REPORT = "report"  # nothing to change; tell the admin
+
+KINDS = (SLURM_DOWN, POWER_DOWN_FORCE, TERMINATE, RESEND, RESOLVE, CLOSE, END_COOLOFF, SLURM_RESUME, SET_ADDRESS,
+         REPORT)
+
+# Slurm flags, as sets (base state included in SlurmNode.state_flags).
+ALLOCATED_FLAGS = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
+DRAIN_FLAGS = frozenset({"DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING"})
+POWERING_DOWN_FLAGS = frozenset({"POWERING_DOWN", "POWER_DOWN"})
+# Reasons Slurm itself sets on cloud nodes in power saving: not an admin's, repair may clear them.
+SLURM_OWN_REASONS = ("ResumeTimeout reached", "Not responding")
+
+RUNNING = BOOTING | {READY}
+
+
+@dataclass(frozen=True)
+class RepairAction:
+    """One decision. `node` is a Slurm/cloud node name; for an operation it is the hostlist of
+    the operation's nodes, for a cool-off the bucket key."""
+
+    node: str
+    slurm_state: str  # e.g. "IDLE+CLOUD+POWERED_DOWN"; "-" when Slurm does not know the name
+    cloud_state: str  # cloud Status, "-" when there is no cloud node
+    kind: str
+    reason: str
+    case: str = ""  # the issue's case number ("1".."10") or "op"
+    node_id: str | None = None  # TERMINATE
+    slurm_reason: str | None = None  # SLURM_DOWN / POWER_DOWN_FORCE (None: keep the current one)
+    address: tuple[str, str] | None = None  # SET_ADDRESS
+    request_id: str | None = None  # RESEND / CLOSE / RESOLVE
+    cooloff: str | None = None  # END_COOLOFF / SLURM_RESUME after a cool-off
+
+    @property
+    def changes(self) -> bool:
+        return self.kind != REPORT
+
+    def row(self) -> list[str]:
+        return [self.node, self.slurm_state, self.cloud_state, self.kind, self.reason]
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        if self.address is not None:
+            data["address"] = list(self.address)
+        return data
+
+
+def slurm_summary(node) -> str:
+    """Base state first, then the other flags sorted: IDLE+CLOUD+POWERED_DOWN."""
+    if node is None:
+        return "-"
+    flags = set(node.state_flags) - {node.state}
+    return "+".join([node.state, *sorted(flags)])
+
+
+def cloud_summary(node: Node | None) -> str:
+    return node.status or "?" if node is not None else "-"
+
+
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def cloud_age(node: Node, now: float) -> float | None:
+    """Seconds since the node's last status change (StatusTime), else since CreateTime; None
+    when the API gives neither."""
+    extra = node.model_extra or {}
+    times = [t for t in (_parse_time(extra.get("StatusTime")), _parse_time(extra.get("CreateTime"))) if t is not None]
+    if not times:
+        return None
+    return now - max(times)
+
+
+def hook_stale_after(cfg) -> float:
+    """A PENDING record older than this is not waiting for a live hook any more (a hook gives up
+    after its retry budget)."""
+    return max(60.0, float(cfg.cluster.retry_budget) + 2 * float(cfg.cluster.timeout))
+
+
+def bucket_key(nodearray: str, machine_type: str) -> str:
+    return f"{nodearray}/{machine_type}"
+
+
+# --------------------------------------------------------------------------- plan (pure)
+
+
+@dataclass
+class _Ctx:
+    cfg: Any
+    now: float
+    grace: float
+    latest: dict[str, Operation]
+    in_flight: dict[str, Operation]  # resume op open and before its deadline
+    suspending: dict[str, Operation]  # suspend-type op open and before its deadline
+    cooling_keys: set[str]  # bucket keys in an active cool-off (state file or GET status)
+    held: set[str]  # names an active cool-off took out of service
+    expired_nodes: dict[str, str]  # name -> key of an expired cool-off that took it out of service
+
+
+def plan_repair(
+    slurm_nodes: Mapping[str, Any],
+    cloud_nodes: Mapping[str, Node] | Iterable[Node],
+    state: State,
+    nodemap: NodeMap,
+    cfg,
+    now: float,
+    *,
+    buckets: Mapping[str, Any] | None = None,
+    live_pids: Iterable[int] = (),
+) -> list[RepairAction]:
+    """Decide what to repair. Pure: no I/O, same inputs give the same actions.
+
+    slurm_nodes: name -> SlurmNode (hpc_bridge.slurm); cloud_nodes: name -> Node (or the list
+    from GET nodes); buckets: "nodearray/machineType" -> Bucket from GET status (for capacity
+    failures the API reports); live_pids: the pids of PENDING records' hooks that still run.
+    """
+    cloud = dict(cloud_nodes) if isinstance(cloud_nodes, Mapping) else index_by_name(cloud_nodes)
+    live = frozenset(live_pids)
+    grace = float(cfg.repair.grace)
+    latest = state.latest_by_node()
+    in_flight = state.resume_in_flight(now)
+    suspending = {n: op for n, op in latest.items()
+                  if op.action not in RESUME_ACTIONS and op.open and now < op.deadline}
+
+    cooling = {k for k, c in state.cooloffs.items() if c.until > now}
+    for key, b in (buckets or {}).items():
+        lcf = getattr(b, "last_capacity_failure", -1.0)
+        if lcf is not None and 0 <= lcf < cfg.resume.capacity_cooloff:
+            cooling.add(key)
+    held = {n for k, c in state.cooloffs.items() if c.until > now for n in c.nodes}
+    expired = {k: c for k, c in sorted(state.cooloffs.items()) if c.until <= now and c.nodes and k not in cooling}
+    expired_nodes = {n: k for k, c in expired.items() for n in c.nodes if n not in held}
+    ctx = _Ctx(cfg, now, grace, latest, in_flight, suspending, cooling, held, expired_nodes)
+
+    actions: list[RepairAction] = []
+    actions.extend(_plan_operations(state, slurm_nodes, cloud, ctx, live))
+    for key in expired:
+        names = hostlist.compress_sorted(expired[key].nodes)
+        actions.append(RepairAction(key, "-", "-", END_COOLOFF,
+                                    f"capacity cool-off ended; {names} no longer held out of service", case="9",
+                                    cooloff=key))
+
+    names = {n for n in slurm_nodes if n in nodemap} | set(cloud)
+    for name in sorted(names):
+        actions.extend(_plan_node(name, slurm_nodes.get(name), cloud.get(name), nodemap.get(name), ctx))
+    return actions
+
+
+def _op_label(op: Operation) -> str:
+    return hostlist.compress_sorted(op.nodes) if op.nodes else "-"
+
+
+def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ctx, live: frozenset[int]
+                     ) -> list[RepairAction]:
+    out: list[RepairAction] = []
+    stale = hook_stale_after(ctx.cfg)
+    for op in sorted(state.operations.values(), key=lambda o: (o.started, o.request_id)):
+        if not op.open:
+            continue
+        label = _op_label(op)
+
+        def act(kind: str, why: str) -> RepairAction:
+            case = "8" if kind == RESOLVE else "op"
+            return RepairAction(label, "-", "-", kind, f"{op.action} {op.request_id}: {why}", case=case,
+                                request_id=op.request_id)
+
+        if op.outcome == ACCEPTED:
+            if ctx.now >= op.deadline:
+                out.append(act(RESOLVE, "accepted, past its deadline: look it up and close it"))
+            continue
+        if op.outcome != PENDING:
+            continue
+        if op.pid in live and ctx.now - op.started < stale:
+            continue  # its hook is still at work
+        why = "hook gone" if op.pid not in live else f"hook silent for {ctx.now - op.started:.0f}s"
+        if op.action in RESUME_ACTIONS:
+            if ctx.now >= op.deadline:
+                out.append(act(CLOSE, f"{why}, past its deadline: closed (its nodes are handled on their own)"))
+            elif op.request and all(
+                (s := slurm_nodes.get(n)) is not None and "POWERING_UP" in s.state_flags
+                and ctx.latest.get(n) is op for n in op.nodes
+            ):
+                out.append(act(RESEND, f"{why}; Slurm still waits for its nodes: re-sent with the same requestId"))
+            # else: leave it open until its deadline (its nodes count as in flight until then)
+            continue
+        # shutdown / deallocate / terminate / remove: finish it only while Slurm does not use the nodes
+        safe = op.request and all(_stoppable(slurm_nodes.get(n)) and n not in ctx.in_flight for n in op.nodes)
+        if safe:
+            out.append(act(RESEND, f"{why}; nodes still powered down in Slurm: re-sent with the same requestId"))
+        else:
+            out.append(act(CLOSE, f"{why}; nodes in use again (or no request recorded): closed without re-sending"))
+    return out
+
+
+def _stoppable(s) -> bool:
+    if s is None:
+        return True
+    flags = s.state_flags
+    if flags & ALLOCATED_FLAGS:
+        return False
+    return "POWERED_DOWN" in flags or bool(flags & POWERING_DOWN_FLAGS)
+
+
+def _recent(name: str, node: Node | None, ctx: _Ctx) -> bool:
+    """Something happened to this node within the grace period (an operation of ours started,
+    or the cloud node changed status)."""
+    op = ctx.latest.get(name)
+    if op is not None and ctx.now - op.started < ctx.grace:
+        return True
+    if node is not None:
+        age = cloud_age(node, ctx.now)
+        if age is not None and age < ctx.grace:
+            return True
+    return False
+
+
+def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAction]:
+    cfg, now = ctx.cfg, ctx.now
+    sstate, cstate = slurm_summary(s), cloud_summary(c)
+    live = c if c is not None and c.status not in GONE else None
+    status = live.status if live is not None else None
+    op = ctx.in_flight.get(name)
+
+    def act(kind: str, why: str, case: str, **kw: Any) -> RepairAction:
+        return RepairAction(name, sstate, cstate, kind, why, case=case, **kw)
+
+    # ---- Slurm does not know the name (case 6)
+    if s is None:
+        if live is None or status in TRANSITIONAL_DOWN or live.keep_alive or op is not None:
+            return []
+        array = live.template or (entry.nodearray if entry is not None else "")
+        if not array or not cfg.partitions.is_managed(array):
+            return [act(REPORT, f"cloud node in unmanaged nodearray {array or '?'} that Slurm does not know; "
+                                "left alone", "6")]
+        if _recent(name, live, ctx):
+            return []
+        if not live.node_id:
+            return [act(REPORT, "cloud node unknown to Slurm has no NodeId; cannot terminate it", "6")]
+        return [act(TERMINATE, f"cloud node in managed nodearray {array} that Slurm does not know, "
+                               f"older than the {ctx.grace:g}s grace", "6", node_id=live.node_id)]
+    if entry is None:
+        return []  # a Slurm node that is not ours (not in nodemap.json)
+
+    flags = s.state_flags
+    base = s.state
+    allocated = bool(flags & ALLOCATED_FLAGS) or base in ALLOCATED_FLAGS
+    powered_down = "POWERED_DOWN" in flags
+    powering_up = "POWERING_UP" in flags
+    powering_down = bool(flags & POWERING_DOWN_FLAGS)
+    down = base == "DOWN" or "DOWN" in flags
+    drained = bool(flags & DRAIN_FLAGS)
+    ours = is_our_reason(s.reason)
+    slurm_own = bool(s.reason) and s.reason.startswith(SLURM_OWN_REASONS)
+
+    # ---- case 10: an admin's DOWN/DRAIN (reason not ours, not Slurm's own power-save reason)
+    if (down or drained) and s.reason and not ours and not slurm_own:
+        return []
+
+    # ---- case 7: a Ready cloud node whose address Slurm does not have
+    address: list[RepairAction] = []
+    mode = cfg.slurm.address_mode
+    if status == READY and mode in ("ip", "hostname") and not powered_down and not powering_down:
+        addr = address_of(live, mode)
+        if addr and s.node_addr != addr[0]:
+            address.append(act(SET_ADDRESS, f"cloud node Ready at {addr[0]}, Slurm has NodeAddr={s.node_addr or '-'}",
+                               "7", address=addr))
+
+    # ---- case 10: KeepAlive nodes: nothing but their address
+    if live is not None and live.keep_alive:
+        return address
+
+    key = bucket_key(entry.nodearray, entry.machine_type)
+
+    # ---- Slurm has it powered down (idle~ / down~)
+    if powered_down and not powering_up:
+        if status in RUNNING:
+            if allocated or op is not None or name in ctx.suspending or _recent(name, live, ctx):
+                return []
+            if not live.node_id:
+                return [act(REPORT, "leaked cloud node has no NodeId; cannot terminate it", "1")]
+            return [act(TERMINATE, f"cloud node {status} while Slurm has it powered down and no operation in "
+                                   f"flight, for more than the {ctx.grace:g}s grace (leaked VM)", "1",
+                        node_id=live.node_id)]
+        if status == FAILED_STATUS:
+            if allocated or op is not None or not live.node_id:
+                return []
+            return [act(TERMINATE, f"cloud node failed ({live.status_message or 'no message'}) while Slurm has it "
+                                   "powered down", "2", node_id=live.node_id)]
+        if status in TRANSITIONAL_DOWN:
+            return []  # on its way out; looked at again next run
+        # no cloud node (none, Terminated/Off, or Deallocated)
+        if down and (ours or slurm_own or not s.reason) and op is None:
+            if name in ctx.expired_nodes:
+                k = ctx.expired_nodes[name]
+                return [act(SLURM_RESUME, f"capacity cool-off for {k} ended: back in service", "9", cooloff=k)]
+            if key in ctx.cooling_keys or name in ctx.held:
+                return []  # held out of service by a capacity cool-off
+            return [act(SLURM_RESUME, "down~ with no cloud node and no capacity cool-off: back to idle~", "4")]
+        return []
+
+    # ---- Slurm is powering it up (…#)
+    if powering_up:
+        if op is not None or status in RUNNING:
+            return address
+        last = ctx.latest.get(name)
+        if last is None or last.action not in RESUME_ACTIONS or now < last.deadline:
+            return address  # Slurm's own ResumeTimeout is the authority without a record of ours
+        why = (f"powering up past the deadline of {last.action} {last.request_id} with no healthy cloud node "
+               f"({status or 'none'})")
+        out = [act(POWER_DOWN_FORCE, why + ": powered down, reason kept", "3",
+                   slurm_reason=None if s.reason else our_reason(why))]
+        if status == FAILED_STATUS and not allocated and live.node_id:
+            out.append(act(TERMINATE, f"cloud node failed: {live.status_message or 'no message'}", "3",
+                           node_id=live.node_id))
+        return out
+
+    if powering_down:
+        return []  # Slurm is suspending it: SuspendProgram is at work
+
+    # ---- Slurm has it up (idle/mixed/allocated/completing) or DOWN, not powered down
+    if live is None or status == DEALLOCATED or status in TRANSITIONAL_DOWN:
+        if down or op is not None:
+            return []
+        what = "no cloud node" if live is None else f"cloud node is {status}"
+        return [act(SLURM_DOWN, f"Slurm has it up but {what}: DOWN so its jobs go elsewhere", "5",
+                    slurm_reason=our_reason(what))]
+    if status == FAILED_STATUS:
+        if op is not None:
+            return []
+        msg = f"cloud node failed: {live.status_message or 'no message'}"
+        if allocated:
+            return [act(REPORT, f"{msg}; Slurm still runs jobs on it, left until they end", "2")]
+        out = []
+        if not (down and ours):
+            out.append(act(SLURM_DOWN, msg, "2", slurm_reason=our_reason(msg)))
+        if live.node_id:
+            out.append(act(TERMINATE, msg + ": VM terminated", "2", node_id=live.node_id))
+        return out
+    return address
+
+
+# --------------------------------------------------------------------------- apply
+
+
+@dataclass
+class RepairReport:
+    actions: list[RepairAction] = field(default_factory=list)
+    dry_run: bool = False
+    busy: bool = False  # another repair holds the lock: nothing done
+    errors: dict[str, str] = field(default_factory=dict)  # kind -> error
+    resolved: dict[str, str] = field(default_factory=dict)  # request id -> outcome
+    api_calls: int = 0
+    scontrol_calls: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def changes(self) -> list[RepairAction]:
+        return [a for a in self.actions if a.changes]
+
+    def summary(self) -> str:
+        if self.busy:
+            return "repair: another hpc-bridge repair is running; nothing done"
+        counts: dict[str, int] = defaultdict(int)
+        for a in self.changes:
+            counts[a.kind] += 1
+        what = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to repair"
+        verb = "would do" if self.dry_run else "done"
+        return (f"repair {verb}: {what}; {len(self.actions) - len(self.changes)} reported; "
+                f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)"
+                + (f"; {len(self.errors)} error(s)" if self.errors else ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dryRun": self.dry_run, "busy": self.busy, "ok": self.ok,
+                "actions": [a.to_json() for a in self.actions], "errors": self.errors, "resolved": self.resolved,
+                "apiCalls": self.api_calls, "scontrolCalls": self.scontrol_calls}
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def lock_path(store: StateStore):
+    return store.path.with_name("repair.lock")
+
+
+@contextlib.contextmanager
+def singleton(store: StateStore, timeout: float = 0.0):
+    """Yields True when this process holds the repair lock, False when another one does."""
+    from hpc_bridge.log import ensure_private_dir
+
+    ensure_private_dir(str(store.path.parent))
+    lock = filelock.FileLock(str(lock_path(store)), timeout=timeout, mode=0o600)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        yield False
+        return
+    except OSError as err:
+        raise StateError(f"cannot lock {lock_path(store)}: {err.strerror or err}") from None
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def gather(cfg, *, client, slurm, store: StateStore):
+    """Read everything once: scontrol, GET nodes, GET status, then the state file (last)."""
+    from hpc_bridge.resume import buckets_by_key
+
+    slurm_nodes = slurm.show_nodes()
+    cloud = index_by_name(client.get_nodes().nodes)
+    buckets = buckets_by_key(client.get_status())
+    state = store.read()
+    return slurm_nodes, cloud, buckets, state
+
+
+def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_run: bool = False,
+               now: Callable[[], float] = time.time, is_alive: Callable[[int], bool] = pid_alive) -> RepairReport:
+    report = RepairReport(dry_run=dry_run)
+    requests_before, calls_before = client.request_count, slurm.calls
+    lock = contextlib.nullcontext(True) if dry_run else singleton(store, cfg.repair.lock_timeout)
+    with lock as held:
+        if not held:
+            report.busy = True
+            log.info("another hpc-bridge repair holds %s; exiting", lock_path(store))
+            return report
+        slurm_nodes, cloud, buckets, state = gather(cfg, client=client, slurm=slurm, store=store)
+        t = now()
+        pids = {op.pid for op in state.open_operations() if op.outcome == PENDING and is_alive(op.pid)}
+        report.actions = plan_repair(slurm_nodes, cloud, state, nodemap, cfg, t, buckets=buckets, live_pids=pids)
+        for a in report.actions:
+            log.info("%s%s %s [%s | %s]: %s", "would " if dry_run else "", a.kind, a.node, a.slurm_state,
+                     a.cloud_state, a.reason)
+        if not dry_run:
+            _apply(cfg, report, state, client=client, slurm=slurm, store=store, now=now)
+    report.api_calls = client.request_count - requests_before
+    report.scontrol_calls = slurm.calls - calls_before
+    log.info("%s", report.summary())
+    return report
+
+
+def _step(report: RepairReport, kind: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except BridgeError as err:
+        report.errors[kind] = str(err)
+        log.error("repair %s failed: %s", kind, err)
+        return None
+
+
+def _apply(cfg, report: RepairReport, planned: State, *, client, slurm, store: StateStore, now) -> None:
+    by_kind: dict[str, list[RepairAction]] = defaultdict(list)
+    for a in report.changes:
+        by_kind[a.kind].append(a)
+
+    # 1. Slurm first: a node leaves service before its VM goes.
+    if by_kind[SLURM_DOWN]:
+        _step(report, SLURM_DOWN, lambda: mark_down(slurm, {a.node: a.slurm_reason for a in by_kind[SLURM_DOWN]}))
+    if by_kind[POWER_DOWN_FORCE]:
+        groups: dict[str | None, list[str]] = defaultdict(list)
+        for a in by_kind[POWER_DOWN_FORCE]:
+            groups[a.slurm_reason].append(a.node)
+        for why, names in groups.items():
+            _step(report, POWER_DOWN_FORCE,
+                  lambda names=names, why=why: slurm.update_nodes(sorted(names), state="POWER_DOWN_FORCE", reason=why))
+
+    # 2. One terminate call for every node to terminate, recorded before it is sent.
+    if by_kind[TERMINATE]:
+        targets = {a.node: a.node_id for a in by_kind[TERMINATE] if a.node_id}
+        names = sorted(targets)
+        call = Call("terminate", names, {"ids": [targets[n] for n in names]}, now() + cfg.resume.resume_timeout)
+        record_and_send(store, client, [call], now)
+        if call.error is not None:
+            report.errors[TERMINATE] = str(call.error)
+        elif call.result is not None:
+            bad = {m.name: m.error for m in call.result.nodes if not m.ok}
+            if bad:
+                report.errors[TERMINATE] = "; ".join(f"{n}: {e or 'refused'}" for n, e in sorted(bad.items()))
+
+    # 3. Recorded calls whose hook was killed: re-send with the same requestId.
+    sent: list[tuple[Call, Operation]] = []
+    for a in by_kind[RESEND]:
+        op = planned.operations[a.request_id]
+        call = Call(op.action, list(op.nodes), dict(op.request or {}), op.deadline, request_id=op.request_id)
+        try:
+            call.result = send(client, call, resend=True)
+            log.info("re-sent %s %s: accepted%s", op.action, op.request_id,
+                     " (409: it had gone through)" if getattr(call.result, "recovered", False) else "")
+        except ApiError as err:
+            call.error = err
+            report.errors[f"{RESEND} {op.request_id}"] = str(err)
+            log.error("re-sending %s %s failed: %s", op.action, op.request_id, err)
+        sent.append((call, op))
+
+    # 4. Accepted calls past their deadline: what became of them?
+    resolved: dict[str, tuple[str, str]] = {}
+    for a in by_kind[RESOLVE]:
+        op = planned.operations[a.request_id]
+        try:
+            if op.operation_id:
+                client.get_operation(op.operation_id)
+                resolved[op.request_id] = (DONE, f"resolved by repair: operation {op.operation_id} known to the API")
+            else:
+                op_id, found = client.find_operation(op.request_id)
+                if op_id or found.nodes:
+                    resolved[op.request_id] = (DONE, f"resolved by repair by request id (operation {op_id or '?'})")
+                else:
+                    resolved[op.request_id] = (FAILED, "resolved by repair: the API has no trace of it")
+        except ApiUnreachable as err:
+            report.errors[f"{RESOLVE} {op.request_id}"] = str(err)  # stays open; next run
+        except ApiError as err:
+            if err.status == 404:
+                resolved[op.request_id] = (FAILED, "resolved by repair: operation unknown to the API (404)")
+            else:
+                report.errors[f"{RESOLVE} {op.request_id}"] = str(err)
+
+    # 5. One state-file transaction for every record change.
+    closes = {a.request_id: a.reason for a in by_kind[CLOSE]}
+    ends = [a.cooloff for a in by_kind[END_COOLOFF]]
+    if sent or resolved or closes or ends:
+        def update() -> None:
+            with store.transaction() as state:
+                t = now()
+                for call, planned_op in sent:
+                    op = state.operations.get(call.request_id)
+                    if op is None or op.outcome != PENDING:
+                        continue
+                    settle(op, call, t)
+                    if op.outcome == ACCEPTED and op.action not in RESUME_ACTIONS and t >= op.deadline:
+                        op.close(DONE, t, "re-sent by repair past its deadline")
+                for rid, why in closes.items():
+                    op = state.operations.get(rid)
+                    if op is not None and op.outcome == PENDING:
+                        op.close(FAILED, t, why)
+                for rid, (outcome, why) in resolved.items():
+                    op = state.operations.get(rid)
+                    if op is not None and op.open:
+                        op.close(outcome, t, why)
+                        report.resolved[rid] = outcome
+                for key in ends:
+                    c = state.cooloffs.get(key)
+                    if c is not None and c.until <= t:
+                        c.nodes = []
+        _step(report, "state", update)
+
+    # 6. Back into service, then addresses.
+    if by_kind[SLURM_RESUME]:
+        _step(report, SLURM_RESUME,
+              lambda: slurm.update_nodes(sorted(a.node for a in by_kind[SLURM_RESUME]), state="RESUME"))
+    if by_kind[SET_ADDRESS]:
+        _step(report, SET_ADDRESS, lambda: slurm.set_addresses({a.node: a.address for a in by_kind[SET_ADDRESS]}))
+
+
+def format_plan(actions: list[RepairAction]) -> str:
+    from hpc_bridge.table import format_table
+
+    return format_table(["node", "slurm state", "cloud state", "action", "reason"], (a.row() for a in actions))
