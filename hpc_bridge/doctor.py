@@ -355,7 +355,9 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
     except BridgeError as err:
         f.nodemap_error = str(err)
     try:
-        f.slurm_nodes = (slurm or Slurm.from_config(cfg, timeout=15.0)).show_nodes()
+        from hpc_bridge.nodes_view import _slurm_for
+
+        f.slurm_nodes = (slurm or _slurm_for(cfg)).show_nodes()
     except BridgeError as err:
         f.slurm_error = str(err)
 

@@ -203,6 +203,20 @@ def node_rows(
 # --------------------------------------------------------------------------- gathering (I/O)
 
 
+def _slurm_for(cfg):
+    """Slurm.from_config, but refuse (SlurmError) when no slurm.conf is known: scontrol without
+    one asks DNS for SRV records of the controller, off loopback."""
+    import os
+
+    from hpc_bridge.errors import SlurmError
+    from hpc_bridge.slurm import Slurm
+
+    slurm = Slurm.from_config(cfg, timeout=15.0)
+    if slurm.slurm_conf is None and not os.path.isfile("/etc/slurm/slurm.conf"):
+        raise SlurmError(f"no slurm.conf in [slurm] conf_dir {cfg.slurm.conf_dir} and SLURM_CONF is not set")
+    return slurm
+
+
 @dataclass
 class NodesView:
     rows: list[NodeRow]
@@ -224,7 +238,7 @@ def gather(cfg, client, *, hostlist: str | None = None, states: Sequence[str] = 
     warnings: list[str] = []
     slurm_nodes = None
     try:
-        slurm = slurm or Slurm.from_config(cfg, timeout=15.0)
+        slurm = slurm or _slurm_for(cfg)
         slurm_nodes = slurm.show_nodes()
     except BridgeError as err:
         warnings.append(f"Slurm not reachable, showing cloud columns only: {err}")
