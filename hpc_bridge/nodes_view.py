@@ -86,7 +86,7 @@ class NodeRow:
     machine_type: str | None = None
     ip: str | None = None
     placement_group: str | None = None
-    age: float | None = None  # seconds since the cloud node was created
+    age: float | None = None  # seconds since the cloud VM was created (while it runs or failed)
     operation: str | None = None  # "create accepted (op 3f0c...)" of an open state-file record
     status_message: str | None = None
 
@@ -183,7 +183,7 @@ def node_rows(
             row.ip = cn.private_ip
             row.placement_group = cn.placement_group_id
             row.status_message = cn.status_message
-            if not cn.is_gone:
+            if cn.is_running or cn.status == "Failed":
                 row.age = cloud_age(cn, now)
         elif entry is not None:
             row.nodearray = entry.nodearray
