@@ -484,7 +484,9 @@ class SlurmCluster:
 
     def _start_munged(self) -> None:
         d = self.workdir / "munge"
-        if len(str(d / "munge.socket.2")) > 100:
+        # munged insists on o+x for every directory above its socket (pytest's tmp dirs are
+        # 0700) and sun_path is short: fall back to a private dir directly under /tmp.
+        if len(str(d / "munge.socket.2")) > 100 or not _world_searchable(self.workdir):
             d = Path(tempfile.mkdtemp(prefix="hbmunge-", dir="/tmp"))
             self._munge_tmp = True
         d.mkdir(parents=True, exist_ok=True)
@@ -591,6 +593,12 @@ class SlurmCluster:
             self.stop_slurmd(name)
         for pid in self._recorded_slurmd_pids():
             self._kill_slurmd_tree(pid)
+        # slurmstepd double-forks into its own session (re-parented away from slurmd) and
+        # ignores SIGTERM; it and the job's tasks carry our SLURM_CONF in their environment.
+        # (slurmctld's own children - slurmscriptd, running hooks - wait until it has stopped:
+        # killing slurmscriptd first makes slurmctld hang ~10 s on SIGTERM.)
+        keep = {self._ctld.pid} | _descendants({self._ctld.pid}) if self._ctld is not None else set()
+        _terminate(_pids_with_env("SLURM_CONF", str(self.conf_path)) - keep, grace=2.0)
         if self._ctld is not None:
             kids = _descendants({self._ctld.pid})  # hook programs still running
             _terminate({self._ctld.pid}, grace=10.0)
@@ -603,6 +611,7 @@ class SlurmCluster:
         # Boot hooks may have raced a last slurmd in while slurmctld stopped.
         for pid in self._recorded_slurmd_pids():
             self._kill_slurmd_tree(pid)
+        _terminate(_pids_with_env("SLURM_CONF", str(self.conf_path)), grace=2.0)
         if self._munged is not None:
             _terminate({self._munged.pid}, grace=5.0)
             try:
@@ -713,6 +722,16 @@ class SlurmCluster:
 # -- process helpers (by PID only) -----------------------------------------------------------
 
 
+def _world_searchable(path: Path) -> bool:
+    for p in [path, *path.parents]:
+        try:
+            if not p.stat().st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def _become_subreaper() -> None:
     """Adopt orphaned descendants (slurmds started by hooks whose parent exited), so that
     killing them leaves no zombie when PID 1 of a container does not reap."""
@@ -738,6 +757,24 @@ def _is_process(pid: int, name: bytes) -> bool:
         return False
 
 
+def _pids_with_env(key: str, value: str) -> set[int]:
+    """Live processes whose environment has key=value (ours: same SLURM_CONF path)."""
+    needle = f"{key}={value}".encode()
+    me = os.getpid()
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env and _alive(int(entry)):
+            out.add(int(entry))
+    return out
+
+
 def _reap_adopted() -> None:
     """Reap zombie slurmd/slurmstepd processes this (subreaper) process adopted."""
     me = os.getpid()
@@ -751,7 +788,7 @@ def _reap_adopted() -> None:
             fields = raw.rsplit(b")", 1)[1].split()
         except (OSError, ValueError, IndexError):
             continue
-        if fields[0] == b"Z" and int(fields[1]) == me and comm in (b"slurmd", b"slurmstepd"):
+        if fields[0] == b"Z" and int(fields[1]) == me and comm in (b"slurmd", b"slurmstepd", b"sleep", b"sh", b"bash"):
             try:
                 os.waitpid(int(entry), os.WNOHANG)
             except ChildProcessError:
