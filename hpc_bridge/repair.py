@@ -195,8 +195,6 @@ def plan_repair(
     grace = float(cfg.repair.grace)
     latest = state.latest_by_node()
     in_flight = state.resume_in_flight(now)
-    suspending = {n: op for n, op in latest.items()
-                  if op.action not in RESUME_ACTIONS and op.open and now < op.deadline}
 
     cooling = {k for k, c in state.cooloffs.items() if c.until > now}
     for key, b in (buckets or {}).items():
@@ -206,10 +204,14 @@ def plan_repair(
     held = {n for k, c in state.cooloffs.items() if c.until > now for n in c.nodes}
     expired = {k: c for k, c in sorted(state.cooloffs.items()) if c.until <= now and c.nodes and k not in cooling}
     expired_nodes = {n: k for k, c in expired.items() for n in c.nodes if n not in held}
-    ctx = _Ctx(cfg, now, grace, latest, in_flight, suspending, cooling, held, expired_nodes)
+    ctx = _Ctx(cfg, now, grace, latest, in_flight, {}, cooling, held, expired_nodes)
 
     actions: list[RepairAction] = []
     actions.extend(_plan_operations(state, slurm_nodes, cloud, ctx, live))
+    # Suspend-type calls still in flight (not the ones closed just now) protect their nodes.
+    closing = {a.request_id for a in actions if a.kind == CLOSE}
+    ctx.suspending = {n: op for n, op in latest.items() if op.action not in RESUME_ACTIONS and op.open
+                      and now < op.deadline and op.request_id not in closing}
     for key in expired:
         names = hostlist.compress_sorted(expired[key].nodes)
         actions.append(RepairAction(key, "-", "-", END_COOLOFF,
