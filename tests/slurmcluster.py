@@ -624,6 +624,42 @@ class SlurmCluster:
             shutil.rmtree(self.munge_dir, ignore_errors=True)
         self._started = False
 
+    # -- by-hand use (scripts/slurm-cluster) ------------------------------------------------------
+
+    def save_state(self) -> Path:
+        """Write workdir/cluster.json (PIDs, paths) so another process can attach() and stop()."""
+        path = self.workdir / "cluster.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "conf": str(self.conf_path),
+                    "slurmctld": self._ctld.pid if self._ctld else None,
+                    "munged": self._munged.pid if self._munged else None,
+                    "munge_dir": str(self.munge_dir) if self.munge_dir else None,
+                    "munge_tmp": self._munge_tmp,
+                    "slurmds": {n: p.pid for n, p in self._slurmds.items() if p.poll() is None},
+                    "ports": self.node_ports,
+                },
+                indent=1,
+            )
+        )
+        return path
+
+    @classmethod
+    def attach(cls, workdir: str | os.PathLike) -> SlurmCluster:
+        """A handle on a cluster started by another process (from its cluster.json)."""
+        c = cls(workdir)
+        state = json.loads((c.workdir / "cluster.json").read_text())
+        c._ctld = _PidProc(state["slurmctld"], b"slurmctld") if state.get("slurmctld") else None
+        c._munged = _PidProc(state["munged"], b"munged") if state.get("munged") else None
+        c._munged_pid = state.get("munged")
+        c.munge_dir = Path(state["munge_dir"]) if state.get("munge_dir") else None
+        c._munge_tmp = bool(state.get("munge_tmp"))
+        c._slurmds = {n: _PidProc(pid, b"slurmd") for n, pid in state.get("slurmds", {}).items()}
+        c.node_ports = state.get("ports", {})
+        c._started = True
+        return c
+
     def __enter__(self) -> SlurmCluster:
         return self.start()
 
@@ -720,6 +756,28 @@ class SlurmCluster:
 
 
 # -- process helpers (by PID only) -----------------------------------------------------------
+
+
+class _PidProc:
+    """Just enough of Popen for a daemon started by another process (attach())."""
+
+    def __init__(self, pid: int, name: bytes):
+        self.pid = pid if _is_process(pid, name) else -1
+        self.returncode = None
+
+    def poll(self):
+        if self.pid > 0 and _alive(self.pid):
+            return None
+        self.returncode = 0
+        return 0
+
+    def wait(self, timeout: float | None = None):
+        deadline = time.monotonic() + (timeout or 0)
+        while self.poll() is None:
+            if timeout is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return 0
 
 
 def _world_searchable(path: Path) -> bool:
