@@ -231,7 +231,8 @@ def _compress(names: Sequence[str]) -> str:
     except ImportError:  # pragma: no cover - only before hostlist.py exists
         return ",".join(names)
     try:
-        return hostlist.compress(list(names))
+        fn = getattr(hostlist, "compress_sorted", None) or hostlist.compress
+        return fn(list(names))
     except Exception:  # a name hostlist cannot compress: plain list is always valid
         return ",".join(names)
 
