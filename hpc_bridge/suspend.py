@@ -26,8 +26,10 @@ from hpc_bridge.nodeops import (
     FAILED_STATUS,
     GONE,
     TRANSITIONAL_DOWN,
+    REASON_PREFIX,
     Call,
     index_by_name,
+    is_our_reason,
     mark_down,
     record_and_send,
 )
@@ -195,6 +197,14 @@ def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore,
             plan.actions.setdefault("terminate", {})[name] = node.node_id
     _apply_actions(plan, client, store, now() + cfg.resume.resume_timeout, now, report)
     report.nothing, report.unknown = sorted(plan.nothing), plan.unknown
+    # Keep a more specific reason of ours already in Slurm (the follower may have seen the VM
+    # fail and terminated it before ResumeTimeout, leaving no cloud record to explain it).
+    current = slurm.show_nodes()
+    for name in names:
+        existing = current.get(name)
+        if (existing is not None and is_our_reason(existing.reason) and "no cloud node" in reasons[name]
+                and "resume failed" not in existing.reason):
+            reasons[name] = "resume failed: " + existing.reason.removeprefix(REASON_PREFIX)
     for name, why in reasons.items():
         log.info("%s: %s", name, why)
     mark_down(slurm, {n: r for n, r in reasons.items() if n in nodemap})

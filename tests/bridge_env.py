@@ -47,6 +47,13 @@ def fake_gpu_devices(directory: Path, count: int = 8) -> str:
     return f"{directory}/nvidia[0-{{last}}]"
 
 
+def _traversable(path: Path) -> None:
+    """munged refuses a socket under a directory others cannot traverse (pytest makes 0700 dirs)."""
+    for p in [path, *path.parents]:
+        if p.exists() and not p.stat().st_mode & 0o001:
+            p.chmod(p.stat().st_mode | 0o011)
+
+
 @dataclass
 class HookRun:
     rc: int
@@ -108,6 +115,7 @@ class BridgeEnv:
                 cluster.topology_conf = conf_dir / "topology.conf"
             if bridge_hooks:
                 cluster.use_bridge_hooks(config_path)
+            _traversable(cluster.workdir)
             cluster.start()
             env.cluster = cluster
         return env
