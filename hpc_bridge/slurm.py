@@ -288,11 +288,11 @@ class Slurm:
 
     @classmethod
     def from_config(cls, cfg, timeout: float = 30.0) -> Slurm:
-        """Build from hpc_bridge.config.Config: [slurm] bin_dir, and conf_dir/slurm.conf unless
-        SLURM_CONF is already set in the environment (as it is inside the hooks)."""
+        """Build from hpc_bridge.config.Config: [slurm] bin_dir; slurm.conf from [slurm] slurm_conf,
+        else $SLURM_CONF (set by slurmctld for the hooks), else conf_dir/slurm.conf if it exists."""
         scfg = getattr(cfg, "slurm", None)
         bin_dir = str(getattr(scfg, "bin_dir", None) or "/usr/bin")
-        conf = os.environ.get("SLURM_CONF")
+        conf = getattr(scfg, "slurm_conf", None) or os.environ.get("SLURM_CONF")
         if not conf:
             conf_dir = getattr(scfg, "conf_dir", None)
             cand = os.path.join(str(conf_dir), "slurm.conf") if conf_dir else None
