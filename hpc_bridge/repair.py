@@ -255,7 +255,7 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
             if ctx.now >= op.deadline:
                 out.append(act(CLOSE, f"{why}, past its deadline: closed (its nodes are handled on their own)"))
             elif op.request and all(
-                (s := slurm_nodes.get(n)) is not None and "POWERING_UP" in s.state_flags
+                (s := slurm_nodes.get(n)) is not None and _coming_up(s)
                 and ctx.latest.get(n) is op for n in op.nodes
             ):
                 out.append(act(RESEND, f"{why}; Slurm still waits for its nodes: re-sent with the same requestId"))
@@ -270,11 +270,17 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
     return out
 
 
+def _coming_up(s) -> bool:
+    """Slurm is powering the node up, or has a power-up queued for a powered-down node."""
+    flags = s.state_flags
+    return "POWERING_UP" in flags or ("POWERED_DOWN" in flags and "POWER_UP" in flags)
+
+
 def _stoppable(s) -> bool:
     if s is None:
         return True
     flags = s.state_flags
-    if flags & ALLOCATED_FLAGS:
+    if flags & ALLOCATED_FLAGS or _coming_up(s):
         return False
     return "POWERED_DOWN" in flags or bool(flags & POWERING_DOWN_FLAGS)
 
@@ -322,8 +328,10 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
     flags = s.state_flags
     base = s.state
     allocated = bool(flags & ALLOCATED_FLAGS) or base in ALLOCATED_FLAGS
+    # POWER_UP is a queued power-up: on a powered-down node it means "about to power up" (22.05
+    # also keeps it on a node whose slurmd registered: IDLE+CLOUD+POWER_UP is simply up).
     powered_down = "POWERED_DOWN" in flags
-    powering_up = "POWERING_UP" in flags
+    powering_up = _coming_up(s)
     powering_down = bool(flags & POWERING_DOWN_FLAGS)
     down = base == "DOWN" or "DOWN" in flags
     drained = bool(flags & DRAIN_FLAGS)
@@ -337,7 +345,7 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
     # ---- case 7: a Ready cloud node whose address Slurm does not have
     address: list[RepairAction] = []
     mode = cfg.slurm.address_mode
-    if status == READY and mode in ("ip", "hostname") and not powered_down and not powering_down:
+    if status == READY and mode in ("ip", "hostname") and (powering_up or not (powered_down or powering_down)):
         addr = address_of(live, mode)
         if addr and s.node_addr != addr[0]:
             address.append(act(SET_ADDRESS, f"cloud node Ready at {addr[0]}, Slurm has NodeAddr={s.node_addr or '-'}",

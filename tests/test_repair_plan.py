@@ -105,9 +105,11 @@ PD = [("IDLE", "CLOUD", "POWERED_DOWN"), ("IDLE", "POWERED_DOWN"), ("IDLE", "CLO
 DOWN_PD = [("DOWN", "CLOUD", "POWERED_DOWN"), ("DOWN", "POWERED_DOWN"),
            ("DOWN", "CLOUD", "POWERED_DOWN", "NOT_RESPONDING")]
 PU = [("IDLE", "CLOUD", "NOT_RESPONDING", "POWERING_UP"), ("IDLE", "CLOUD", "POWERING_UP"),
+      ("IDLE", "CLOUD", "POWERED_DOWN", "POWER_UP"),
       ("MIXED", "CLOUD", "NOT_RESPONDING", "POWERING_UP"), ("ALLOCATED", "POWERING_UP"),
       ("DOWN", "CLOUD", "NOT_RESPONDING", "POWERING_UP")]
-UP_FREE = [("IDLE", "CLOUD"), ("IDLE",), ("IDLE", "CLOUD", "NOT_RESPONDING")]
+# 22.05 keeps POWER_UP on a node whose slurmd registered after `scontrol update State=POWER_UP`
+UP_FREE = [("IDLE", "CLOUD"), ("IDLE",), ("IDLE", "CLOUD", "NOT_RESPONDING"), ("IDLE", "CLOUD", "POWER_UP")]
 UP_BUSY = [("MIXED", "CLOUD"), ("ALLOCATED", "CLOUD"), ("ALLOCATED", "CLOUD", "NOT_RESPONDING"),
            ("IDLE", "CLOUD", "COMPLETING"), ("MIXED",)]
 UP = UP_FREE + UP_BUSY
@@ -429,7 +431,8 @@ def test_plan_table_and_json():
 
 NAMES = ["hpc-1", "hpc-2", "htc-f2sv2-1", "ghost-1", "login-1"]
 BASES = ["IDLE", "DOWN", "MIXED", "ALLOCATED"]
-EXTRA = ["CLOUD", "POWERED_DOWN", "POWERING_UP", "POWERING_DOWN", "NOT_RESPONDING", "COMPLETING", "DRAIN"]
+EXTRA = ["CLOUD", "POWERED_DOWN", "POWERING_UP", "POWER_UP", "POWERING_DOWN", "NOT_RESPONDING", "COMPLETING",
+         "DRAIN"]
 STATUSES = ["Acquiring", "Preparing", "Ready", "Failed", "Deallocated", "Terminated", "Terminating", "Off"]
 REASONS = [None, OURS, "ResumeTimeout reached", "admin says no"]
 
