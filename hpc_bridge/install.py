@@ -129,8 +129,9 @@ def wrapper_text(hook: str, python: str, config_path: str, pythonpath: str = "")
 
 
 def systemd_units(python: str, config_path: str, user: str = "slurm", pythonpath: str = "",
-                  interval: str = "5min") -> dict[str, str]:
-    """The repair service (oneshot) and its timer."""
+                  interval: str = "1min") -> dict[str, str]:
+    """The repair service (oneshot) and its timer: scripts/systemd/hpc-bridge-repair.{service,timer}
+    with the interpreter and config path fixed (no PATH lookup of an `hpc-bridge` script)."""
     _check_path("--python", python)
     _check_path("config path", config_path)
     env = f"Environment=PYTHONPATH={pythonpath}\n" if pythonpath else ""
@@ -146,8 +147,12 @@ def systemd_units(python: str, config_path: str, user: str = "slurm", pythonpath
         f"User={user}\n"
         f"{env}"
         f"ExecStart={python} -m hpc_bridge repair --config {config_path}\n"
-        "TimeoutStartSec=900\n"
+        "TimeoutStartSec=300\n"
         "Nice=5\n"
+        "NoNewPrivileges=yes\n"
+        "PrivateTmp=yes\n"
+        "ProtectSystem=full\n"
+        "ProtectHome=read-only\n"
     )
     timer = (
         "[Unit]\n"
@@ -156,7 +161,7 @@ def systemd_units(python: str, config_path: str, user: str = "slurm", pythonpath
         "[Timer]\n"
         "OnBootSec=2min\n"
         f"OnUnitActiveSec={interval}\n"
-        "AccuracySec=30s\n"
+        "AccuracySec=5s\n"
         f"Unit={REPAIR_SERVICE}\n"
         "\n"
         "[Install]\n"
