@@ -42,6 +42,7 @@ class FollowReport:
 def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, nodemap, recreate: list[str] = (),
            poll: float = 1.0, now=time.time, sleep=time.sleep, resume_fn=None) -> FollowReport:
     report = FollowReport()
+    ready: set[str] = set()
     pending = set(names)
     deferred = set(recreate)
     mode = cfg.slurm.address_mode
@@ -72,6 +73,7 @@ def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, node
                     if addr:
                         addresses[name] = addr
                     pending.discard(name)
+                    ready.add(name)
         if addresses:
             slurm.set_addresses(addresses)
             report.addressed.extend(sorted(addresses))
@@ -91,8 +93,24 @@ def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, node
             log.info("follower: old records gone, created %s", ",".join(result.created) or "nothing")
         if pending:
             sleep(poll)
+    if ready:
+        close_finished(store, ready, now())
     report.unresolved = sorted(pending)
     if pending:
         log.warning("follower: deadline reached with %d node(s) not Ready: %s (repair takes over)",
                     len(pending), hostlist.compress(sorted(pending)))
     return report
+
+
+def close_finished(store, ready: set[str], now: float) -> int:
+    """Close create/start records all of whose nodes reached Ready (doctor measures boot times
+    from them; repair then has nothing left to resolve)."""
+    from hpc_bridge.state import DONE, RESUME_ACTIONS
+
+    closed = 0
+    with store.transaction() as state:
+        for op in state.open_operations():
+            if op.action in RESUME_ACTIONS and op.nodes and set(op.nodes) <= ready:
+                op.close(DONE, now, "all nodes Ready")
+                closed += 1
+    return closed

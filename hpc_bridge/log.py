@@ -1,4 +1,4 @@
-"""Logging: one rotating file per command under [paths] log_dir, stderr at -v.
+"""Logging: one file per command under [paths] log_dir (rotated by logrotate), stderr at -v.
 
 Secrets registered with `register_secret` are masked in every record, wherever it comes from.
 """
@@ -57,7 +57,9 @@ def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) ->
         path = os.path.join(log_dir, f"{command}.log")
         try:
             ensure_private_dir(log_dir)
-            handler = logging.handlers.RotatingFileHandler(path, maxBytes=10 * 2**20, backupCount=5)
+            # Many hook processes write the same file at once: leave rotation to logrotate
+            # (scripts/logrotate/hpc-bridge) and reopen the file when it has been rotated.
+            handler = logging.handlers.WatchedFileHandler(path)
         except OSError as err:
             logger.warning("cannot write log file %s: %s", path, err.strerror)
             return None

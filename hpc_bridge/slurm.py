@@ -29,6 +29,8 @@ __all__ = [
     "MAX_ARGV_BYTES",
 ]
 
+DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
+
 # Linux caps one argument at 128 KiB (MAX_ARG_STRLEN); stay well below it for the whole argv.
 MAX_ARGV_BYTES = 100 * 1024
 
@@ -305,6 +307,12 @@ class Slurm:
         env = dict(os.environ)
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
+        elif not env.get("SLURM_CONF") and not os.path.isfile(DEFAULT_SLURM_CONF):
+            # Without a config file Slurm's clients look the controller up in DNS (SRV records).
+            raise SlurmError(
+                f"no slurm.conf: {DEFAULT_SLURM_CONF} does not exist and SLURM_CONF is not set "
+                "(set [slurm] slurm_conf in the hpc-bridge config)"
+            )
         return env
 
     def run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -454,5 +454,5 @@ def test_demo_runs_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hpc_bridge", "demo"], capture_output=True, text=True,
                        env=_env(), timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "[6] summary" in r.stdout and "API calls" in r.stdout
+    assert "summary" in r.stdout and "API calls" in r.stdout and "created" in r.stdout
     assert "Ready" in r.stdout

@@ -138,7 +138,7 @@ def test_show_config_parse():
 # -- validation (nothing reaches scontrol) ---------------------------------------------------
 
 
-NOWHERE = Slurm(bin_dir="/nonexistent-bin")  # any real call would fail with "not found"
+NOWHERE = Slurm(bin_dir="/nonexistent-bin", slurm_conf="/nonexistent-etc/slurm.conf")  # any real call would fail with "not found"
 
 
 @pytest.mark.parametrize("name", ["", "a b", "a=b", "a,b", "a\nb", "t-[1-2]", "-x", None, "x;rm"])
@@ -401,3 +401,13 @@ def _has_env(pid: int, item: str) -> bool:
         return item.encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
     except OSError:
         return False
+
+
+def test_no_slurm_conf_is_refused_before_dns(monkeypatch):
+    """Without a config file scontrol would look the controller up in DNS: refuse instead."""
+    import hpc_bridge.slurm as slurm_mod
+
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.setattr(slurm_mod, "DEFAULT_SLURM_CONF", "/nonexistent-etc/slurm.conf")
+    with pytest.raises(SlurmError, match="no slurm.conf"):
+        Slurm().show_nodes()
