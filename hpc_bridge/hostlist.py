@@ -28,7 +28,8 @@ instead of guessing (never a partial answer):
 * numbers of 18446744073709551615 (2**64-1) or more (Slurm clamps or wraps them),
 * an error inside an earlier bracket group of a product (Slurm drops those hosts silently),
 * more than 65,536 items in one bracket (Slurm aborts),
-* the characters CR, VT, FF and NUL (Slurm's natural compare treats them as spaces).
+* the characters CR, VT, FF and NUL (Slurm's natural compare treats them as spaces),
+* an expression that expands to more than MAX_TOTAL (1,000,000) names in all.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Iterable
 
 from hpc_bridge.errors import HostlistError
 
-__all__ = ["expand", "compress", "compress_sorted", "MAX_RANGE"]
+__all__ = ["expand", "compress", "compress_sorted", "MAX_RANGE", "MAX_TOTAL"]
 
 #: Most hosts one range (``lo-hi``) may hold, as in Slurm (MAX_RANGE = 64*1024).
 MAX_RANGE = 64 * 1024
@@ -47,6 +48,10 @@ MAX_RANGE = 64 * 1024
 MAX_PREFIX_CNT = 64 * 1024
 #: Most comma-separated items inside one bracket (Slurm's MAX_RANGES; Slurm aborts beyond).
 MAX_RANGES = 64 * 1024
+#: Most host names one expression may expand to in all (not a Slurm limit: ours, so that a
+#: product such as ``a[0-65535]b[0-65535]``, about 4e9 names, fails at once instead of
+#: exhausting memory). No Slurm cluster has a million nodes.
+MAX_TOTAL = 1_000_000
 #: Numbers must stay below unsigned long's maximum, where Slurm's arithmetic wraps.
 _ULONG_MAX = 2**64 - 1
 
@@ -270,6 +275,8 @@ def _push_range_list(prefix: str, ranges, out: list[str], tok: str) -> None:
 
 def _emit(prefix: str, ranges, out: list[str]) -> None:
     for lo, hi, width in ranges:
+        if len(out) + hi - lo + 1 > MAX_TOTAL:
+            raise HostlistError(f"hostlist expands to more than {MAX_TOTAL:,} names")
         if width <= len(str(lo)):  # no number in the range needs padding
             out.extend([prefix + s for s in map(str, range(lo, hi + 1))])
         else:
