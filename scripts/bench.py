@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""hpc-bridge benchmarks: API calls, hook latency, generator and repair scale, side by side.
+
+Run by hand (not part of the test run), as root on a machine with the Debian Slurm packages:
+
+    python scripts/bench.py            # full run (7 repeats per timed figure)
+    python scripts/bench.py --quick    # 3 repeats, smaller hostlist repeat count
+
+Prints the machine, then one table row per figure with the target it is judged by. Every
+figure is measured in this run, side by side with its baseline (absolute times drift on shared
+machines; ratios hold); times are medians over repeated runs. Exits 1 when a target is missed.
+
+What is real here: the simulator (hpc_bridge.sim, real HTTP on loopback), the product's own
+code paths (the CLI as a subprocess for wall-time figures, `run_resume` / `run_suspend` /
+`run_repair` in-process where only counts matter), and a real slurmctld (tests/slurmcluster.py)
+whose slurm.conf includes the generated partitions.conf with 10,000 CLOUD node names (no
+slurmds: scontrol runs against slurmctld). REST requests are counted at the simulator
+(GET /_sim/stats), scontrol processes by `Slurm.calls`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_hostlist  # noqa: E402  (scripts/bench_hostlist.py: the hostlist figures' helpers)
+
+from hpc_bridge.sim.server import SimServer  # noqa: E402
+
+BASELINE_ARGV = [sys.executable, "-c", "import httpx, pydantic"]
+ARRAY, SIZE = "big", "Standard_F2s_v2"
+PREFIX = "big-f2sv2-"  # what `hpc-bridge partitions` names the nodes of ARRAY/SIZE
+SLURM_NAMES = 10_000  # names in the Slurm config (repair plans over all of them)
+RESUME_NS = (1, 10, 100, 1_000, 5_000)
+
+
+def hostlist_of(first: int, last: int) -> str:
+    return f"{PREFIX}{first}" if first == last else f"{PREFIX}[{first}-{last}]"
+
+
+def big_scenario(count: int = SLURM_NAMES) -> dict:
+    """One nodearray, one VM size, room for `count` nodes; nodes boot in a few milliseconds."""
+    return {
+        "cluster": {"name": "bench", "username": "bench", "password": "bench-password"},
+        "timings": {"off": 0, "acquiring": 1, "preparing": 1, "terminating": 1, "deallocating": 1,
+                    "time_scale": 0.01},
+        "nodearrays": [{"name": ARRAY, "ShutdownPolicy": "Terminate", "maxCount": count, "buckets": [
+            {"machineType": SIZE, "vcpuCount": 2, "pcpuCount": 1, "memory": 4.0, "maxCount": count}]}],
+    }
+
+
+def partitions_scenario(arrays: int = 100, buckets: int = 4, per_bucket: int = 250) -> dict:
+    """`arrays` nodearrays x `buckets` VM sizes x `per_bucket` nodes (100,000 names by default)."""
+    return {
+        "cluster": {"name": "bench", "username": "bench", "password": "bench-password"},
+        "nodearrays": [
+            {"name": f"a{i:03d}", "maxCount": buckets * per_bucket, "buckets": [
+                {"machineType": f"Standard_D{2 ** (b + 1)}s_v5", "vcpuCount": 2 ** (b + 1), "pcpuCount": 2 ** b,
+                 "memory": 4.0 * 2 ** (b + 1), "maxCount": per_bucket, "maxPlacementGroupSize": 100}
+                for b in range(buckets)]}
+            for i in range(arrays)],
+    }
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class Env:
+    """A config directory bound to one simulator: config.toml, password file, state dir."""
+
+    def __init__(self, root: Path, sim: SimServer, conf_dir: Path, slurm_conf: str | None):
+        self.root = root
+        self.sim = sim
+        root.mkdir(parents=True, exist_ok=True)
+        pw = root / "password"
+        pw.write_text(sim.password + "\n")
+        pw.chmod(0o600)
+        self.config = root / "config.toml"
+        slurm_line = f'slurm_conf = "{slurm_conf}"\n' if slurm_conf else ""
+        self.config.write_text(
+            "[cluster]\n"
+            f'url = "{sim.url}"\nname = "{sim.cluster_name}"\nusername = "{sim.username}"\n'
+            f'password_file = "{pw}"\nallow_plain_http = true\ntimeout = 60.0\n'
+            "[paths]\n"
+            f'state_dir = "{root / "state"}"\nlog_dir = "{root / "log"}"\n'
+            "[slurm]\n"
+            f'conf_dir = "{conf_dir}"\n{slurm_line}'
+        )
+
+    def cli_env(self) -> dict[str, str]:
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(self.root)}
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "hpc_bridge", "--config", str(self.config), *args]
+
+    def run_cli(self, *args: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.cli_env(), timeout=600)
+        elapsed = time.perf_counter() - t0
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"hpc-bridge {' '.join(args)[:60]} exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
+        return elapsed, proc
+
+    def parts(self):
+        """(cfg, client, slurm, store, nodemap) for in-process runs, as the CLI builds them."""
+        from hpc_bridge.api.client import ClusterClient
+        from hpc_bridge.config import load_config
+        from hpc_bridge.nodemap import load_nodemap
+        from hpc_bridge.slurm import Slurm
+        from hpc_bridge.state import StateStore
+
+        cfg = load_config(str(self.config))
+        return (cfg, ClusterClient.from_config(cfg), Slurm.from_config(cfg), StateStore.from_config(cfg),
+                load_nodemap(cfg.nodemap_path))
+
+    def kill_followers(self) -> None:
+        """End the detached followers the resume hook started for this config (by PID)."""
+        marker = str(self.config).encode()
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmd = (pid_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmd and b"follow" in cmd.split(b"\0"):
+                try:
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def requests_total(sim: SimServer) -> int:
+    return sum(sim.stats()["requests"].values())
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, env=env, timeout=600)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} exited {proc.returncode}: {proc.stderr.decode()[-300:]}")
+    return elapsed
+
+
+# --------------------------------------------------------------------------- figures
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, bool | None]] = []
+
+    def add(self, figure: str, measured: str, target: str, ok: bool | None) -> None:
+        self.rows.append((figure, measured, target, ok))
+        mark = {True: "ok", False: "MISSED", None: "-"}[ok]
+        print(f"  [{mark}] {figure}: {measured}  (target {target})", file=sys.stderr, flush=True)
+
+    def print(self) -> None:
+        w0 = max(len(r[0]) for r in self.rows)
+        w1 = max(len(r[1]) for r in self.rows)
+        w2 = max(len(r[2]) for r in self.rows)
+        line = f"+-{'-' * w0}-+-{'-' * w1}-+-{'-' * w2}-+--------+"
+        print(line)
+        print(f"| {'figure':{w0}} | {'measured':{w1}} | {'target':{w2}} | result |")
+        print(line)
+        for fig, meas, target, ok in self.rows:
+            mark = {True: "ok", False: "MISSED", None: "info"}[ok]
+            print(f"| {fig:{w0}} | {meas:{w1}} | {target:{w2}} | {mark:6} |")
+        print(line)
+
+    @property
+    def missed(self) -> list[str]:
+        return [r[0] for r in self.rows if r[2] and r[3] is False]
+
+
+def bench_counts(work: Path, conf_dir: Path, slurm_conf: str | None, table: Table) -> None:
+    """REST requests and scontrol processes per resume / suspend of N new nodes (in-process)."""
+    from hpc_bridge.resume import run_resume
+    from hpc_bridge.suspend import run_suspend
+
+    resume_req, suspend_req, scontrol, times = {}, {}, {}, {}
+    for n in RESUME_NS:
+        with SimServer(big_scenario()) as sim:
+            sim.start()
+            env = Env(work / f"counts-{n}", sim, conf_dir, slurm_conf)
+            cfg, client, slurm, store, nodemap = env.parts()
+            with client:
+                expr = hostlist_of(1, n)
+                sim.reset_stats()
+                t0 = time.perf_counter()
+                r = run_resume(cfg, expr, [], client=client, slurm=slurm, store=store, nodemap=nodemap)
+                times[n] = time.perf_counter() - t0
+                if len(r.created) != n:
+                    raise RuntimeError(f"resume of {n}: {r.summary()} {list(r.down.items())[:2]}")
+                resume_req[n] = requests_total(sim)
+                resume_calls = slurm.calls
+                sim.reset_stats()
+                s = run_suspend(cfg, expr, client=client, slurm=slurm, store=store, nodemap=nodemap)
+                if sum(len(v) for v in s.by_action.values()) != n:
+                    raise RuntimeError(f"suspend of {n}: {s.summary()}")
+                suspend_req[n] = requests_total(sim)
+                scontrol[n] = (resume_calls, slurm.calls - resume_calls)
+    fmt = lambda d: " ".join(f"{d[n]}" for n in RESUME_NS)  # noqa: E731
+    ns = "/".join(f"{n:,}" for n in RESUME_NS)
+    table.add(f"REST requests per resume of N new nodes (N={ns})", fmt(resume_req), "<= 3, flat in N",
+              max(resume_req.values()) <= 3 and len(set(resume_req.values())) == 1)
+    table.add(f"REST requests per suspend of N nodes (N={ns})", fmt(suspend_req), "<= 2, flat in N",
+              max(suspend_req.values()) <= 2 and len(set(suspend_req.values())) == 1)
+    ok = slurm_conf is not None and all(max(r, s) <= math.ceil(n / 5000) for n, (r, s) in scontrol.items())
+    measured = " ".join(f"{r}+{s}" for r, s in scontrol.values()) + " (resume+suspend)"
+    if slurm_conf is None:
+        measured = "no slurmctld (Slurm not available): not measured"
+    table.add(f"scontrol processes per resume/suspend of N nodes", measured, "<= 1 per 5,000 nodes", ok)
+    table.add("in-process resume time of N new nodes (incl. simulator)",
+              " ".join(f"{times[n] * 1000:.0f}ms" for n in RESUME_NS), "", None)
+
+
+def bench_hooks(work: Path, conf_dir: Path, slurm_conf: str | None, repeat: int, table: Table) -> None:
+    """Hook wall times as subprocesses, interleaved with the baseline so they see the same load."""
+    base_t, empty_t, resume_t = [], [], []
+    with SimServer(big_scenario()) as idle_sim:
+        idle_sim.start()
+        idle = Env(work / "hooks-idle", idle_sim, conf_dir, slurm_conf)
+        idle.run_cli("resume", "")  # warm the page cache and byte-code
+        timed(BASELINE_ARGV, idle.cli_env())
+        for i in range(repeat):
+            base_t.append(timed(BASELINE_ARGV, idle.cli_env()))
+            empty_t.append(idle.run_cli("resume", "")[0])
+            with SimServer(big_scenario()) as sim:
+                sim.start()
+                env = Env(work / f"hooks-{i}", sim, conf_dir, slurm_conf)
+                try:
+                    t, proc = env.run_cli("resume", hostlist_of(1, 1000))
+                finally:
+                    env.kill_followers()
+                if "1000 created" not in proc.stdout:
+                    raise RuntimeError(f"resume hook: {proc.stdout.strip()} {proc.stderr.strip()[-300:]}")
+                resume_t.append(t)
+    b, e, r = median(base_t), median(empty_t), median(resume_t)
+    table.add("baseline: python -c 'import httpx, pydantic'", f"{b * 1000:.0f} ms", "", None)
+    table.add("resume hook wall time, 1,000 new nodes (CLI)", f"{r * 1000:.0f} ms = {r / b:.2f}x baseline",
+              "<= 3x baseline", r <= 3 * b)
+    table.add("hook start-up: resume with an empty list (CLI)", f"{e * 1000:.0f} ms = {e / b:.2f}x baseline",
+              "<= 1.5x baseline", e <= 1.5 * b)
+
+
+def bench_partitions(work: Path, repeat: int, table: Table) -> None:
+    from hpc_bridge.partitions import run_partitions
+
+    with SimServer(partitions_scenario()) as sim:
+        sim.start()
+        env = Env(work / "partitions", sim, work / "partitions" / "conf", None)
+        (work / "partitions" / "conf").mkdir(parents=True, exist_ok=True)
+        from hpc_bridge.api.client import ClusterClient
+        from hpc_bridge.config import load_config
+
+        cfg = load_config(str(env.config))
+        with ClusterClient.from_config(cfg) as client:
+            status = client.get_status()
+        base_t, cli_t, inproc_t = [], [], []
+        names = 0
+        env.run_cli("partitions", "--output-dir", str(work / "partitions" / "warm"))
+        for i in range(repeat):
+            base_t.append(timed(BASELINE_ARGV, env.cli_env()))
+            t, proc = env.run_cli("partitions", "--output-dir", str(work / "partitions" / f"cli-{i}"))
+            cli_t.append(t)
+            t0 = time.perf_counter()
+            result = run_partitions(cfg, status, out_dir=str(work / "partitions" / f"inproc-{i}"))
+            inproc_t.append(time.perf_counter() - t0)
+            names = len(result.plan.names())
+    b, c, p = median(base_t), median(cli_t), median(inproc_t)
+    if names != 100_000:
+        raise RuntimeError(f"partitions made {names} names, expected 100,000")
+    table.add("partitions, 100 nodearrays x 4 buckets (100,000 names): plan+render+write in-process",
+              f"{p * 1000:.0f} ms", "<= 1 s", p <= 1.0)
+    table.add("partitions, same, whole CLI process (GET status + write)", f"{c * 1000:.0f} ms = {c / b:.2f}x baseline",
+              "<= 3x baseline", c <= 3 * b)
+
+
+def bench_repair(work: Path, conf_dir: Path, slurm_conf: str | None, repeat: int, table: Table) -> None:
+    from hpc_bridge.repair import run_repair
+    from hpc_bridge.resume import run_resume
+
+    with SimServer(big_scenario()) as sim:
+        sim.start()
+        env = Env(work / "repair", sim, conf_dir, slurm_conf)
+        cfg, client, slurm, store, nodemap = env.parts()
+        with client:
+            # 10,000 cloud records: 8,000 created (they boot to Ready), 2,000 never created.
+            run_resume(cfg, hostlist_of(1, 8000), [], client=client, slurm=slurm, store=store, nodemap=nodemap)
+            time.sleep(0.5)
+            times, gets, calls, actions = [], [], [], 0
+            for _ in range(repeat):
+                sim.reset_stats()
+                before = slurm.calls
+                t0 = time.perf_counter()
+                report = run_repair(cfg, client=client, slurm=slurm, store=store, nodemap=nodemap, dry_run=True)
+                times.append(time.perf_counter() - t0)
+                stats = sim.stats()["requests"]
+                gets.append(sum(v for k, v in stats.items() if k in ("nodes", "status", "operations", "operation")))
+                calls.append(slurm.calls - before)
+                actions = len(report.actions)
+    t, g, c = median(times), max(gets), max(calls)
+    ok = slurm_conf is not None and g <= 2 and c <= 1 and t <= 2.0
+    table.add(f"repair planning, {SLURM_NAMES:,} Slurm nodes + 8,000 cloud records ({actions} actions)",
+              f"{g} GETs, {c} scontrol, {t * 1000:.0f} ms", "<= 2 GETs, 1 scontrol, <= 2 s", ok)
+
+
+def bench_hostlists(repeat: int, table: Table) -> None:
+    from hpc_bridge import hostlist as ours
+
+    try:
+        import hostlist as pyhl  # python-hostlist
+    except ImportError:
+        table.add("hostlist expand+compress, 1M names vs python-hostlist", "python-hostlist not installed",
+                  ">= 3x faster", False)
+        pyhl = None
+    names = bench_hostlist.many_prefix_names()
+    expr = ours.compress(names)
+    t_exp, got = bench_hostlist.median_time(lambda: ours.expand(expr), repeat)
+    assert got == names
+    t_cmp, _ = bench_hostlist.median_time(lambda: ours.compress(names), repeat)
+    if pyhl is not None:
+        p_rep = max(1, repeat // 2)
+        p_exp, _ = bench_hostlist.median_time(lambda: pyhl.expand_hostlist(expr), p_rep)
+        p_cmp, _ = bench_hostlist.median_time(lambda: pyhl.collect_hostlist(names), p_rep)
+        speed = (p_exp + p_cmp) / (t_exp + t_cmp)
+        table.add("hostlist expand+compress, 1M names, 1,000 prefixes: ours vs python-hostlist",
+                  f"{(t_exp + t_cmp) * 1000:.0f} ms vs {(p_exp + p_cmp) * 1000:.0f} ms = {speed:.1f}x faster",
+                  ">= 3x faster", speed >= 3.0)
+    big = ",".join(f"big{k}-[000000-065535]" for k in range(16))  # 1,048,576 hosts
+    t_big, got_big = bench_hostlist.median_time(lambda: ours.expand(big), repeat)
+    scontrol = bench_hostlist.SCONTROL
+    if os.access(scontrol, os.X_OK):
+        with tempfile.TemporaryDirectory() as tmp:
+            conf = os.path.join(tmp, "slurm.conf")
+            Path(conf).write_text("ClusterName=bench\nSlurmctldHost=localhost\n")
+            s_big, s_got = bench_hostlist.median_time(lambda: bench_hostlist.run_scontrol("hostnames", big, conf),
+                                                      repeat)
+        assert s_got == got_big, "scontrol and expand disagree"
+        table.add("hostlist expand, 1 expression of 1,048,576 names: ours vs scontrol show hostnames",
+                  f"{t_big * 1000:.0f} ms vs {s_big * 1000:.0f} ms = {t_big / s_big:.2f}x scontrol's time",
+                  "<= 2x scontrol", t_big <= 2 * s_big)
+    else:
+        table.add("hostlist expand vs scontrol", f"{scontrol} not found", "<= 2x scontrol", False)
+
+
+STATE_WORKER = textwrap.dedent("""
+    import json, sys, time, uuid
+    from hpc_bridge.state import StateStore
+    path, worker, ops = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    store = StateStore(path, lock_timeout=120.0)
+    start = float(sys.argv[4])
+    while time.time() < start:
+        time.sleep(0.001)
+    for i in range(ops):
+        with store.transaction() as state:
+            t = time.time()
+            state.begin("create", [f"w{worker}-n{i}"], f"w{worker}-op{i}-{uuid.uuid4().hex[:8]}", t, t + 3600,
+                        request={"sets": [{"count": 1, "nodearray": "big", "nameFormat": f"w{worker}-n{i}"}]})
+    print(json.dumps(store.lock_waits))
+""")
+
+
+def bench_state(work: Path, table: Table, procs: int = 32, ops: int = 50) -> None:
+    d = work / "state-concurrency"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "state.json"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(d)}
+    start = time.time() + 2.0  # every worker imports first, then they all go at once
+    t0 = time.perf_counter()
+    children = [subprocess.Popen([sys.executable, "-c", STATE_WORKER, str(path), str(w), str(ops), str(start)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for w in range(procs)]
+    waits: list[float] = []
+    failed = 0
+    for c in children:
+        out, err = c.communicate(timeout=900)
+        if c.returncode != 0:
+            failed += 1
+            print(f"state worker failed: {err.strip()[-300:]}", file=sys.stderr)
+            continue
+        waits.extend(json.loads(out))
+    elapsed = time.perf_counter() - t0 - 2.0
+    data = json.loads(path.read_text())
+    got = len(data["operations"])
+    lost = procs * ops - got
+    waits.sort()
+    p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))] if waits else float("nan")
+    table.add(f"state file: {procs} concurrent processes x {ops} operations",
+              f"{lost} lost of {procs * ops}, {failed} failed; lock wait p50 {median(waits) * 1000:.0f} ms, "
+              f"p99 {p99 * 1000:.0f} ms; {elapsed:.1f} s in all",
+              "0 lost records", lost == 0 and failed == 0)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def start_slurm(work: Path, conf_dir: Path):
+    """A real slurmctld whose slurm.conf includes the generated partitions.conf (no slurmds)."""
+    from slurmcluster import SlurmCluster, slurm_available
+
+    why = slurm_available()
+    if why:
+        print(f"note: no slurmctld ({why}); scontrol figures are not measured", file=sys.stderr)
+        return None
+    cluster = SlurmCluster(work / "slurm", extra_conf=f"Include {conf_dir / 'partitions.conf'}",
+                           prolog_wait_for_nodes=False)
+    cluster.start(timeout=120)
+    return cluster
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (f"machine: {os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()} "
+            f"({platform.python_implementation()}), {platform.system()} {platform.release()}; "
+            f"load average at start {load[0]:.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (3 instead of 7)")
+    parser.add_argument("--repeat", type=int, help="repeats per timed figure (median)")
+    parser.add_argument("--only", action="append", choices=["counts", "hooks", "partitions", "repair", "hostlist",
+                                                            "state"], help="run only these figures")
+    args = parser.parse_args()
+    repeat = args.repeat or (3 if args.quick else 7)
+    only = set(args.only or ["counts", "hooks", "partitions", "repair", "hostlist", "state"])
+    print(machine())
+    print(f"command: python scripts/bench.py{' --quick' if args.quick else ''}; medians of {repeat} runs")
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="hpc-bridge-bench-") as tmp:
+        work = Path(tmp)
+        conf_dir = work / "conf"
+        conf_dir.mkdir()
+        cluster = None
+        try:
+            if only & {"counts", "hooks", "repair"}:
+                with SimServer(big_scenario()) as sim:
+                    sim.start()
+                    Env(work / "setup", sim, conf_dir, None).run_cli("partitions")
+                cluster = start_slurm(work, conf_dir)
+                slurm_conf = str(cluster.conf_path) if cluster else None
+            if "counts" in only:
+                bench_counts(work, conf_dir, slurm_conf, table)
+            if "hooks" in only:
+                bench_hooks(work, conf_dir, slurm_conf, repeat, table)
+            if "repair" in only:
+                bench_repair(work, conf_dir, slurm_conf, repeat, table)
+            if cluster is not None:
+                cluster.stop()
+                cluster = None
+            if "partitions" in only:
+                bench_partitions(work, repeat, table)
+            if "hostlist" in only:
+                bench_hostlists(repeat, table)
+            if "state" in only:
+                bench_state(work, table)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    table.print()
+    for fig in table.missed:
+        print(f"TARGET MISSED: {fig}", file=sys.stderr)
+    return 1 if table.missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
