@@ -484,5 +484,14 @@ class Slurm:
 
     def reset_addresses(self, names: Iterable[str]) -> int:
         """NodeAddr = NodeHostName = the node's own name (after power down, ip mode)."""
-        names = sorted(set(names))
+        names = sorted({_check_name(n) for n in names})
+        if not names:
+            return 0
+        # The three lists are the same, so one hostlist expression serves all of them (slurmctld
+        # expands NodeAddr/NodeHostName as hostlists and pairs them with the names in order):
+        # 5,000 nodes are one call instead of three ~100 KiB ones.
+        expr = _compress(names)
+        if 3 * len(expr) + 64 < MAX_ARGV_BYTES:
+            self.scontrol("update", f"NodeName={expr}", f"NodeAddr={expr}", f"NodeHostName={expr}")
+            return 1
         return self.update_nodes(names, node_addr=names, node_hostname=names)
