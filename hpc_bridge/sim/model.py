@@ -34,7 +34,8 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable
 
 from hpc_bridge.sim.filter import FilterError, compile_filter
 from hpc_bridge.sim.scenario import BucketSpec, NodearraySpec, Scenario, load_scenario
@@ -133,6 +134,42 @@ class BillingSpan:
     cores: int
     start: float
     end: float | None = None
+
+
+class _Usage:
+    """Slot and quota counters over node records (what _limits bounds), keyed by spec identity."""
+
+    def __init__(self, records: Iterable["NodeRec"] = ()):
+        self.bucket: Counter = Counter()
+        self.array: Counter = Counter()
+        self.array_cores: Counter = Counter()
+        self.pg: Counter = Counter()
+        self.family_cores: Counter = Counter()
+        self.family_count: Counter = Counter()
+        self.slots = 0
+        self.cores = 0
+        for r in records:
+            if r.holds_slot:
+                self._slot(r.nodearray, r.bucket, r.placement_group)
+            if r.has_vm:
+                self._vm(r.bucket)
+
+    def _slot(self, na, b, pg) -> None:
+        self.bucket[id(na), id(b)] += 1
+        self.array[id(na)] += 1
+        self.array_cores[id(na)] += b.vcpu_count
+        self.pg[id(na), id(b), pg] += 1
+        self.slots += 1
+        self.cores += b.vcpu_count
+
+    def _vm(self, b) -> None:
+        self.family_cores[b.machine_type] += b.vcpu_count
+        self.family_count[b.machine_type] += 1
+
+    def add(self, na, b, pg) -> None:
+        """One more node (or pending slot) holding a slot and a VM."""
+        self._slot(na, b, pg)
+        self._vm(b)
 
 
 class ClusterModel:
@@ -289,30 +326,31 @@ class ClusterModel:
     def _bucket_records(self, na: NodearraySpec, b: BucketSpec) -> list[NodeRec]:
         return [r for r in self.nodes.values() if r.nodearray is na and r.bucket is b]
 
-    def _limits(self, na: NodearraySpec, b: BucketSpec, pg: str | None, pending: list[tuple[NodearraySpec, BucketSpec, str | None]] = ()) -> tuple[int, str]:
-        """How many more nodes may be created in this bucket now, and the reason for the bound."""
-        slots = [(r.nodearray, r.bucket, r.placement_group) for r in self.nodes.values() if r.holds_slot] + list(pending)
-        vms = [r for r in self.nodes.values() if r.has_vm]
+    def _limits(self, na: NodearraySpec, b: BucketSpec, pg: str | None, pending: list[tuple[NodearraySpec, BucketSpec, str | None]] = (),
+                usage: "_Usage | None" = None) -> tuple[int, str]:
+        """How many more nodes may be created in this bucket now, and the reason for the bound.
+        `usage`: counters kept up to date by the caller (create), else counted here."""
+        if usage is None:
+            usage = _Usage(self.nodes.values())
+        for p_na, p_b, p_pg in pending:
+            usage.add(p_na, p_b, p_pg)
         vcpu = b.vcpu_count
-        in_bucket = [s for s in slots if s[0] is na and s[1] is b]
-        in_array = [s for s in slots if s[0] is na]
-        cluster_cores = sum(s[1].vcpu_count for s in slots)
-        family_cores = sum(r.cores for r in vms if r.bucket.machine_type == b.machine_type) + b.consumed_core_count
-        family_cores += sum(s[1].vcpu_count for s in pending if s[1].machine_type == b.machine_type)
-        family_count = sum(1 for r in vms if r.bucket.machine_type == b.machine_type)
-        family_count += sum(1 for s in pending if s[1].machine_type == b.machine_type)
+        in_bucket = usage.bucket[id(na), id(b)]
+        in_array = usage.array[id(na)]
+        family_cores = usage.family_cores[b.machine_type] + b.consumed_core_count
+        family_count = usage.family_count[b.machine_type]
         bounds = [
-            (b.max_count - len(in_bucket), f"bucket {b.machine_type} in nodearray {na.name} reached its maxCount {b.max_count}"),
-            ((b.max_core_count - len(in_bucket) * vcpu) // vcpu, f"bucket {b.machine_type} in nodearray {na.name} reached its maxCoreCount {b.max_core_count}"),
-            (na.max_count - len(in_array), f"nodearray {na.name} reached its maxCount {na.max_count}"),
-            ((na.max_core_count - sum(s[1].vcpu_count for s in in_array)) // vcpu, f"nodearray {na.name} reached its maxCoreCount {na.max_core_count}"),
-            (self.scenario.max_count - len(slots), f"cluster reached its maxCount {self.scenario.max_count}"),
-            ((self.scenario.max_core_count - cluster_cores) // vcpu, f"cluster reached its maxCoreCount {self.scenario.max_core_count}"),
+            (b.max_count - in_bucket, f"bucket {b.machine_type} in nodearray {na.name} reached its maxCount {b.max_count}"),
+            ((b.max_core_count - in_bucket * vcpu) // vcpu, f"bucket {b.machine_type} in nodearray {na.name} reached its maxCoreCount {b.max_core_count}"),
+            (na.max_count - in_array, f"nodearray {na.name} reached its maxCount {na.max_count}"),
+            ((na.max_core_count - usage.array_cores[id(na)]) // vcpu, f"nodearray {na.name} reached its maxCoreCount {na.max_core_count}"),
+            (self.scenario.max_count - usage.slots, f"cluster reached its maxCount {self.scenario.max_count}"),
+            ((self.scenario.max_core_count - usage.cores) // vcpu, f"cluster reached its maxCoreCount {self.scenario.max_core_count}"),
             ((b.quota_core_count - family_cores) // vcpu, f"quota exceeded for {b.machine_type}: quotaCoreCount {b.quota_core_count}"),
             (b.quota_count - family_count, f"quota exceeded for {b.machine_type}: quotaCount {b.quota_count}"),
         ]
         if pg is not None:
-            in_pg = sum(1 for s in in_bucket if s[2] == pg)
+            in_pg = usage.pg[id(na), id(b), pg]
             bounds.append((b.max_placement_group_size - in_pg,
                            f"placement group {pg} reached maxPlacementGroupSize {b.max_placement_group_size}"))
         n, why = min(bounds, key=lambda x: x[0])
@@ -366,9 +404,14 @@ class ClusterModel:
         plans = [self._validate_set(s, i) for i, s in enumerate(sets)]
         results: list[dict[str, Any]] = []
         created: list[str] = []
-        taken: set[str] = set()
+        # Counted once per call and kept up to date, so N sets cost O(N + nodes), not O(N x nodes).
+        taken: set[str] = self._live_names()
+        usage = _Usage(self.nodes.values())
+        by_name: dict[str, list[str]] = {}
+        for r in self.nodes.values():
+            by_name.setdefault(r.name, []).append(r.node_id)
         for plan in plans:
-            result, ids = self._create_set(plan, taken, request_id)
+            result, ids = self._create_set(plan, taken, request_id, usage, by_name)
             results.append(result)
             created.extend(ids)
         op = self._record_operation("create", request_id, created)
@@ -414,9 +457,10 @@ class ClusterModel:
         return {r.name for r in self.nodes.values() if r.status != "Terminated"}
 
     def _names(self, plan: dict[str, Any], count: int, taken: set[str]) -> tuple[list[str], list[str]]:
-        """(names to create, clashing names) for the first `count` nodes of a set."""
+        """(names to create, clashing names) for the first `count` nodes of a set; `taken`: the
+        live names plus those created earlier in this call."""
         fmt = plan["fmt"] or f"{plan['na'].name}-%d"
-        live = self._live_names() | taken
+        live = taken
         if "%d" not in fmt.replace("%%", ""):
             name = fmt.replace("%%", "%")
             return [name], [name] if name in live else []
@@ -431,7 +475,16 @@ class ClusterModel:
             k += 1
         return names, []
 
-    def _create_set(self, plan: dict[str, Any], taken: set[str], request_id: str | None) -> tuple[dict[str, Any], list[str]]:
+    def _create_set(self, plan: dict[str, Any], taken: set[str], request_id: str | None, usage: "_Usage | None" = None,
+                    by_name: dict[str, list[str]] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """`taken`: live names plus those created earlier in this call when `usage` is given
+        (create keeps all three up to date); else only the latter, and the rest is counted here."""
+        if usage is None or by_name is None:
+            taken = self._live_names() | taken
+            usage = _Usage(self.nodes.values())
+            by_name = {}
+            for r in self.nodes.values():
+                by_name.setdefault(r.name, []).append(r.node_id)
         na, b, count, pg = plan["na"], plan["bucket"], plan["count"], plan["pg"]
         if not b.valid:
             return {"added": 0, "message": f"bucket {b.machine_type} in nodearray {na.name} is not valid ({b.invalid_reason})"}, []
@@ -442,18 +495,20 @@ class ClusterModel:
         if self._capacity_failed(na, b):
             self.last_capacity_failure[b.bucket_id] = self.now
             return {"added": 0, "message": self._capacity_message(b)}, []
-        available, why = self._limits(na, b, pg)
+        available, why = self._limits(na, b, pg, usage=usage)
         added = min(count, available)
         ids: list[str] = []
         attrs = {k: v for k, v in plan["attrs"].items() if k not in PROTECTED_ATTRIBUTES}
         for name in names[:added]:
-            for old in [r for r in self.nodes.values() if r.name == name]:  # a Terminated record: replaced
-                del self.nodes[old.node_id]
+            for old_id in by_name.pop(name, ()):  # a Terminated record: replaced
+                self.nodes.pop(old_id, None)
             rec = NodeRec(node_id=self._new_id(), name=name, nodearray=na, bucket=b, status="Off", since=self.now,
                           created=self.now, placement_group=pg, attributes=dict(attrs), request_id=request_id)
             self.nodes[rec.node_id] = rec
             self._boot(rec, self.now)
             taken.add(name)
+            by_name[name] = [rec.node_id]
+            usage.add(na, b, pg)
             ids.append(rec.node_id)
         result: dict[str, Any] = {"added": added}
         if added < count:
