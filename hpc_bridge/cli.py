@@ -520,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a process of its own (hooks, console script), not a call from a test
+        # httpcore imports trio whenever it is installed (~140 ms, most of a hook's start-up
+        # over `import httpx, pydantic`); hpc-bridge only ever uses the sync client.
+        sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
