@@ -79,7 +79,7 @@ def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, node
             report.addressed.extend(sorted(addresses))
             log.info("follower: addresses set for %s", hostlist.compress(sorted(addresses)))
         if failed:
-            mark_down(slurm, failed)
+            mark_down(slurm, failed, store)
             ids = {n: cloud[n].node_id for n in failed if cloud[n].node_id}
             record_and_send(store, client, [Call("terminate", sorted(ids), {"ids": [ids[n] for n in sorted(ids)]},
                                                  deadline)], now)

@@ -60,8 +60,13 @@ def address_of(node: Node, mode: str) -> tuple[str, str] | None:
     return None
 
 
-def mark_down(slurm, reasons: Mapping[str, str]) -> int:
-    """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made."""
+def mark_down(slurm, reasons: Mapping[str, str], store: StateStore | None = None) -> int:
+    """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made.
+    With a store, the reasons are also remembered: Slurm overwrites them with "ResumeTimeout
+    reached" later, and resume-fail puts the real cause back."""
+    if store is not None and reasons:
+        with store.transaction() as state:
+            state.remember_down({n: reason(r) for n, r in reasons.items()}, time.time())
     by_reason: dict[str, list[str]] = defaultdict(list)
     for name, why in reasons.items():
         by_reason[reason(why)].append(name)

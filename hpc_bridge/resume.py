@@ -289,7 +289,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     except ApiError as err:
         why = "cluster API unreachable" if isinstance(err, ApiUnreachable) else f"cluster API error: {err}"
         report.down = {n: why for n in names}
-        mark_down(slurm, report.down)
+        mark_down(slurm, report.down, store)
         report.api_calls = client.request_count - requests_before
         report.scontrol_calls = slurm.calls - calls_before
         return report
@@ -365,7 +365,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         down.update(_take_out_of_service(cfg, slurm, store, nodemap, capacity, exclude=set(names), now=now))
 
     if down:
-        mark_down(slurm, down)
+        mark_down(slurm, down, store)
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
         slurm.set_addresses(plan.addresses)
 

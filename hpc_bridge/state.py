@@ -80,6 +80,7 @@ class Cooloff:
 class State:
     operations: dict[str, Operation] = field(default_factory=dict)
     cooloffs: dict[str, Cooloff] = field(default_factory=dict)  # bucket key "array/machine type"
+    down_reasons: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (when, why we downed it)
 
     # ------------------------------------------------------------------ queries (pure)
 
@@ -98,6 +99,15 @@ class State:
             for name, op in self.latest_by_node().items()
             if op.action in RESUME_ACTIONS and op.open and now < op.deadline
         }
+
+    def failure_reasons(self, now: float, max_age: float) -> dict[str, str]:
+        """Why we marked each node DOWN, if that was within `max_age` seconds: Slurm replaces our
+        reason with "ResumeTimeout reached", and resume-fail puts the real cause back."""
+        return {name: why for name, (at, why) in self.down_reasons.items() if now - at <= max_age}
+
+    def remember_down(self, reasons: dict[str, str], now: float) -> None:
+        for name, why in reasons.items():
+            self.down_reasons[name] = (now, why)
 
     def open_operations(self) -> list[Operation]:
         return [op for op in self.operations.values() if op.open]
@@ -130,6 +140,8 @@ class State:
             del self.operations[rid]
         for key in [k for k, c in self.cooloffs.items() if c.until < now - retention and not c.nodes]:
             del self.cooloffs[key]
+        for name in [n for n, (at, _) in self.down_reasons.items() if at < now - retention]:
+            del self.down_reasons[name]
         return len(old)
 
     # ------------------------------------------------------------------ (de)serialise
@@ -142,6 +154,7 @@ class State:
             "operations": [{**vars(op), "nodes": list(op.nodes)}
                            for op in sorted(self.operations.values(), key=lambda o: o.started)],
             "cooloffs": {k: {**vars(c), "nodes": list(c.nodes)} for k, c in sorted(self.cooloffs.items())},
+            "down_reasons": {n: list(v) for n, v in sorted(self.down_reasons.items())},
         }
 
     @classmethod
@@ -159,7 +172,8 @@ class State:
             op = Operation(**item)
             ops[op.request_id] = op
         cooloffs = {k: Cooloff(**v) for k, v in data.get("cooloffs", {}).items()}
-        return cls(operations=ops, cooloffs=cooloffs)
+        down = {n: (float(at), str(why)) for n, (at, why) in data.get("down_reasons", {}).items()}
+        return cls(operations=ops, cooloffs=cooloffs, down_reasons=down)
 
 
 def dump_state(data: dict[str, Any]) -> str:

@@ -29,7 +29,6 @@ from hpc_bridge.nodeops import (
     REASON_PREFIX,
     Call,
     index_by_name,
-    is_our_reason,
     mark_down,
     record_and_send,
 )
@@ -165,8 +164,14 @@ class _Offline:
 # --------------------------------------------------------------------------- resume-fail
 
 
-def fail_reason(node: Node | None) -> str:
+def fail_reason(node: Node | None, recorded: str | None = None) -> str:
+    """Why a node never came up: the cloud's message where there is one (also on a record that
+    is already gone), else what we recorded when we acted on the failure, else the status."""
+    if node is not None and node.status_message and node.status in GONE | {FAILED_STATUS} | TRANSITIONAL_DOWN:
+        return f"resume failed: cloud node failed: {node.status_message}"
     if node is None or node.status in GONE:
+        if recorded:
+            return f"resume failed: {recorded.removeprefix(REASON_PREFIX)}"
         return "resume failed: no cloud node (never created, or already gone)"
     if node.status == FAILED_STATUS:
         return f"resume failed: cloud node failed: {node.status_message or 'no message'}"
@@ -188,7 +193,8 @@ def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore,
         report.api_calls = client.request_count - requests_before
         report.scontrol_calls = slurm.calls - calls_before
         return report
-    reasons = {n: fail_reason(cloud.get(n)) for n in names}
+    recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
+    reasons = {n: fail_reason(cloud.get(n), recorded.get(n)) for n in names}
     plan = plan_suspend(names, nodemap, cloud, cfg, policy_override="terminate")
     plan.keep_alive = []  # a node that never came up is not kept alive
     for name in names:
@@ -197,14 +203,6 @@ def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore,
             plan.actions.setdefault("terminate", {})[name] = node.node_id
     _apply_actions(plan, client, store, now() + cfg.resume.resume_timeout, now, report)
     report.nothing, report.unknown = sorted(plan.nothing), plan.unknown
-    # Keep a more specific reason of ours already in Slurm (the follower may have seen the VM
-    # fail and terminated it before ResumeTimeout, leaving no cloud record to explain it).
-    current = slurm.show_nodes()
-    for name in names:
-        existing = current.get(name)
-        if (existing is not None and is_our_reason(existing.reason) and "no cloud node" in reasons[name]
-                and "resume failed" not in existing.reason):
-            reasons[name] = "resume failed: " + existing.reason.removeprefix(REASON_PREFIX)
     for name, why in reasons.items():
         log.info("%s: %s", name, why)
     mark_down(slurm, {n: r for n, r in reasons.items() if n in nodemap})

@@ -7,6 +7,8 @@ against the simulator; when the simulator reports a node Ready its boot hook sta
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bridge_env import BridgeEnv, default_scenario
@@ -42,8 +44,23 @@ def submit(env, *args) -> int:
 
 
 def wait_job(env, job_id, states=("COMPLETED",), timeout=90):
-    return env.wait_for(lambda: env.cluster.job_state(job_id) in states and env.cluster.job_state(job_id),
-                        timeout=timeout, what=f"job {job_id} in {states} (now {env.cluster.job_state(job_id)})")
+    def done():
+        release(env, job_id)
+        return env.cluster.job_state(job_id) in states and env.cluster.job_state(job_id)
+    try:
+        return env.wait_for(done, timeout=timeout, what=f"job {job_id} in {states}")
+    except AssertionError as err:
+        job = env.cluster.job(job_id)
+        nodes = {n: f"{'+'.join(sorted(s.state_flags))} {s.reason or ''}"
+                 for n, s in env.cluster.slurm().show_nodes().items() if not s.has("IDLE", "POWERED_DOWN") or s.reason}
+        raise AssertionError(f"{err}: job {job.get('JobState')} reason {job.get('Reason')}; nodes {nodes}; "
+                             f"cloud {live_vms(env)}") from None
+
+
+def release(env, job_id):
+    """Slurm holds a batch job requeued after a node failure back (BeginTime): start it now."""
+    if env.cluster.job(job_id).get("Reason") == "BeginTime":
+        env.cluster.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
 
 def powered_down(env, names, timeout=60):
@@ -113,3 +130,95 @@ def test_deallocate_policy_restarts_the_same_vms(env):
     again = env.cloud_nodes()["gpu-nc24adsa100v4-1"]
     assert again["NodeId"] == first
     assert sum(1 for r in env.all_cloud_records() if r["Name"] == "gpu-nc24adsa100v4-1") == 1
+
+
+def repair(env):
+    run = env.cli("repair")
+    assert run.rc in (0, 1), run.stderr
+    return run
+
+
+def live_vms(env) -> dict[str, str]:
+    return {n: r["Status"] for n, r in env.cloud_nodes().items() if r["Status"] not in ("Terminated", "Deallocated")}
+
+
+def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
+    env.sim.set_faults(boot_failure_rate=1.0)
+    job = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
+    name = "htc-f4sv2-1"
+
+    def failed_down():
+        node = env.cluster.slurm().show_nodes()[name]
+        return "DOWN" in node.state_flags and "Simulated boot failure" in (node.reason or "")
+    env.wait_for(failed_down, timeout=RESUME_TIMEOUT - 5, what="DOWN with the simulator's failure message")
+    assert env.cluster.job_state(job) in ("PENDING", "REQUEUED", "CONFIGURING")
+    env.sim.set_faults(boot_failure_rate=0.0)
+    env.wait_for(lambda: name not in live_vms(env), what="failed VM terminated")
+    # Slurm keeps a DOWN node that was powering up as DOWN+POWERING_UP until ResumeTimeout, then
+    # down~ and ResumeFailProgram (which keeps our reason); repair then returns it to idle~.
+    def down_with_cloud_reason():
+        node = env.cluster.slurm().show_nodes()[name]
+        return {"DOWN", "POWERED_DOWN"} <= node.state_flags and "Simulated boot failure" in (node.reason or "")
+    env.wait_for(down_with_cloud_reason, timeout=RESUME_TIMEOUT + 15,
+                 what="down~ after ResumeTimeout, resume-fail keeping the cloud's reason")
+    env.wait_for(lambda: "DOWN" not in env.cluster.node_flags(name) if repair(env) else False,
+                 what="repair returns the node to service")
+    # Slurm holds a requeued batch job back (BeginTime): release it
+    release(env, job)
+    wait_job(env, job, timeout=120)
+    assert job_output(env, job).strip().startswith("htc-f4sv2-")
+    powered_down(env, [n for n in env.cluster.slurm().show_nodes() if n.startswith("htc-f4sv2")], timeout=60)
+    env.wait_for(lambda: not live_vms(env), what="no VM left running")
+
+
+def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_path, slurm_cluster_factory):
+    env = make_env(tmp_path, slurm_cluster_factory, config_extra="capacity_cooloff = 10\n")
+    try:
+        env.sim.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
+        job = submit(env, "-p", "htc", "--wrap", "srun printenv SLURMD_NODENAME")  # F2 is preferred (cheaper)
+        env.wait_for(lambda: "DOWN" in env.cluster.node_flags("htc-f2sv2-3"), what="F2 out of service")
+        wait_job(env, job, timeout=90)
+        assert job_output(env, job).strip().startswith("htc-f4sv2-")
+        f2 = env.cluster.slurm().show_nodes()["htc-f2sv2-3"]
+        assert "DOWN" in f2.state_flags and "capacity cool-off" in f2.reason
+        env.sim.set_faults(capacity_failure=[])
+        time.sleep(11)  # the cool-off ends
+        repair(env)
+        env.wait_for(lambda: "DOWN" not in env.cluster.slurm().show_nodes()["htc-f2sv2-3"].state_flags,
+                     what="F2 nodes back in service")
+        job2 = submit(env, "-p", "htc", "--wrap", "srun printenv SLURMD_NODENAME")
+        wait_job(env, job2, timeout=90)
+        assert job_output(env, job2).strip().startswith("htc-f2sv2-")
+    finally:
+        env.close()
+
+
+def test_killed_hook_and_flaky_api_end_consistent_after_repair(env):
+    import os
+    import signal
+    import subprocess
+
+    env.sim.set_faults(endpoints={"nodes/create": {"latency": 3.0}})
+    jobs = [submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-N2", "--wrap", "srun printenv SLURMD_NODENAME")
+            for _ in range(2)]
+
+    def resume_pid():
+        out = subprocess.run(["pgrep", "-f", "hpc_bridge.*resume"], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in out]
+    pids = env.wait_for(resume_pid, timeout=20, what="resume hook running")
+    env.wait_for(lambda: env.state().get("operations"), timeout=10, what="create recorded")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    env.sim.set_faults(endpoints={"nodes/create": {"latency": 0.0}}, error_rate=0.3, retry_after=0)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and any(env.cluster.job_state(j) != "COMPLETED" for j in jobs):
+        repair(env)
+        time.sleep(3)
+    env.sim.set_faults(error_rate=0.0)
+    assert [env.cluster.job_state(j) for j in jobs] == ["COMPLETED", "COMPLETED"]
+    repair(env)
+    slurm_nodes = env.cluster.slurm().show_nodes()
+    for name, status in live_vms(env).items():
+        assert name in slurm_nodes, f"VM {name} unknown to Slurm"
+    names = [r["Name"] for r in env.all_cloud_records() if r["Status"] != "Terminated"]
+    assert len(names) == len(set(names)), "duplicate VM"

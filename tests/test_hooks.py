@@ -190,3 +190,15 @@ def test_killed_resume_never_duplicates(env):
     assert len(names) == len(set(names))
     ops = env.state()["operations"]
     assert ops[0]["outcome"] == "pending" and ops[0]["request"]["sets"]
+
+
+def test_resume_fail_restores_our_reason_after_slurm_replaced_it(env):
+    env.sim.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
+    assert env.hook("resume", "htc-f2sv2-1").rc == 1
+    assert "apacity" in env.state()["down_reasons"]["htc-f2sv2-1"][1]
+    # what slurmctld does at ResumeTimeout
+    env.cluster.slurm().update_nodes(["htc-f2sv2-1"], state="DOWN", reason="ResumeTimeout reached")
+    run = env.hook("resume-fail", "htc-f2sv2-1")
+    assert run.rc == 0, run.stderr
+    node = slurm_node(env, "htc-f2sv2-1")
+    assert node.reason.startswith("hpc-bridge: resume failed: create refused: Capacity failure"), node.reason
