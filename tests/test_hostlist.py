@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import example, HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hpc_bridge.errors import HostlistError
@@ -436,7 +436,14 @@ def test_sorted_round_trip_is_sorted_unique(names):
 
 @settings(max_examples=200, deadline=None)
 @given(expr=expressions)
+@example(expr="200[0000]000[100]0000[100],")
 def test_compress_of_expansion_expands_back(expr):
     names = _expand_or_none(expr)
     assume(names is not None)
-    assert expand(compress(names)) == names
+    try:
+        compressed = compress(names)
+    except HostlistError as err:
+        # by design: numbers of 2**64 and more are refused (Slurm silently damages them)
+        assert "number too large" in str(err)
+        return
+    assert expand(compressed) == names
