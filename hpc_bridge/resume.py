@@ -82,6 +82,9 @@ def read_resume_file(env: dict[str, str] | None = None) -> list[Job]:
     except OSError as err:
         log.warning("SLURM_RESUME_FILE %s unreadable (%s); resuming without job information", path, err.strerror)
         return []
+    except UnicodeDecodeError:
+        log.warning("SLURM_RESUME_FILE %s is not UTF-8 text; resuming without job information", path)
+        return []
     try:
         return parse_resume_file(text)
     except UsageError as err:
