@@ -214,13 +214,13 @@ class HookContext:
         import os
         import subprocess
 
-        from hpc_bridge.hostlist import compress
+        from hpc_bridge.hostlist import compress_sorted
 
         argv = [sys.executable, "-m", "hpc_bridge", "--config", self.config_path, "follow",
                 "--until", f"{deadline:.0f}"]
         if recreate:
-            argv += ["--recreate", compress(sorted(recreate))]
-        argv.append(compress(sorted(names)))
+            argv += ["--recreate", compress_sorted(recreate)]
+        argv.append(compress_sorted(names))
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
                                 env=dict(os.environ), cwd="/")
@@ -248,9 +248,18 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from hpc_bridge.hostlist import expand
     from hpc_bridge.resume import read_resume_file, run_resume
 
-    jobs = read_resume_file()  # first: the file is a /proc fd of slurmctld's that soon vanishes
+    import logging.handlers
+
+    early = logging.handlers.BufferingHandler(100)  # the log file is not open yet
+    logging.getLogger("hpc_bridge").addHandler(early)
+    try:
+        jobs = read_resume_file()  # first: the file is a /proc fd of slurmctld's that soon vanishes
+    finally:
+        logging.getLogger("hpc_bridge").removeHandler(early)
     expand(args.hostlist)  # a malformed hostlist changes nothing
     ctx = HookContext(args)
+    for record in early.buffer:  # now into the hook's log file
+        logging.getLogger(record.name).handle(record)
     report = run_resume(ctx.cfg, args.hostlist, jobs, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
                         nodemap=ctx.nodemap, spawn_follower=ctx.spawn_follower)
     return _hook_result(args, report, report.ok)

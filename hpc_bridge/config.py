@@ -25,7 +25,7 @@ PASSWORD_ENV = "HPC_BRIDGE_PASSWORD"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True)
 
 
 def _absolute(value: str | None) -> str | None:

@@ -20,8 +20,10 @@ from pydantic.alias_generators import to_camel, to_pascal
 class WireModel(BaseModel):
     """Base for API resources: camelCase on the wire, unknown fields kept."""
 
+    # defer_build: a hook validates only a few of these models; building the others' schemas
+    # at import would cost every hook process tens of milliseconds.
     model_config = ConfigDict(
-        extra="allow", populate_by_name=True, alias_generator=to_camel, protected_namespaces=()
+        extra="allow", populate_by_name=True, alias_generator=to_camel, protected_namespaces=(), defer_build=True
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -42,7 +44,7 @@ class Node(BaseModel):
     is kept as extra fields and reachable through `get()`.
     """
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_pascal)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_pascal, defer_build=True)
 
     name: str | None = None
     node_id: str | None = None
