@@ -1,0 +1,123 @@
+"""The state file: locking, atomic writes, corrupt and future files, pruning, concurrency."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+
+import pytest
+
+from hpc_bridge.errors import StateError
+from hpc_bridge.state import ACCEPTED, DONE, PENDING, SCHEMA_VERSION, State, StateStore
+
+
+def store(tmp_path, **kw) -> StateStore:
+    return StateStore(tmp_path / "state" / "state.json", **kw)
+
+
+def test_missing_file_is_empty_and_first_write_creates_private_dir(tmp_path):
+    s = store(tmp_path)
+    assert s.read().operations == {}
+    with s.transaction() as state:
+        state.begin("create", ["a-1"], "r1", now=100.0, deadline=200.0, request={"sets": []})
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
+    data = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert data["version"] == SCHEMA_VERSION and data["operations"][0]["request_id"] == "r1"
+    assert data["operations"][0]["outcome"] == PENDING
+
+
+def test_recorded_then_settled_round_trips(tmp_path):
+    s = store(tmp_path)
+    with s.transaction(now=100.0) as state:
+        state.begin("create", ["a-1", "a-2"], "r1", now=100.0, deadline=200.0)
+    with s.transaction(now=101.0) as state:
+        op = state.operations["r1"]
+        op.outcome, op.operation_id = ACCEPTED, "op-9"
+    op = s.read().operations["r1"]
+    assert (op.outcome, op.operation_id, op.nodes) == (ACCEPTED, "op-9", ["a-1", "a-2"])
+    assert s.read().resume_in_flight(150.0).keys() == {"a-1", "a-2"}
+    assert s.read().resume_in_flight(250.0) == {}  # past its deadline
+
+
+def test_later_suspend_supersedes_a_create_claim(tmp_path):
+    state = State()
+    state.begin("create", ["a-1"], "r1", now=100.0, deadline=1000.0)
+    state.begin("terminate", ["a-1"], "r2", now=110.0, deadline=1000.0)
+    assert state.resume_in_flight(120.0) == {}
+
+
+def test_corrupt_file_is_moved_aside_not_fatal(tmp_path, caplog):
+    s = store(tmp_path)
+    s.path.parent.mkdir(parents=True)
+    s.path.write_text('{"version": 1, "operations": [{"request_id": ')  # truncated
+    with s.transaction() as state:
+        assert state.operations == {}
+        state.begin("create", ["a-1"], "r1", now=1.0, deadline=2.0)
+    aside = [p for p in s.path.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_text().startswith('{"version": 1')
+    assert "STATE FILE CORRUPT" in caplog.text
+
+
+def test_future_schema_is_refused_and_left_untouched(tmp_path):
+    s = store(tmp_path)
+    s.path.parent.mkdir(parents=True)
+    text = json.dumps({"version": SCHEMA_VERSION + 1, "operations": []})
+    s.path.write_text(text)
+    with pytest.raises(StateError, match="newer than this hpc-bridge"):
+        with s.transaction():
+            pass
+    assert s.path.read_text() == text
+
+
+def test_lock_wait_is_bounded_with_a_clear_error(tmp_path):
+    s = store(tmp_path, lock_timeout=0.2)
+    other = store(tmp_path, lock_timeout=0.2)
+    with s.locked():
+        with pytest.raises(StateError, match="locked by another hpc-bridge process"):
+            with other.transaction():
+                pass
+
+
+def test_symlinked_lock_file_cannot_clobber_another_file(tmp_path):
+    s = store(tmp_path)
+    s.path.parent.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.symlink(victim, s.lock_path)
+    with pytest.raises(StateError):
+        with s.transaction():
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_prune_keeps_open_operations_and_drops_old_closed_ones():
+    state = State()
+    old = state.begin("create", ["a"], "old", now=0.0, deadline=10.0)
+    old.close(DONE, 5.0)
+    state.begin("create", ["b"], "open", now=0.0, deadline=10.0)
+    recent = state.begin("start", ["c"], "recent", now=990.0, deadline=1000.0)
+    recent.close(DONE, 995.0)
+    assert state.prune(now=1000.0, retention=100.0) == 1
+    assert set(state.operations) == {"open", "recent"}
+
+
+def _hammer(path: str, worker: int, count: int) -> None:
+    s = StateStore(path, lock_timeout=60)
+    for i in range(count):
+        with s.transaction() as state:
+            state.begin("create", [f"w{worker}-{i}"], f"w{worker}-{i}", now=1.0 + i, deadline=1e12)
+
+
+def test_concurrent_processes_lose_no_record(tmp_path):
+    path = str(tmp_path / "state" / "state.json")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(path, w, 15)) for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    ops = StateStore(path).read().operations
+    assert len(ops) == 6 * 15
