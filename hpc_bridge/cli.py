@@ -266,25 +266,24 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_suspend(args: argparse.Namespace) -> int:
-    from hpc_bridge.hostlist import expand
     from hpc_bridge.suspend import run_suspend
 
-    expand(args.hostlist)
-    ctx = HookContext(args)
-    report = run_suspend(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
-                         nodemap=ctx.nodemap)
-    return _hook_result(args, report, report.ok)
+    return _shut_down_hook(args, run_suspend)
 
 
 def _cmd_resume_fail(args: argparse.Namespace) -> int:
-    from hpc_bridge.hostlist import expand
     from hpc_bridge.suspend import run_resume_fail
 
-    expand(args.hostlist)
+    return _shut_down_hook(args, run_resume_fail, "resume-fail")
+
+
+def _shut_down_hook(args: argparse.Namespace, run, verb: str | None = None) -> int:
+    from hpc_bridge.hostlist import expand
+
+    expand(args.hostlist)  # a malformed hostlist changes nothing
     ctx = HookContext(args)
-    report = run_resume_fail(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
-                             nodemap=ctx.nodemap)
-    return _hook_result(args, report, report.ok, "resume-fail")
+    report = run(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap)
+    return _hook_result(args, report, report.ok, verb)
 
 
 def _cmd_follow(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ class SuspendPlan:
 
 
 def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg: Config,
-                 policy_override: str | None = None) -> SuspendPlan:
+                 policy_override: str | None = None, keep_alive: bool = True) -> SuspendPlan:
     plan = SuspendPlan()
     for name in dict.fromkeys(names):
         entry = nodemap.get(name)
@@ -62,7 +62,7 @@ def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg
         if node.status in TRANSITIONAL_DOWN or node.status == DEALLOCATED:
             plan.nothing[name] = f"cloud node already {node.status}"
             continue
-        if node.keep_alive:
+        if node.keep_alive and keep_alive:
             plan.keep_alive.append(name)
             continue
         array = entry.nodearray if entry else (node.template or "")
@@ -117,31 +117,47 @@ def _apply_actions(plan: SuspendPlan, client, store: StateStore, deadline: float
 
 def run_suspend(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
                 now=time.time) -> SuspendReport:
+    return _shut_down(cfg, expr, client=client, slurm=slurm, store=store, nodemap=nodemap, now=now, failing=False)
+
+
+def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap, now,
+               failing: bool) -> SuspendReport:
+    """Suspend (failing=False) or resume-fail (failing=True: terminate whatever is there, KeepAlive
+    or not, and put the cause in the Slurm reason)."""
     names = hostlist.expand(expr)
     report = SuspendReport(names=len(names))
     requests_before, calls_before = client.request_count, slurm.calls
+    deadline = now() + cfg.resume.resume_timeout
     try:
         cloud = index_by_name(client.get_nodes().nodes)
     except ApiError as err:
-        # Record the intent so repair finishes it: shut down whatever is behind these names.
-        deadline = now() + cfg.resume.resume_timeout
-        record_and_send(store, _Offline(err), [Call("shutdown", names, {"names": names}, deadline)], now)
+        # Record the intent (PENDING, not sent) so that repair finishes it.
+        action = "terminate" if failing else "shutdown"
+        record_and_send(store, _Offline(err), [Call(action, names, {"names": names}, deadline)], now)
+        if failing:
+            mark_down(slurm, {n: "resume failed; cluster API unreachable, VM cleanup left to repair" for n in names})
         report.failed = {n: str(err) for n in names}
-        report.api_calls = client.request_count - requests_before
-        return report
-    plan = plan_suspend(names, nodemap, cloud, cfg)
-    for name in plan.keep_alive:
-        log.info("%s: KeepAlive is set, VM left running", name)
-    for name, why in plan.nothing.items():
-        log.info("%s: %s, nothing to do", name, why)
-    for name in plan.unknown:
-        log.error("%s: unknown node (not in nodemap.json and no cloud node)", name)
-    _apply_actions(plan, client, store, now() + cfg.resume.resume_timeout, now, report)
-    report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
-    if cfg.slurm.address_mode in ("ip", "hostname"):
-        known = [n for n in names if n in nodemap]
-        if known:
-            slurm.reset_addresses(known)
+    else:
+        plan = plan_suspend(names, nodemap, cloud, cfg, policy_override="terminate" if failing else None,
+                            keep_alive=not failing)
+        for name in plan.keep_alive:
+            log.info("%s: KeepAlive is set, VM left running", name)
+        for name, why in plan.nothing.items():
+            log.info("%s: %s, nothing to do", name, why)
+        for name in plan.unknown:
+            log.error("%s: unknown node (not in nodemap.json and no cloud node)", name)
+        _apply_actions(plan, client, store, deadline, now, report)
+        report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
+        if failing:
+            recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
+            reasons = {n: fail_reason(cloud.get(n), recorded.get(n)) for n in names if n in nodemap}
+            for name, why in reasons.items():
+                log.info("%s: %s", name, why)
+            mark_down(slurm, reasons)
+        if cfg.slurm.address_mode in ("ip", "hostname"):
+            known = [n for n in names if n in nodemap]
+            if known:
+                slurm.reset_addresses(known)
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     return report
@@ -180,36 +196,4 @@ def fail_reason(node: Node | None, recorded: str | None = None) -> str:
 
 def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
                     now=time.time) -> SuspendReport:
-    names = hostlist.expand(expr)
-    report = SuspendReport(names=len(names))
-    requests_before, calls_before = client.request_count, slurm.calls
-    try:
-        cloud = index_by_name(client.get_nodes().nodes)
-    except ApiError as err:
-        deadline = now() + cfg.resume.resume_timeout
-        record_and_send(store, _Offline(err), [Call("terminate", names, {"names": names}, deadline)], now)
-        mark_down(slurm, {n: "resume failed; cluster API unreachable, VM cleanup left to repair" for n in names})
-        report.failed = {n: str(err) for n in names}
-        report.api_calls = client.request_count - requests_before
-        report.scontrol_calls = slurm.calls - calls_before
-        return report
-    recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
-    reasons = {n: fail_reason(cloud.get(n), recorded.get(n)) for n in names}
-    plan = plan_suspend(names, nodemap, cloud, cfg, policy_override="terminate")
-    plan.keep_alive = []  # a node that never came up is not kept alive
-    for name in names:
-        node = cloud.get(name)
-        if node is not None and node.keep_alive and node.status not in GONE and node.node_id:
-            plan.actions.setdefault("terminate", {})[name] = node.node_id
-    _apply_actions(plan, client, store, now() + cfg.resume.resume_timeout, now, report)
-    report.nothing, report.unknown = sorted(plan.nothing), plan.unknown
-    for name, why in reasons.items():
-        log.info("%s: %s", name, why)
-    mark_down(slurm, {n: r for n, r in reasons.items() if n in nodemap})
-    if cfg.slurm.address_mode in ("ip", "hostname"):
-        known = [n for n in names if n in nodemap]
-        if known:
-            slurm.reset_addresses(known)
-    report.api_calls = client.request_count - requests_before
-    report.scontrol_calls = slurm.calls - calls_before
-    return report
+    return _shut_down(cfg, expr, client=client, slurm=slurm, store=store, nodemap=nodemap, now=now, failing=True)
