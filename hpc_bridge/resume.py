@@ -350,6 +350,13 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                     down[name] = f"start refused: {errors[name] or 'no message'}"
                 else:
                     report.started.append(name)
+    # Slurm may have suspended a node while our create was in flight (POWER_DOWN_FORCE): its
+    # suspend found nothing to stop yet. Honour the later intent now rather than leak the VM.
+    superseded = _suspended_meanwhile(store, create_call, report.created) if create_call else []
+    if superseded:
+        log.info("%s: suspended while being created: terminating", hostlist.compress_sorted(superseded))
+        record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
+        report.created = [n for n in report.created if n not in superseded]
     # A call we marked down must not be re-sent by repair: close it.
     failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
     if failed_calls or capacity:
@@ -383,6 +390,19 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     return report
+
+
+def _suspended_meanwhile(store: StateStore, call: Call, names: list[str]) -> list[str]:
+    """Names whose latest recorded operation is a suspend that started after `call`."""
+    from hpc_bridge.state import SUSPEND_ACTIONS
+
+    state = store.read()
+    mine = state.operations.get(call.request_id)
+    if mine is None:
+        return []
+    latest = state.latest_by_node()
+    return sorted(n for n in names if (op := latest.get(n)) is not None and op.action in SUSPEND_ACTIONS
+                  and op.started > mine.started)
 
 
 def _api_reason(err) -> str:

@@ -147,6 +147,7 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
         for name in plan.unknown:
             log.error("%s: unknown node (not in nodemap.json and no cloud node)", name)
         _apply_actions(plan, client, store, deadline, now, report)
+        _mark_intent(store, [n for n in plan.nothing if n in nodemap], now())
         report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
         if failing:
             recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
@@ -161,6 +162,24 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     return report
+
+
+def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
+    """Nodes with nothing to stop yet but a create/start in flight: record the suspend, so the
+    resume that is still creating them terminates what it makes (Slurm's later intent wins)."""
+    from hpc_bridge.api.client import new_request_id
+    from hpc_bridge.state import DONE
+
+    if not nothing:
+        return
+    racing = [n for n in nothing if n in store.read().resume_in_flight(now)]
+    if not racing:
+        return
+    with store.transaction() as state:
+        op = state.begin("shutdown", racing, new_request_id(), now, now)
+        op.close(DONE, now, "nothing to stop yet: a create/start was in flight")
+    log.info("%s: suspended while a create/start is in flight; the resume hook will stop them",
+             ",".join(racing))
 
 
 class _Offline:

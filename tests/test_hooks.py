@@ -202,3 +202,19 @@ def test_resume_fail_restores_our_reason_after_slurm_replaced_it(env):
     assert run.rc == 0, run.stderr
     node = slurm_node(env, "htc-f2sv2-1")
     assert node.reason.startswith("hpc-bridge: resume failed: create refused: Capacity failure"), node.reason
+
+
+def test_suspend_during_a_create_in_flight_leaves_no_vm(env):
+    """Slurm powers a node down (POWER_DOWN_FORCE) while resume's create is still in flight:
+    the suspend finds no VM yet; resume, once its create returns, terminates what it made."""
+    env.sim.set_faults(endpoints={"nodes/create": {"latency": 2.0}})
+    resume = env.popen_hook("resume", "htc-f2sv2-[1-2]")
+    env.wait_for(lambda: env.state().get("operations"), timeout=20, what="create recorded")
+    assert env.hook("suspend", "htc-f2sv2-1").rc == 0
+    resume.wait(timeout=60)
+    env.sim.set_faults(endpoints={"nodes/create": {"latency": 0.0}})
+    env.wait_for(lambda: env.cloud_nodes().get("htc-f2sv2-1", {}).get("Status") in (None, "Terminating", "Terminated"),
+                 what="the suspended node's VM terminated")
+    assert env.cloud_nodes()["htc-f2sv2-2"]["Status"] not in ("Terminating", "Terminated")
+    actions = [op["action"] for op in env.state()["operations"]]
+    assert actions.count("terminate") == 1
