@@ -11,6 +11,7 @@ it only when slurm.conf has ``PrivateData=cloud`` (22.05: ``scontrol -a`` does n
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -48,7 +49,10 @@ KNOWN_NODE_KEYS = frozenset(
 )
 FREE_TEXT_NODE_KEYS = frozenset({"Reason", "Comment", "Extra", "OS"})
 
-_KEY_RE = re.compile(r"(?:^|(?<= ))([A-Za-z][A-Za-z0-9_]*)=")
+# A candidate key: a word at the start of the line or after a space, followed by "=". It is
+# matched with the space before it (split() runs on " " + line): a pattern that starts with a
+# literal is ~5x faster in re than a look-behind, and the space is only ever stripped off.
+_KEY_RE = re.compile(r" ([A-Za-z][A-Za-z0-9_]*+)=")
 _REASON_SUFFIX_RE = re.compile(r"^(?P<text>.*?)\s*\[(?P<user>[^\]@\s]*)@(?P<time>[^\]\s]*)\]$", re.S)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _STATE_RE = re.compile(r"^[A-Za-z_]+$")
@@ -101,25 +105,38 @@ class SlurmNode:
 
 
 def _split_pairs(line: str) -> dict[str, str]:
-    """Split one ``Key=Value Key=Value`` line; values may contain spaces (Reason=...)."""
+    """Split one ``Key=Value Key=Value`` line; values may contain spaces (Reason=...).
+
+    ``_KEY_RE.split`` cuts the line at every candidate `` Word=`` in C: [prefix, key, value,
+    key, value, ...]; the pieces, with " " before each key, concatenate back to the line. When
+    every candidate is a key Slurm prints and none repeats (a usual line, ~40 keys), no value
+    can swallow a later candidate, so the pairs are the pieces as they are. Otherwise the rules
+    below decide which candidates end a value; a skipped candidate joins the value it is in.
+    """
+    parts = _KEY_RE.split(" " + line)
+    keys = parts[1::2]
+    if KNOWN_NODE_KEYS.issuperset(keys) and len(set(keys)) == len(keys):
+        return dict(zip(keys, map(str.strip, parts[2::2])))
     pairs: dict[str, str] = {}
     key: str | None = None
-    start = 0
-    for m in _KEY_RE.finditer(line):
-        cand = m.group(1)
+    value: list[str] = []
+    for i in range(1, len(parts), 2):
+        cand = parts[i]
         if key is not None:
             # Inside free text only a key Slurm really prints ends the value; elsewhere any
             # ` Word=` does (so keys added by a newer Slurm still split).
             # Slurm prints each key once: a key already seen is part of the free text.
             if key in FREE_TEXT_NODE_KEYS and (cand not in KNOWN_NODE_KEYS or cand in pairs or cand == key):
+                value += (" ", cand, "=", parts[i + 1])
                 continue
             if key not in FREE_TEXT_NODE_KEYS and cand not in KNOWN_NODE_KEYS and not cand[0].isupper():
+                value += (" ", cand, "=", parts[i + 1])
                 continue
-            pairs[key] = line[start : m.start()].strip()
+            pairs[key] = "".join(value).strip()
         key = cand
-        start = m.end()
+        value = [parts[i + 1]]
     if key is not None:
-        pairs[key] = line[start:].strip()
+        pairs[key] = "".join(value).strip()
     return pairs
 
 
@@ -130,6 +147,10 @@ def _opt(value: str | None) -> str | None:
     return None if value in _NULLS else value
 
 
+# The helpers below see the same few values on every line of a big cluster (feature lists,
+# partitions, states, CPU counts): each distinct value is parsed once per process. Their
+# results are immutable (int, str, tuple, frozenset), so sharing them is safe.
+@functools.lru_cache(maxsize=4096)
 def _int(value: str | None) -> int | None:
     value = _opt(value)
     if value is None:
@@ -140,6 +161,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _list(value: str | None) -> tuple[str, ...]:
     value = _opt(value)
     if value is None:
@@ -147,45 +169,51 @@ def _list(value: str | None) -> tuple[str, ...]:
     return tuple(v for v in value.split(",") if v)
 
 
+@functools.lru_cache(maxsize=1024)
+def _state(state_text: str) -> tuple[str, frozenset[str]]:
+    """State= text -> (base state, every '+'-separated part upper-cased)."""
+    # sinfo-style suffixes (*~#%!) never appear in scontrol, but be lenient.
+    parts = [p.strip().rstrip("*~#%!$@^-") for p in state_text.strip().split("+")]
+    parts = [p.upper() for p in parts if p]
+    return (parts[0] if parts else "UNKNOWN"), (frozenset(parts) or frozenset({"UNKNOWN"}))
+
+
 def parse_show_node_line(line: str) -> SlurmNode:
     """Parse one ``scontrol -o show node`` line. Raises SlurmError when it is not one."""
     pairs = _split_pairs(line.strip())
-    name = pairs.get("NodeName", "").strip()
+    get = pairs.get
+    name = get("NodeName", "").strip()
     if not name:
         raise SlurmError(f"unexpected scontrol show node line: {line.strip()[:120]!r}")
-    state_text = pairs.get("State", "").strip()
-    # sinfo-style suffixes (*~#%!) never appear in scontrol, but be lenient.
-    parts = [p.strip().rstrip("*~#%!$@^-") for p in state_text.split("+")]
-    parts = [p.upper() for p in parts if p]
-    base = parts[0] if parts else "UNKNOWN"
-    reason = _opt(pairs.get("Reason"))
+    base, flags = _state(get("State", ""))
+    reason = _opt(get("Reason"))
     reason_user = reason_time = None
     if reason is not None:
         m = _REASON_SUFFIX_RE.match(reason)
         if m:
             reason, reason_user, reason_time = m.group("text"), m.group("user"), m.group("time")
             reason = reason or None
-    features = _list(pairs.get("AvailableFeatures", pairs.get("Features")))
+    features = _list(get("AvailableFeatures", get("Features")))
     return SlurmNode(
         name=name,
         state=base,
-        state_flags=frozenset(parts) or frozenset({"UNKNOWN"}),
+        state_flags=flags,
         reason=reason,
         reason_user=reason_user or None,
         reason_time=reason_time or None,
-        node_addr=_opt(pairs.get("NodeAddr")),
-        node_hostname=_opt(pairs.get("NodeHostName")),
+        node_addr=_opt(get("NodeAddr")),
+        node_hostname=_opt(get("NodeHostName")),
         features=features,
-        active_features=_list(pairs.get("ActiveFeatures")) if "ActiveFeatures" in pairs else features,
-        partitions=_list(pairs.get("Partitions")),
-        cpus=_int(pairs.get("CPUTot")),
-        real_memory=_int(pairs.get("RealMemory")),
-        gres=_opt(pairs.get("Gres")) or "",
-        port=_int(pairs.get("Port")),
-        boot_time=_opt(pairs.get("BootTime")),
-        slurmd_start_time=_opt(pairs.get("SlurmdStartTime")),
-        last_busy=_opt(pairs.get("LastBusyTime")),
-        raw=MappingProxyType(dict(pairs)),
+        active_features=_list(get("ActiveFeatures")) if "ActiveFeatures" in pairs else features,
+        partitions=_list(get("Partitions")),
+        cpus=_int(get("CPUTot")),
+        real_memory=_int(get("RealMemory")),
+        gres=_opt(get("Gres")) or "",
+        port=_int(get("Port")),
+        boot_time=_opt(get("BootTime")),
+        slurmd_start_time=_opt(get("SlurmdStartTime")),
+        last_busy=_opt(get("LastBusyTime")),
+        raw=MappingProxyType(pairs),  # a fresh dict of this call's: no copy needed
     )
 
 

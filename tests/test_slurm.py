@@ -8,21 +8,27 @@ failing with CI=true).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpc_bridge.errors import SlurmError
 from hpc_bridge.slurm import (
+    FREE_TEXT_NODE_KEYS,
+    KNOWN_NODE_KEYS,
     MAX_ARGV_BYTES,
     Slurm,
     parse_show_config_output,
     parse_show_node_line,
     parse_show_node_output,
 )
+from hpc_bridge.slurm import _split_pairs
 
 from slurmcluster import REPO, add_node_ports
 
@@ -126,6 +132,56 @@ def test_whole_output_and_empty():
     assert parse_show_node_output("No nodes in the system\n") == {}
     with pytest.raises(SlurmError):
         parse_show_node_line("garbage without a name")
+
+
+# The parser before it was made fast (one regex match and a few dict look-ups per candidate
+# key): the reference the fast one must agree with on every line.
+_REF_KEY_RE = re.compile(r"(?:^|(?<= ))([A-Za-z][A-Za-z0-9_]*)=")
+
+
+def _reference_split_pairs(line: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    key = None
+    start = 0
+    for m in _REF_KEY_RE.finditer(line):
+        cand = m.group(1)
+        if key is not None:
+            if key in FREE_TEXT_NODE_KEYS and (cand not in KNOWN_NODE_KEYS or cand in pairs or cand == key):
+                continue
+            if key not in FREE_TEXT_NODE_KEYS and cand not in KNOWN_NODE_KEYS and not cand[0].isupper():
+                continue
+            pairs[key] = line[start : m.start()].strip()
+        key = cand
+        start = m.end()
+    if key is not None:
+        pairs[key] = line[start:].strip()
+    return pairs
+
+
+_KEYS = sorted(KNOWN_NODE_KEYS)
+_word = st.sampled_from(_KEYS + ["NewKey", "Later", "lower", "x", "cpu", "Foo_1"])
+_value = st.one_of(
+    st.sampled_from(["", "1", "(null)", "N/A", "cpu=2,mem=3G", "a b", "Linux 6.1 #1 SMP", "[u@t]", "=", " "]),
+    st.text(alphabet=" =_aZ09,:[]@\t", max_size=12),
+)
+_piece = st.one_of(
+    st.tuples(_word, _value).map(lambda kv: f"{kv[0]}={kv[1]}"),
+    st.sampled_from(["", " ", "plain", "=x", "9Key=1"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_piece, max_size=12), st.sampled_from([" ", "  ", " \t"]))
+def test_fast_split_agrees_with_reference(pieces, sep):
+    line = sep.join(["NodeName=n-1", *pieces]).strip()
+    assert list(_split_pairs(line).items()) == list(_reference_split_pairs(line).items())
+
+
+def test_fast_split_agrees_with_reference_on_captured_lines():
+    for ln in CAPTURED:
+        assert list(_split_pairs(ln).items()) == list(_reference_split_pairs(ln).items())
+        for extra in (" Reason=quota: NodeName=x State=IDLE [a@b] Foo=1 Reason=y", " Comment=a b Extra=c=d OS=x"):
+            assert list(_split_pairs(ln + extra).items()) == list(_reference_split_pairs(ln + extra).items())
 
 
 def test_show_config_parse():
