@@ -218,9 +218,11 @@ def plan_repair(
                                     f"capacity cool-off ended; {names} no longer held out of service", case="9",
                                     cooloff=key))
 
-    names = {n for n in slurm_nodes if n in nodemap} | set(cloud)
-    for name in sorted(names):
-        actions.extend(_plan_node(name, slurm_nodes.get(name), cloud.get(name), nodemap.get(name), ctx))
+    # One node-map look-up per name (each is a name split and a range search).
+    entries = {n: e for n in slurm_nodes if (e := nodemap.get(n)) is not None}
+    for name in sorted(entries.keys() | cloud.keys()):
+        entry = entries[name] if name in entries else nodemap.get(name)
+        actions.extend(_plan_node(name, slurm_nodes.get(name), cloud.get(name), entry, ctx))
     return actions
 
 
