@@ -111,9 +111,22 @@ def record_and_send(store: StateStore, client: ClusterClient, calls: list[Call],
     if not calls:
         return calls
     with store.transaction() as state:
-        t = now()
-        for c in calls:
-            state.begin(c.action, c.nodes, c.request_id, t, c.deadline, request=c.request)
+        record(state, calls, now())
+    return send_recorded(store, client, calls, now)
+
+
+def record(state, calls: list[Call], now: float) -> None:
+    """Record calls in an open transaction (resume does it in the same transaction as its plan,
+    so that a concurrent hook sees the claim before it can plan the same names)."""
+    for c in calls:
+        if c.nodes:
+            state.begin(c.action, c.nodes, c.request_id, now, c.deadline, request=c.request)
+
+
+def send_recorded(store: StateStore, client: ClusterClient, calls: list[Call],
+                  now: Callable[[], float] = time.time) -> list[Call]:
+    """Send calls already recorded, in order, then record their outcomes (one lock)."""
+    calls = [c for c in calls if c.nodes]
     for c in calls:
         try:
             c.result = send(client, c)

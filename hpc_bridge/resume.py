@@ -33,7 +33,9 @@ from hpc_bridge.nodeops import (
     index_by_name,
     mark_down,
     reason,
+    record,
     record_and_send,
+    send_recorded,
 )
 from hpc_bridge.state import FAILED, Cooloff, Operation, StateStore
 
@@ -299,28 +301,19 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     buckets = buckets_by_key(status)
     deadline = now() + cfg.resume.resume_timeout
 
+    # Plan and record in one transaction: a concurrent resume sees these claims before it can
+    # plan the same names (no duplicate create, even between two hooks).
     with store.transaction() as state:
         t = now()
         plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t), state.active_cooloffs(t),
                            jobs, cfg, t)
+        calls, create_call, start_call = _calls_for(plan, deadline)
+        record(state, calls, t)
     for name, why in plan.waiting.items():
         log.info("%s: %s", name, why)
     for name, st in plan.running.items():
         log.info("%s: cloud node already %s, nothing to create", name, st)
-
-    calls = []
-    create_call = start_call = None
-    if plan.create:
-        sets = plan.create_sets()
-        create_call = Call("create", [s.name_format for s in sets], {"sets": [s.to_wire() for s in sets]}, deadline)
-        calls.append(create_call)
-    if plan.start:
-        start_call = Call("start", sorted(plan.start), {"ids": [plan.start[n] for n in sorted(plan.start)]}, deadline)
-        calls.append(start_call)
-    if plan.terminate:
-        calls.append(Call("terminate", sorted(plan.terminate),
-                          {"ids": [plan.terminate[n] for n in sorted(plan.terminate)]}, deadline))
-    record_and_send(store, client, calls, now)
+    send_recorded(store, client, calls, now)
 
     down = dict(plan.down)
     capacity: dict[str, str] = {}
@@ -339,6 +332,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                 if is_capacity_message(message):
                     e = nodemap[name]
                     capacity[bucket_key(e.nodearray, e.machine_type)] = message
+            _spare_live_nodes(client, down, create_call.nodes, report)
     if start_call is not None:
         if start_call.result is None:
             why = _api_reason(start_call.error)
@@ -384,12 +378,47 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     if watch and spawn_follower is not None and cfg.resume.follower:
         spawn_follower(watch, deadline, plan.deferred)
 
-    report.running = sorted(plan.running)
+    report.running = sorted(set(plan.running) | set(report.running))
     report.waiting = sorted(plan.waiting)
     report.down = down
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     return report
+
+
+def _spare_live_nodes(client, down: dict[str, str], created: list[str], report: ResumeReport) -> None:
+    """A create refused because the name exists: another hook (or an admin) created it since our
+    GET nodes. Look once more; a live node is not a failure and must not go DOWN."""
+    refused = [n for n in created if n in down and "create refused" in down[n]]
+    if not refused:
+        return
+    try:
+        cloud = index_by_name(client.get_nodes().nodes)
+    except ApiError:
+        return
+    for name in refused:
+        node = cloud.get(name)
+        if node is not None and (node.status in BOOTING or node.status == READY):
+            log.info("%s: create refused but the node exists (%s): created by someone else, not DOWN", name,
+                     node.status)
+            del down[name]
+            report.running.append(name)
+
+
+def _calls_for(plan: ResumePlan, deadline: float) -> tuple[list[Call], Call | None, Call | None]:
+    calls = []
+    create_call = start_call = None
+    if plan.create:
+        sets = plan.create_sets()
+        create_call = Call("create", [s.name_format for s in sets], {"sets": [s.to_wire() for s in sets]}, deadline)
+        calls.append(create_call)
+    if plan.start:
+        start_call = Call("start", sorted(plan.start), {"ids": [plan.start[n] for n in sorted(plan.start)]}, deadline)
+        calls.append(start_call)
+    if plan.terminate:
+        calls.append(Call("terminate", sorted(plan.terminate),
+                          {"ids": [plan.terminate[n] for n in sorted(plan.terminate)]}, deadline))
+    return calls, create_call, start_call
 
 
 def _suspended_meanwhile(store: StateStore, call: Call, names: list[str]) -> list[str]:
