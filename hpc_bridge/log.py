@@ -32,8 +32,12 @@ class _RedactSecrets(logging.Filter):
 
 
 def ensure_private_dir(path: str) -> None:
-    """Create a directory readable by its owner only (state and logs may name hosts and ids)."""
+    """Create a directory readable by its owner only (state and logs may name hosts and ids);
+    an existing one of ours that others can read is tightened."""
     os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(path, st.st_mode & 0o700)
 
 
 def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) -> str | None:

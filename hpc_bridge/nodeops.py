@@ -4,6 +4,7 @@ call in the state file before making it, and telling Slurm a node is down and wh
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
@@ -49,15 +50,29 @@ def index_by_name(nodes: Iterable[Node]) -> dict[str, Node]:
     return found
 
 
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
+
+
 def address_of(node: Node, mode: str) -> tuple[str, str] | None:
-    """(NodeAddr, NodeHostName) that Slurm should use for a cloud node, or None if not known yet."""
+    """(NodeAddr, NodeHostName) that Slurm should use for a cloud node, or None if not known yet.
+    A value that could not be passed to scontrol safely is dropped here, for this node only, so
+    one hostile record cannot block the addresses of all the others."""
     if node.status != READY:
         return None
+    pair = None
     if mode == "ip" and node.private_ip:
-        return node.private_ip, node.hostname or node.private_ip
-    if mode == "hostname" and node.hostname:
-        return node.hostname, node.hostname
-    return None
+        pair = node.private_ip, node.hostname or node.private_ip
+    elif mode == "hostname" and node.hostname:
+        pair = node.hostname, node.hostname
+    if pair is None:
+        return None
+    if not all(_ADDRESS_RE.match(v) for v in pair):
+        if _ADDRESS_RE.match(pair[0]):
+            return pair[0], pair[0]
+        log.error("%s: cloud node address %r / hostname %r refused (not a plain address); not set in Slurm",
+                  node.name, pair[0], pair[1])
+        return None
+    return pair
 
 
 def mark_down(slurm, reasons: Mapping[str, str], store: StateStore | None = None) -> int:

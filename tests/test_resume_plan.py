@@ -216,3 +216,14 @@ def test_fail_reason_keeps_the_cloud_message():
     assert "cloud node failed: boom" in fail_reason(node("a", "Failed", StatusMessage="boom"))
     assert "never became Ready (cloud status Preparing)" in fail_reason(node("a", "Preparing"))
     assert "no cloud node" in fail_reason(None)
+
+
+def test_hostile_address_from_the_api_is_dropped_for_that_node_only():
+    from hpc_bridge.nodeops import address_of
+
+    good = node("a", "Ready", PrivateIp="127.1.0.9", Hostname="ip-7F010009")
+    assert address_of(good, "ip") == ("127.1.0.9", "ip-7F010009")
+    assert address_of(node("b", "Ready", PrivateIp="10.0.0.1 State=DOWN", Hostname="h"), "ip") is None
+    assert address_of(node("c", "Ready", PrivateIp="10.0.0.2", Hostname="bad\nname"), "ip") == ("10.0.0.2", "10.0.0.2")
+    assert address_of(node("d", "Ready", PrivateIp="10.0.0.3,10.0.0.4"), "ip") is None
+    assert address_of(node("e", "Preparing", PrivateIp="10.0.0.5"), "ip") is None
