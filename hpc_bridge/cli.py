@@ -385,14 +385,14 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
                     "service + timer for repair. --write writes them; --check lists what DIR/slurm.conf lacks.",
         example="hpc-bridge install-hooks --slurm-conf-dir /etc/slurm --write",
     )
-    from hpc_bridge.install import DEFAULT_HOOKS_DIR, DEFAULT_SYSTEMD_DIR
-
+    # Defaults are filled in by hpc_bridge.install (DEFAULT_HOOKS_DIR, DEFAULT_SYSTEMD_DIR): importing
+    # it here cost every hook process its import.
     p.add_argument("--slurm-conf-dir", required=True, metavar="DIR", help="directory of slurm.conf")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="write the files (include file into DIR)")
     mode.add_argument("--check", action="store_true", help="exit 1 and list the fixes when DIR/slurm.conf lacks anything")
-    p.add_argument("--hooks-dir", default=DEFAULT_HOOKS_DIR, metavar="DIR", help="where the wrappers go (default %(default)s)")
-    p.add_argument("--systemd-dir", default=DEFAULT_SYSTEMD_DIR, metavar="DIR", help="where the units go (default %(default)s)")
+    p.add_argument("--hooks-dir", metavar="DIR", help="where the wrappers go (default /usr/local/libexec/hpc-bridge)")
+    p.add_argument("--systemd-dir", metavar="DIR", help="where the units go (default /etc/systemd/system)")
     p.add_argument("--python", metavar="PATH", help="interpreter for the wrappers (default: this one)")
     p.add_argument("--pythonpath", metavar="PATH", help="PYTHONPATH for the wrappers (default: the source tree when "
                    "hpc_bridge is not installed in site-packages)")
@@ -532,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         # httpcore imports trio whenever it is installed (~140 ms, most of a hook's start-up
         # over `import httpx, pydantic`); hpc-bridge only ever uses the sync client.
         sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+        # `import httpx` also imports its command-line client when click is installed (click,
+        # rich, pygments: ~30 ms); hpc-bridge never runs it, and httpx falls back without it.
+        sys.modules.setdefault("click", None)  # type: ignore[arg-type]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

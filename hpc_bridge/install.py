@@ -445,6 +445,10 @@ def run_cli(args) -> int:
     """`hpc-bridge install-hooks --slurm-conf-dir DIR [--write | --check]` (called by hpc_bridge.cli)."""
     from hpc_bridge.cli import emit_json, load_config_for, wants_json
 
+    if args.hooks_dir is None:  # the CLI leaves the defaults to us (it does not import this module)
+        args.hooks_dir = DEFAULT_HOOKS_DIR
+    if args.systemd_dir is None:
+        args.systemd_dir = DEFAULT_SYSTEMD_DIR
     cfg = load_config_for(args)
     conf_dir = os.path.abspath(args.slurm_conf_dir)
     existing = None
