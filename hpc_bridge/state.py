@@ -169,9 +169,9 @@ class State:
             )
         ops = {}
         for item in data.get("operations", []):
-            op = Operation(**item)
+            op = Operation(**_known(Operation, item))
             ops[op.request_id] = op
-        cooloffs = {k: Cooloff(**v) for k, v in data.get("cooloffs", {}).items()}
+        cooloffs = {k: Cooloff(**_known(Cooloff, v)) for k, v in data.get("cooloffs", {}).items()}
         down = {n: (float(at), str(why)) for n, (at, why) in data.get("down_reasons", {}).items()}
         return cls(operations=ops, cooloffs=cooloffs, down_reasons=down)
 
@@ -192,6 +192,13 @@ def dump_state(data: dict[str, Any]) -> str:
 
 
 _EMPTY_FILE = dump_state(State().to_json()).encode()
+
+
+def _known(cls, item: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `cls` in a record: a field added by a newer release (same schema version)
+    is ignored rather than making an older reader take the whole file for corrupt."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in item.items() if k in names}
 
 
 class StateStore:

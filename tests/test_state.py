@@ -121,3 +121,14 @@ def test_concurrent_processes_lose_no_record(tmp_path):
         assert p.exitcode == 0
     ops = StateStore(path).read().operations
     assert len(ops) == 6 * 15
+
+
+def test_unknown_fields_from_a_newer_release_are_ignored_not_corrupt(tmp_path):
+    s = store(tmp_path)
+    s.path.parent.mkdir(parents=True)
+    record = {"request_id": "r1", "action": "create", "nodes": ["a-1"], "started": 1.0, "deadline": 2.0,
+              "outcome": "pending", "added_later": {"x": 1}}
+    s.path.write_text(json.dumps({"version": SCHEMA_VERSION, "operations": [record], "cooloffs": {},
+                                  "future_table": {}}))
+    assert s.read().operations["r1"].nodes == ["a-1"]
+    assert not [p for p in s.path.parent.iterdir() if ".corrupt-" in p.name]
