@@ -186,7 +186,8 @@ def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_pa
         repair(env)
         env.wait_for(lambda: "DOWN" not in env.cluster.slurm().show_nodes()["htc-f2sv2-3"].state_flags,
                      what="F2 nodes back in service")
-        job2 = submit(env, "-p", "htc", "--wrap", "srun printenv SLURMD_NODENAME")
+        # (an unconstrained job could take the F4 node that is still up: Slurm prefers a running node)
+        job2 = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
         wait_job(env, job2, timeout=90)
         assert job_output(env, job2).strip().startswith("htc-f2sv2-")
     finally:
@@ -198,7 +199,7 @@ def test_killed_hook_and_flaky_api_end_consistent_after_repair(env):
     import signal
     import subprocess
 
-    env.sim.set_faults(endpoints={"nodes/create": {"latency": 3.0}})
+    env.sim.set_faults(endpoints={"nodes/create": {"latency": 6.0}})
     jobs = [submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-N2", "--wrap", "srun printenv SLURMD_NODENAME")
             for _ in range(2)]
 
@@ -207,8 +208,14 @@ def test_killed_hook_and_flaky_api_end_consistent_after_repair(env):
         return [int(p) for p in out]
     pids = env.wait_for(resume_pid, timeout=20, what="resume hook running")
     env.wait_for(lambda: env.state().get("operations"), timeout=10, what="create recorded")
+    killed = 0
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass  # that one had finished
+    assert killed, "no resume hook was still in its create call"
     env.sim.set_faults(endpoints={"nodes/create": {"latency": 0.0}}, error_rate=0.3, retry_after=0)
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and any(env.cluster.job_state(j) != "COMPLETED" for j in jobs):
