@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from hpc_bridge.config import is_loopback_host
 from hpc_bridge.sim.model import ClusterModel, SimError
 from hpc_bridge.sim.scenario import REQUEST_FAULT_KEYS, Scenario, faults_error, load_scenario
 
@@ -494,17 +495,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_json(status, payload, headers)
 
-
-
-def is_loopback_host(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_cli(scenario: str | None, host: str, port: int, allow_remote: bool = False, quiet: bool = True) -> int:
