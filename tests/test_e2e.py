@@ -197,15 +197,22 @@ def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_pa
 def test_killed_hook_and_flaky_api_end_consistent_after_repair(env):
     import os
     import signal
-    import subprocess
 
     env.sim.set_faults(endpoints={"nodes/create": {"latency": 6.0}})
     jobs = [submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-N2", "--wrap", "srun printenv SLURMD_NODENAME")
             for _ in range(2)]
 
     def resume_pid():
-        out = subprocess.run(["pgrep", "-f", "hpc_bridge.*resume"], capture_output=True, text=True).stdout.split()
-        return [int(p) for p in out]
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    argv = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if b"hpc_bridge" in argv and b"resume" in argv:
+                    pids.append(int(entry))
+        return pids
     pids = env.wait_for(resume_pid, timeout=20, what="resume hook running")
     env.wait_for(lambda: env.state().get("operations"), timeout=10, what="create recorded")
     killed = 0
