@@ -206,7 +206,14 @@ class HookContext:
         self.nodemap = load_nodemap(self.cfg.nodemap_path) if need_nodemap else None
         self.slurm = Slurm.from_config(self.cfg)
         self.store = StateStore.from_config(self.cfg)
-        self.client = client_for(self.cfg)
+        self._client = None
+
+    @property
+    def client(self):
+        """Made on first use: a hook with nothing to do never pays for the HTTP stack."""
+        if self._client is None:
+            self._client = client_for(self.cfg)
+        return self._client
 
     def spawn_follower(self, names: list[str], deadline: float, recreate: list[str]) -> None:
         """Start the detached follower: own session, no stdio tied to slurmctld, mask cleared
@@ -256,13 +263,25 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         jobs = read_resume_file()  # first: the file is a /proc fd of slurmctld's that soon vanishes
     finally:
         logging.getLogger("hpc_bridge").removeHandler(early)
-    expand(args.hostlist)  # a malformed hostlist changes nothing
+    names = expand(args.hostlist)  # a malformed hostlist changes nothing
     ctx = HookContext(args)
     for record in early.buffer:  # now into the hook's log file
         logging.getLogger(record.name).handle(record)
+    if not names:
+        return _nothing_to_do(args)
     report = run_resume(ctx.cfg, args.hostlist, jobs, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
                         nodemap=ctx.nodemap, spawn_follower=ctx.spawn_follower)
     return _hook_result(args, report, report.ok)
+
+
+def _nothing_to_do(args: argparse.Namespace) -> int:
+    """An empty hostlist: nothing to do, and no reason to touch the API (or even load the HTTP stack)."""
+    log.info("%s: empty hostlist, nothing to do", args.command)
+    if wants_json(args):
+        emit_json({"names": 0, "ok": True})
+    else:
+        print(f"{args.command} 0 node(s): nothing to do")
+    return 0
 
 
 def _cmd_suspend(args: argparse.Namespace) -> int:
@@ -280,8 +299,10 @@ def _cmd_resume_fail(args: argparse.Namespace) -> int:
 def _shut_down_hook(args: argparse.Namespace, run, verb: str | None = None) -> int:
     from hpc_bridge.hostlist import expand
 
-    expand(args.hostlist)  # a malformed hostlist changes nothing
+    names = expand(args.hostlist)  # a malformed hostlist changes nothing
     ctx = HookContext(args)
+    if not names:
+        return _nothing_to_do(args)
     report = run(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap)
     return _hook_result(args, report, report.ok, verb)
 

@@ -286,6 +286,8 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                now=time.time, spawn_follower=None) -> ResumeReport:
     names = hostlist.expand(expr)
     report = ResumeReport(names=len(names))
+    if not names:
+        return report
     requests_before = client.request_count
     calls_before = slurm.calls
     try:

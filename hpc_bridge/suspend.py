@@ -126,6 +126,8 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
     or not, and put the cause in the Slurm reason)."""
     names = hostlist.expand(expr)
     report = SuspendReport(names=len(names))
+    if not names:
+        return report
     requests_before, calls_before = client.request_count, slurm.calls
     deadline = now() + cfg.resume.resume_timeout
     try:
