@@ -243,7 +243,8 @@ def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = 
         emit_json({k: v for k, v in asdict(report).items()} | {"ok": ok})
     else:
         print(line)
-    problems = getattr(report, "down", None) or getattr(report, "failed", None) or {}
+    problems = {**(getattr(report, "down", None) or getattr(report, "failed", None) or {}),
+                **(getattr(report, "problems", None) or {})}
     for name, why in sorted(problems.items())[:20]:
         print(f"  {name}: {why}", file=sys.stderr)
     for name in getattr(report, "unknown", [])[:20]:

@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 
 from hpc_bridge import hostlist
 from hpc_bridge.errors import ApiError
-from hpc_bridge.nodeops import FAILED_STATUS, GONE, READY, Call, address_of, index_by_name, mark_down, record_and_send
+from hpc_bridge.nodeops import (
+    FAILED_STATUS,
+    GONE,
+    READY,
+    Call,
+    address_of,
+    address_problem,
+    index_by_name,
+    mark_down,
+    record_and_send,
+)
 
 log = logging.getLogger("hpc_bridge.follower")
 
@@ -69,6 +79,8 @@ def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, node
                 failed[name] = f"cloud node failed: {node.status_message or 'no message'}"
             elif node.status == READY:
                 addr = address_of(node, mode)
+                if addr is None and (problem := address_problem(node, mode)):
+                    log.error("follower: %s", problem)
                 if addr or mode not in ("ip", "hostname"):
                     if addr:
                         addresses[name] = addr

@@ -53,24 +53,31 @@ def index_by_name(nodes: Iterable[Node]) -> dict[str, Node]:
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
 
 
-def address_of(node: Node, mode: str) -> tuple[str, str] | None:
-    """(NodeAddr, NodeHostName) that Slurm should use for a cloud node, or None if not known yet.
-    A value that could not be passed to scontrol safely is dropped here, for this node only, so
-    one hostile record cannot block the addresses of all the others."""
+def _address_pair(node: Node, mode: str) -> tuple[str, str] | None:
     if node.status != READY:
         return None
-    pair = None
     if mode == "ip" and node.private_ip:
-        pair = node.private_ip, node.hostname or node.private_ip
-    elif mode == "hostname" and node.hostname:
-        pair = node.hostname, node.hostname
-    if pair is None:
+        return node.private_ip, node.hostname or node.private_ip
+    if mode == "hostname" and node.hostname:
+        return node.hostname, node.hostname
+    return None
+
+
+def address_problem(node: Node, mode: str) -> str | None:
+    """Why the cloud's address for a Ready node cannot be given to scontrol, or None."""
+    pair = _address_pair(node, mode)
+    bad = [v for v in pair or () if not _ADDRESS_RE.match(v)]
+    if not bad:
         return None
-    if not all(_ADDRESS_RE.match(v) for v in pair):
-        if _ADDRESS_RE.match(pair[0]):
-            return pair[0], pair[0]
-        log.error("%s: cloud node address %r / hostname %r refused (not a plain address); not set in Slurm",
-                  node.name, pair[0], pair[1])
+    return f"invalid address from the cluster API for {node.name}: {bad[0]!r} (not set in Slurm)"
+
+
+def address_of(node: Node, mode: str) -> tuple[str, str] | None:
+    """(NodeAddr, NodeHostName) that Slurm should use for a cloud node, or None if not known yet
+    or not safe to pass to scontrol (see address_problem). A bad value is dropped for this node
+    only, so one hostile record cannot block the addresses of all the others."""
+    pair = _address_pair(node, mode)
+    if pair is None or address_problem(node, mode):
         return None
     return pair
 

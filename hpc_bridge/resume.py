@@ -30,6 +30,7 @@ from hpc_bridge.nodeops import (
     TRANSITIONAL_DOWN,
     Call,
     address_of,
+    address_problem,
     index_by_name,
     mark_down,
     reason,
@@ -115,6 +116,7 @@ class ResumePlan:
     deferred: list[str] = field(default_factory=list)  # to create once their old cloud node is gone
     down: dict[str, str] = field(default_factory=dict)  # name -> reason
     addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # name -> what the API sent that we refused
     cooloff_started: dict[str, str] = field(default_factory=dict)  # bucket key -> why
 
     def create_sets(self) -> list[NodeCreationSet]:
@@ -176,6 +178,8 @@ def plan_resume(
             addr = address_of(node, mode)
             if addr:
                 plan.addresses[name] = addr
+            elif problem := address_problem(node, mode):
+                plan.problems[name] = problem
         elif status == DEALLOCATED:
             starts[name] = node.node_id or ""
         elif status == FAILED_STATUS:
@@ -265,12 +269,13 @@ class ResumeReport:
     running: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     down: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
     api_calls: int = 0
     scontrol_calls: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.down
+        return not self.down and not self.problems
 
     def summary(self) -> str:
         return (f"resume {self.names} node(s): {len(self.created)} created, {len(self.started)} started, "
@@ -381,6 +386,9 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         spawn_follower(watch, deadline, plan.deferred)
 
     report.running = sorted(set(plan.running) | set(report.running))
+    report.problems = dict(plan.problems)
+    for problem in plan.problems.values():
+        log.error("%s", problem)
     report.waiting = sorted(plan.waiting)
     report.down = down
     report.api_calls = client.request_count - requests_before
