@@ -7,6 +7,7 @@ no controller. Without /usr/bin/scontrol the oracle tests skip, unless CI=true (
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -415,7 +416,21 @@ def test_compress_matches_slurm(oracle, names):
 def test_compress_sorted_matches_slurm(oracle, names):
     names = [n for n in names if n]
     unique = list(dict.fromkeys(names))
+    # Slurm's range comparison is not transitive when one prefix mixes zero-padded numbers with
+    # unpadded ones of another width ('9' < '00' < '10' but '9' < '10'): its order then depends on
+    # glibc's qsort. Those lists are left out of the exact comparison (still sorted and unique).
+    assume(not _mixed_padding(unique))
     assert compress_sorted(names) == oracle.hostlistsorted(unique)
+
+
+def _mixed_padding(names):
+    widths: dict[str, set[tuple[bool, int]]] = {}
+    for name in names:
+        m = re.search(r"(\d+)$", name)
+        if m:
+            digits = m.group(1)
+            widths.setdefault(name[: m.start()], set()).add((digits.startswith("0") and len(digits) > 1, len(digits)))
+    return any(any(padded for padded, _ in ws) and len({w for _, w in ws}) > 1 for ws in widths.values())
 
 
 @settings(max_examples=300, deadline=None)

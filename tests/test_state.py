@@ -49,6 +49,17 @@ def test_later_suspend_supersedes_a_create_claim(tmp_path):
 
 
 def test_corrupt_file_is_moved_aside_not_fatal(tmp_path, caplog):
+    import logging
+
+    logger = logging.getLogger("hpc_bridge")
+    logger.addHandler(caplog.handler)  # in-process CLI tests may have turned propagation off
+    try:
+        _corrupt_file_is_moved_aside(tmp_path, caplog)
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def _corrupt_file_is_moved_aside(tmp_path, caplog):
     s = store(tmp_path)
     s.path.parent.mkdir(parents=True)
     s.path.write_text('{"version": 1, "operations": [{"request_id": ')  # truncated
