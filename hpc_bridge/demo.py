@@ -176,7 +176,7 @@ def run_demo(scenario: Any = None, out: TextIO | None = None, per_bucket: int = 
             outcome[s] = outcome.get(s, 0) + 1
         _say(out, "[7] summary")
         _say(out, f"    nodes created:   {len(report.created)} in one create call ({compress(report.created)})")
-        _say(out, f"    final states:    " + ", ".join(f"{v} {k}" for k, v in sorted(outcome.items())))
+        _say(out, "    final states:    " + ", ".join(f"{v} {k}" for k, v in sorted(outcome.items())))
         _say(out, f"    hook API calls:  resume {report.api_calls}, suspend {sreport.api_calls}; the simulator "
                   f"answered {stats['total']} in all ({', '.join(f'{k} {v}' for k, v in sorted(stats['requests'].items()))})")
         if total is not None:

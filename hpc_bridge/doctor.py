@@ -201,7 +201,7 @@ def check_resume_timeout(f: Facts, problems: list[Any] | None) -> Check:
         return Check(name, OK, f"{rt}s; longest observed boot {longest:.0f}s")
     if rt is not None and rt < TYPICAL_BOOT:
         return Check(name, WARN, f"ResumeTimeout={rt}s; no boot observed yet, cloud VMs typically need "
-                     f"{TYPICAL_BOOT}s or more", f"ResumeTimeout=1800 and [resume] resume_timeout = 1800")
+                     f"{TYPICAL_BOOT}s or more", "ResumeTimeout=1800 and [resume] resume_timeout = 1800")
     return Check(name, OK, f"{rt}s (no boot observed yet)")
 
 
@@ -348,7 +348,6 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
 
     # Slurm nodes and the node map
     from hpc_bridge.nodemap import load_nodemap
-    from hpc_bridge.slurm import Slurm
 
     try:
         f.nodemap_names = set(load_nodemap(cfg.nodemap_path).names())

@@ -231,7 +231,6 @@ def gather(cfg, client, *, hostlist: str | None = None, states: Sequence[str] = 
 
     from hpc_bridge.hostlist import expand
     from hpc_bridge.nodemap import load_nodemap
-    from hpc_bridge.slurm import Slurm
     from hpc_bridge.state import StateStore
 
     names = expand(hostlist) if hostlist else None

@@ -33,7 +33,6 @@ from hpc_bridge.nodeops import (
     address_problem,
     index_by_name,
     mark_down,
-    reason,
     record,
     record_and_send,
     send_recorded,

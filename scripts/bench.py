@@ -231,7 +231,7 @@ def bench_counts(work: Path, conf_dir: Path, slurm_conf: str | None, table: Tabl
     measured = " ".join(f"{r}+{s}" for r, s in scontrol.values()) + " (resume+suspend)"
     if slurm_conf is None:
         measured = "no slurmctld (Slurm not available): not measured"
-    table.add(f"scontrol processes per resume/suspend of N nodes", measured, "<= 1 per 5,000 nodes", ok)
+    table.add("scontrol processes per resume/suspend of N nodes", measured, "<= 1 per 5,000 nodes", ok)
     table.add("in-process resume time of N new nodes (incl. simulator)",
               " ".join(f"{times[n] * 1000:.0f}ms" for n in RESUME_NS), "", None)
 

@@ -257,7 +257,7 @@ class SlurmCluster:
         return self.node_ports[name]
 
     def _write_node_includes(self) -> list[Path]:
-        (self.etc / "oracle.conf").write_text(f"ClusterName=oracle\nSlurmctldHost=localhost\n")
+        (self.etc / "oracle.conf").write_text("ClusterName=oracle\nSlurmctldHost=localhost\n")
         sources: list[tuple[str, str]] = []
         if self.nodes_conf_text is not None:
             sources.append(("nodes.conf", self.nodes_conf_text))

@@ -11,11 +11,6 @@ hypothesis (hostlists, resume files, configs).
 from __future__ import annotations
 
 import json
-import os
-import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +22,7 @@ from scripted_http import Reply, ScriptedServer
 
 from hpc_bridge import hostlist
 from hpc_bridge.config import config_from_dict
-from hpc_bridge.errors import BridgeError, ConfigError, HostlistError, UsageError
+from hpc_bridge.errors import ConfigError, HostlistError, UsageError
 from hpc_bridge.resume import parse_resume_file, read_resume_file
 from hpc_bridge.slurm import Slurm
 from hpc_bridge.errors import SlurmError

@@ -3,8 +3,6 @@ client cannot do: wrong credentials, raw malformed requests, dropped connections
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
 import subprocess
