@@ -73,15 +73,23 @@ def test_concurrent_resumes_of_overlapping_hostlists(env):
     assert sorted(created) == sorted(set(created))
 
 
-def test_quota_exhausted_goes_down_at_once_with_reason(env):
-    run = env.hook("resume", "htc-f2sv2-[1-8],htc-f4sv2-1")
-    assert run.rc == 0
-    # 9 more than F2's max of 8? no: fill F2, then ask for more than exists
-    env.sim.set_faults(capacity_failure=[])
-    run = env.hook("resume", "gpu-nc24adsa100v4-[1-4]")
-    assert run.rc == 0
-    status = env.cli("status", "--json")
-    assert status.rc == 0
+def test_quota_exhausted_goes_down_at_once_with_reason(tmp_path, slurm_cluster_factory):
+    scenario = default_scenario()
+    scenario["nodearrays"][1]["buckets"][0]["quotaCount"] = 3  # F2s_v2: 8 names, quota for 3
+    env = BridgeEnv.create(tmp_path, slurm_cluster_factory, scenario=scenario)
+    try:
+        env.sim.reset_stats()
+        run = env.hook("resume", "htc-f2sv2-[1-5]")
+        assert run.rc == 1
+        live = sorted(n["Name"] for n in env.all_cloud_records())
+        assert live == ["htc-f2sv2-1", "htc-f2sv2-2", "htc-f2sv2-3"]
+        assert env.sim.stats()["creates"] == {"calls": 1, "nodes_requested": 3, "nodes_added": 3}
+        for name in ("htc-f2sv2-4", "htc-f2sv2-5"):
+            node = slurm_node(env, name)
+            assert "DOWN" in node.state_flags and "no capacity left" in node.reason, node.reason
+        assert "DOWN" not in slurm_node(env, "htc-f2sv2-1").state_flags
+    finally:
+        env.close()
 
 
 def test_job_larger_than_available_gets_nothing(tmp_path, slurm_cluster_factory):
