@@ -253,30 +253,35 @@ def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = 
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from hpc_bridge.hostlist import expand
-    from hpc_bridge.resume import read_resume_file, run_resume
-
     import logging.handlers
+
+    from hpc_bridge.hostlist import expand
 
     early = logging.handlers.BufferingHandler(100)  # the log file is not open yet
     logging.getLogger("hpc_bridge").addHandler(early)
     try:
+        from hpc_bridge.resume_file import read_resume_file
+
         jobs = read_resume_file()  # first: the file is a /proc fd of slurmctld's that soon vanishes
     finally:
         logging.getLogger("hpc_bridge").removeHandler(early)
     names = expand(args.hostlist)  # a malformed hostlist changes nothing
+    if not names:
+        return _nothing_to_do(args)
+    from hpc_bridge.resume import run_resume
+
     ctx = HookContext(args)
     for record in early.buffer:  # now into the hook's log file
         logging.getLogger(record.name).handle(record)
-    if not names:
-        return _nothing_to_do(args)
     report = run_resume(ctx.cfg, args.hostlist, jobs, client=ctx.client, slurm=ctx.slurm, store=ctx.store,
                         nodemap=ctx.nodemap, spawn_follower=ctx.spawn_follower)
     return _hook_result(args, report, report.ok)
 
 
 def _nothing_to_do(args: argparse.Namespace) -> int:
-    """An empty hostlist: nothing to do, and no reason to touch the API (or even load the HTTP stack)."""
+    """An empty hostlist: nothing to do, and no reason to touch the API, Slurm or the state file
+    (nor to load the HTTP stack and the API models): the config is read for the log file only."""
+    load_config_for(args)
     log.info("%s: empty hostlist, nothing to do", args.command)
     if wants_json(args):
         emit_json({"names": 0, "ok": True})
@@ -301,9 +306,9 @@ def _shut_down_hook(args: argparse.Namespace, run, verb: str | None = None) -> i
     from hpc_bridge.hostlist import expand
 
     names = expand(args.hostlist)  # a malformed hostlist changes nothing
-    ctx = HookContext(args)
     if not names:
         return _nothing_to_do(args)
+    ctx = HookContext(args)
     report = run(ctx.cfg, args.hostlist, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap)
     return _hook_result(args, report, report.ok, verb)
 

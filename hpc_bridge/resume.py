@@ -9,9 +9,7 @@ It never waits for a VM: a detached follower sets node addresses as the API repo
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from dataclasses import dataclass, field
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
 from hpc_bridge.config import Config
-from hpc_bridge.errors import ApiError, ApiUnreachable, UsageError
+from hpc_bridge.errors import ApiError, ApiUnreachable
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.nodeops import (
     BOOTING,
@@ -37,61 +35,10 @@ from hpc_bridge.nodeops import (
     record_and_send,
     send_recorded,
 )
+from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
 from hpc_bridge.state import FAILED, Cooloff, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.resume")
-
-
-# --------------------------------------------------------------------------- resume file
-
-
-@dataclass(frozen=True)
-class Job:
-    job_id: str
-    nodes: tuple[str, ...]  # the nodes being resumed for this job
-    partition: str | None = None
-
-
-def parse_resume_file(text: str) -> list[Job]:
-    """Jobs from SLURM_RESUME_FILE, in the 22.05 or the 23.02+ format."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"SLURM_RESUME_FILE is not JSON ({err.msg} at char {err.pos})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("jobs", []), list):
-        raise UsageError("SLURM_RESUME_FILE: expected an object with a 'jobs' list")
-    jobs = []
-    for item in data.get("jobs", []):
-        if not isinstance(item, dict) or "job_id" not in item:
-            raise UsageError("SLURM_RESUME_FILE: a job entry has no job_id")
-        expr = item.get("nodes_resume", item.get("nodes", ""))
-        if not isinstance(expr, str):
-            raise UsageError(f"SLURM_RESUME_FILE: job {item['job_id']}: nodes is not a string")
-        jobs.append(Job(str(item["job_id"]), tuple(hostlist.expand(expr)), item.get("partition") or None))
-    return jobs
-
-
-def read_resume_file(env: dict[str, str] | None = None) -> list[Job]:
-    """Read the file named by SLURM_RESUME_FILE at once (it is a /proc fd that soon vanishes).
-    No variable: no job information (a manual power up, or Slurm before 22.05)."""
-    env = os.environ if env is None else env
-    path = env.get("SLURM_RESUME_FILE")
-    if not path:
-        return []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as err:
-        log.warning("SLURM_RESUME_FILE %s unreadable (%s); resuming without job information", path, err.strerror)
-        return []
-    except UnicodeDecodeError:
-        log.warning("SLURM_RESUME_FILE %s is not UTF-8 text; resuming without job information", path)
-        return []
-    try:
-        return parse_resume_file(text)
-    except UsageError as err:
-        log.warning("%s; resuming without job information", err)
-        return []
 
 
 # --------------------------------------------------------------------------- plan
