@@ -28,6 +28,11 @@ DEALLOCATED = "Deallocated"
 FAILED_STATUS = "Failed"
 
 
+def bucket_key(nodearray: str, machine_type: str) -> str:
+    """How a VM size of a nodearray is named in the state file's cool-offs and in reasons."""
+    return f"{nodearray}/{machine_type}"
+
+
 def reason(text: str) -> str:
     """A Slurm Reason of ours: prefixed, one line, no characters scontrol would choke on."""
     clean = " ".join(str(text).replace("=", ":").split())[:200]

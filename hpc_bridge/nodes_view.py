@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import BridgeError
+from hpc_bridge.nodeops import BOOTING, FAILED_STATUS, READY, index_by_name
 
 log = logging.getLogger("hpc_bridge.nodes")
 
@@ -59,18 +59,10 @@ def format_age(seconds: float | None) -> str | None:
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
-def _epoch(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
 
 def cloud_age(node: Node, now: float) -> float | None:
     """Seconds since the cloud node was created (CreateTime), when the record says."""
-    created = _epoch(node.get("CreateTime"))
+    created = node.epoch("CreateTime")
     return None if created is None else max(0.0, now - created)
 
 
@@ -150,14 +142,7 @@ def node_rows(
     The node map (optional) fills nodearray / machine type / placement group of nodes
     that have no cloud record.
     """
-    by_name: dict[str, Node] = {}
-    for node in cloud_nodes:
-        if not node.name:
-            continue
-        old = by_name.get(node.name)
-        # Several records may carry a name (a terminated one and its replacement): prefer a live one.
-        if old is None or (old.is_gone and not node.is_gone):
-            by_name[node.name] = node
+    by_name = index_by_name(cloud_nodes)  # a live record wins over a terminated one of the same name
     wanted = list(dict.fromkeys(names)) if names is not None else None
     if wanted is not None:
         all_names = wanted
@@ -183,7 +168,7 @@ def node_rows(
             row.ip = cn.private_ip
             row.placement_group = cn.placement_group_id
             row.status_message = cn.status_message
-            if cn.is_running or cn.status == "Failed":
+            if cn.status in BOOTING or cn.status in (READY, FAILED_STATUS):
                 row.age = cloud_age(cn, now)
         elif entry is not None:
             row.nodearray = entry.nodearray

@@ -26,7 +26,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import filelock
@@ -44,6 +43,7 @@ from hpc_bridge.nodeops import (
     TRANSITIONAL_DOWN,
     Call,
     address_of,
+    bucket_key,
     index_by_name,
     is_our_reason,
     mark_down,
@@ -125,23 +125,11 @@ def cloud_summary(node: Node | None) -> str:
     return node.status or "?" if node is not None else "-"
 
 
-def _parse_time(text: Any) -> float | None:
-    if not isinstance(text, str) or not text.strip():
-        return None
-    try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
 
 def cloud_age(node: Node, now: float) -> float | None:
     """Seconds since the node's last status change (StatusTime), else since CreateTime; None
     when the API gives neither."""
-    extra = node.model_extra or {}
-    times = [t for t in (_parse_time(extra.get("StatusTime")), _parse_time(extra.get("CreateTime"))) if t is not None]
+    times = [t for t in (node.epoch("StatusTime"), node.epoch("CreateTime")) if t is not None]
     if not times:
         return None
     return now - max(times)
@@ -151,10 +139,6 @@ def hook_stale_after(cfg) -> float:
     """A PENDING record older than this is not waiting for a live hook any more (a hook gives up
     after its retry budget)."""
     return max(60.0, float(cfg.cluster.retry_budget) + 2 * float(cfg.cluster.timeout))
-
-
-def bucket_key(nodearray: str, machine_type: str) -> str:
-    return f"{nodearray}/{machine_type}"
 
 
 # --------------------------------------------------------------------------- plan (pure)

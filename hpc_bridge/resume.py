@@ -29,6 +29,7 @@ from hpc_bridge.nodeops import (
     Call,
     address_of,
     address_problem,
+    bucket_key,
     index_by_name,
     mark_down,
     record,
@@ -42,10 +43,6 @@ log = logging.getLogger("hpc_bridge.resume")
 
 
 # --------------------------------------------------------------------------- plan
-
-
-def bucket_key(nodearray: str, machine_type: str) -> str:
-    return f"{nodearray}/{machine_type}"
 
 
 def buckets_by_key(status: ClusterStatus) -> dict[str, Bucket]:

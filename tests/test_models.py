@@ -174,7 +174,7 @@ def test_node_typed_accessors():
     assert (node.template, node.machine_type, node.private_ip, node.placement_group_id) == (
         "hpc", "Standard_HB120rs_v3", "10.0.0.4", "hpc-pg0")
     assert node.shutdown_policy == "Deallocate" and node.keep_alive is False and node.core_count == 120
-    assert node.is_running and not node.is_gone
+    assert node.to_wire()["Status"] == "Preparing"
 
 
 def test_requests_leave_unset_fields_off_the_wire():

@@ -10,8 +10,8 @@ so a parsed body serialises to the same JSON.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, ClassVar, Literal
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel, to_pascal
@@ -28,6 +28,19 @@ class WireModel(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def parse_epoch(text: Any) -> float | None:
+    """An ISO-8601 time from the API ("2026-01-01T12:34:56Z") as epoch seconds, or None."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:
@@ -77,18 +90,10 @@ class Node(BaseModel):
         wire = self.to_wire()
         return wire.get(key, default)
 
-    # Node Status values from the API, grouped the way the hooks and repair reason about them.
-    BOOTING: ClassVar[frozenset[str]] = frozenset({"Acquiring", "Preparing", "Allocation", "Validation"})
-    GONE: ClassVar[frozenset[str]] = frozenset({"Terminated", "Off"})
-
-    @property
-    def is_running(self) -> bool:
-        """A VM exists (or is being acquired) and costs money, or will shortly."""
-        return self.status in self.BOOTING or self.status == "Ready"
-
-    @property
-    def is_gone(self) -> bool:
-        return self.status in self.GONE or self.status is None
+    def epoch(self, key: str) -> float | None:
+        """A timestamp attribute the reference leaves untyped (CreateTime, StatusTime) as epoch
+        seconds; None when absent or unreadable. A time without zone is UTC."""
+        return parse_epoch((self.model_extra or {}).get(key))
 
 
 class OperationStatus(WireModel):
