@@ -80,7 +80,9 @@ def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, node
             elif node.status == READY:
                 addr = address_of(node, mode)
                 if addr is None and (problem := address_problem(node, mode)):
-                    log.error("follower: %s", problem)
+                    log.error("follower: %s; left to repair", problem)
+                    pending.discard(name)  # it will not get better by asking again
+                    continue
                 if addr or mode not in ("ip", "hostname"):
                     if addr:
                         addresses[name] = addr

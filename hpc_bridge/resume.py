@@ -242,7 +242,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         cloud = index_by_name(client.get_nodes().nodes)
         status = client.get_status()
     except ApiError as err:
-        why = "cluster API unreachable" if isinstance(err, ApiUnreachable) else f"cluster API error: {err}"
+        why = _api_reason(err)
         report.down = {n: why for n in names}
         mark_down(slurm, report.down, store)
         report.api_calls = client.request_count - requests_before
@@ -296,11 +296,13 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                     report.started.append(name)
     # Slurm may have suspended a node while our create was in flight (POWER_DOWN_FORCE): its
     # suspend found nothing to stop yet. Honour the later intent now rather than leak the VM.
-    superseded = _suspended_meanwhile(store, create_call, report.created) if create_call else []
+    superseded = _suspended_meanwhile(store, [c for c in (create_call, start_call) if c is not None],
+                                      report.created + report.started)
     if superseded:
-        log.info("%s: suspended while being created: terminating", hostlist.compress_sorted(superseded))
+        log.info("%s: suspended while being brought up: stopping", hostlist.compress_sorted(superseded))
         record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
         report.created = [n for n in report.created if n not in superseded]
+        report.started = [n for n in report.started if n not in superseded]
     # A call we marked down must not be re-sent by repair: close it.
     failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
     if failed_calls or capacity:
@@ -312,7 +314,9 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                     op.close(FAILED, t, str(c.error))
             for key, message in capacity.items():
                 until = t + cfg.resume.capacity_cooloff
-                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120])
+                # keep the nodes an earlier cool-off took out of service: repair puts them back
+                held = old.nodes if (old := state.cooloffs.get(key)) is not None else []
+                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120], nodes=held)
                 log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
 
     if capacity:
@@ -324,7 +328,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         slurm.set_addresses(plan.addresses)
 
     watch = sorted(set(report.created) | set(report.started) | set(plan.waiting)
-                   | (set(plan.running) - set(plan.addresses)))
+                   | ((set(plan.running) | set(report.running)) - set(plan.addresses)))
     if watch and spawn_follower is not None and cfg.resume.follower:
         spawn_follower(watch, deadline, plan.deferred)
 
@@ -374,17 +378,20 @@ def _calls_for(plan: ResumePlan, deadline: float) -> tuple[list[Call], Call | No
     return calls, create_call, start_call
 
 
-def _suspended_meanwhile(store: StateStore, call: Call, names: list[str]) -> list[str]:
-    """Names whose latest recorded operation is a suspend that started after `call`."""
+def _suspended_meanwhile(store: StateStore, calls: list[Call], names: list[str]) -> list[str]:
+    """Names whose latest recorded operation is a suspend that started after our calls."""
     from hpc_bridge.state import SUSPEND_ACTIONS
 
-    state = store.read()
-    mine = state.operations.get(call.request_id)
-    if mine is None:
+    if not calls or not names:
         return []
+    state = store.read()
+    mine = [state.operations[c.request_id] for c in calls if c.request_id in state.operations]
+    if not mine:
+        return []
+    started = min(op.started for op in mine)
     latest = state.latest_by_node()
     return sorted(n for n in names if (op := latest.get(n)) is not None and op.action in SUSPEND_ACTIONS
-                  and op.started > mine.started)
+                  and op.started > started)
 
 
 def _api_reason(err) -> str:

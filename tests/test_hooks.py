@@ -227,3 +227,19 @@ def test_suspend_during_a_create_in_flight_leaves_no_vm(env):
     assert env.cloud_nodes()["htc-f2sv2-2"]["Status"] not in ("Terminating", "Terminated")
     actions = [op["action"] for op in env.state()["operations"]]
     assert actions.count("terminate") == 1
+
+
+def test_suspend_during_a_start_in_flight_leaves_no_vm(env):
+    """As above, for a deallocated node being started: the later suspend wins."""
+    assert env.hook("resume", "hpc-hb120rsv3-1").rc == 0
+    env.wait_for(lambda: env.cloud_nodes()["hpc-hb120rsv3-1"]["Status"] == "Ready", what="Ready")
+    assert env.hook("suspend", "hpc-hb120rsv3-1").rc == 0  # hpc: ShutdownPolicy Deallocate
+    env.wait_for(lambda: env.cloud_nodes()["hpc-hb120rsv3-1"]["Status"] == "Deallocated", what="deallocated")
+    env.sim.set_faults(endpoints={"nodes/start": {"latency": 2.0}})
+    resume = env.popen_hook("resume", "hpc-hb120rsv3-1")
+    env.wait_for(lambda: env.state()["operations"][-1]["action"] == "start", timeout=20, what="start recorded")
+    assert env.hook("suspend", "hpc-hb120rsv3-1").rc == 0
+    resume.wait(timeout=60)
+    env.sim.set_faults(endpoints={"nodes/start": {"latency": 0.0}})
+    env.wait_for(lambda: env.cloud_nodes().get("hpc-hb120rsv3-1", {}).get("Status") in (None, "Terminating", "Terminated"),
+                 what="the suspended node's VM stopped")
