@@ -117,22 +117,36 @@ def test_api_unreachable_marks_nodes_down(env):
     assert "DOWN" in node.state_flags and "cluster API unreachable" in node.reason
 
 
-def test_unknown_name_down_and_malformed_hostlist_changes_nothing(env):
+def test_malformed_hostlist_changes_nothing(env):
     run = env.hook("resume", "htc-f2sv2-[1-2")
     assert run.rc == 2 and "hostlist" in run.stderr and "Traceback" not in run.stderr
     assert env.state() == {} and not env.all_cloud_records()
 
 
 def test_faults_500_429_and_dropped_connections_still_create_once(env):
-    env.sim.set_faults(error_rate=0.3, throttle_rate=0.2, retry_after=0, drop_rate=0.1, lost_response_rate=0.2)
-    run = env.hook("resume", "htc-f4sv2-[1-4]")
-    env.sim.set_faults(error_rate=0, throttle_rate=0, drop_rate=0, lost_response_rate=0)
-    names = sorted(n["Name"] for n in env.all_cloud_records())
-    if run.rc == 0:
-        assert names == [f"htc-f4sv2-{i}" for i in range(1, 5)]
-    else:  # retries exhausted: the nodes are DOWN with the reason, and never duplicated
-        assert len(names) == len(set(names))
-        assert "cluster API" in run.stderr
+    # one of each fault, deterministically: a 500 on GET nodes, a 429 on GET status, a dropped
+    # connection and then a lost answer on the create (processed, answer never sent)
+    env.sim.set_faults(retry_after=0, endpoints={
+        "nodes": {"error_rate": 1.0, "times": 1},
+        "status": {"throttle_rate": 1.0, "times": 1},
+        "nodes/create": {"drop_rate": 1.0, "times": 1},
+    })
+    env.sim.reset_stats()
+    run = env.hook("resume", "htc-f4sv2-[1-2]")
+    assert run.rc == 0, run.stderr
+    stats = env.sim.stats()
+    assert stats["faults"]["500"] == 1 and stats["faults"]["429"] == 1 and stats["faults"]["drop"] == 1
+    assert sorted(n["Name"] for n in env.all_cloud_records()) == ["htc-f4sv2-1", "htc-f4sv2-2"]
+
+    env.sim.set_faults(endpoints={"nodes/create": {"lost_response_rate": 1.0, "times": 1}})
+    env.sim.reset_stats()
+    run = env.hook("resume", "htc-f4sv2-[3-4]")
+    assert run.rc == 0, run.stderr
+    stats = env.sim.stats()
+    assert stats["faults"]["lost_response"] == 1 and stats["creates"]["calls"] == 2  # retry answered 409
+    assert sorted(n["Name"] for n in env.all_cloud_records()) == [f"htc-f4sv2-{i}" for i in range(1, 5)]
+    create = [op for op in env.state()["operations"] if op["action"] == "create"][-1]
+    assert create["outcome"] == "accepted" and create["message"] == "recovered after 409"
 
 
 def test_capacity_failure_starts_cooloff_and_takes_bucket_out_of_service(env):

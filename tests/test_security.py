@@ -249,7 +249,7 @@ def test_state_and_log_directories_are_private(env, tmp_path):
         assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0, (d, oct(d.stat().st_mode), oct(old))
     state_file = state_dir / "state.json"
     assert state_file.exists()
-    assert stat.S_IMODE(state_file.stat().st_mode) & 0o077 == 0 or stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(state_file.stat().st_mode) & 0o077 == 0, oct(state_file.stat().st_mode)
     for f in state_dir.iterdir():
         if f.name.endswith(".lock"):
             assert stat.S_IMODE(f.stat().st_mode) & 0o022 == 0, f
