@@ -280,7 +280,10 @@ def failed(checks: list[Check]) -> bool:
 
 
 def slurm_conf_path(cfg) -> str:
-    return cfg.slurm.slurm_conf or os.path.join(cfg.slurm.conf_dir, "slurm.conf")
+    """The slurm.conf the hooks' Slurm commands use (same rule as Slurm.from_config)."""
+    from hpc_bridge.slurm import Slurm
+
+    return Slurm.from_config(cfg).slurm_conf or os.path.join(cfg.slurm.conf_dir, "slurm.conf")
 
 
 def find_timer(systemd_dirs=SYSTEMD_DIRS) -> tuple[str | None, bool]:

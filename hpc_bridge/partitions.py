@@ -280,9 +280,6 @@ def default_weight(vcpus: int, memory_gb: float, gpus: int) -> int:
     return min(1 + gpus * 100_000 + vcpus * 100 + int(math.ceil(memory_gb)), 2**31 - 1)
 
 
-def _bound(count: int, limit: int | None) -> int:
-    return count if limit is None else min(count, limit)
-
 
 def _core_limit(cores: int, vcpus: int) -> int | None:
     return cores // vcpus if cores > 0 and vcpus > 0 else None

@@ -256,13 +256,10 @@ def _first_error_line(stderr: str, stdout: str = "") -> str:
 
 
 def _compress(names: Sequence[str]) -> str:
+    from hpc_bridge.hostlist import compress_sorted
+
     try:
-        from hpc_bridge import hostlist  # written by another helper; optional until it lands
-    except ImportError:  # pragma: no cover - only before hostlist.py exists
-        return ",".join(names)
-    try:
-        fn = getattr(hostlist, "compress_sorted", None) or hostlist.compress
-        return fn(list(names))
+        return compress_sorted(list(names))
     except Exception:  # a name hostlist cannot compress: plain list is always valid
         return ",".join(names)
 

@@ -250,10 +250,7 @@ class ClusterClient:
         return self._get(self._path("/usage"), ClusterUsage, params)
 
     def list_operations(self, request_id: str | None = None) -> list[OperationStatus]:
-        attempted = self._send("GET", "/operations/", params={"request_id": request_id})
-        endpoint = "GET /operations/"
-        self._check(endpoint, attempted.response)
-        return self._parse(endpoint, attempted.response, _OperationList).root
+        return self._get("/operations/", _OperationList, {"request_id": request_id}).root
 
     def get_operation(self, op_id: str) -> OperationStatus:
         return self._get(f"/operations/{_quote(op_id)}", OperationStatus)
