@@ -238,12 +238,9 @@ class StateStore:
         finally:
             lock.release()
 
-    def load(self) -> State:
-        """Read the file (call with the lock held for a consistent read-modify-write)."""
-        return self._load_raw()[0]
-
-    def _load_raw(self) -> tuple[State, bytes | None]:
-        """The state and the file's bytes (None: no usable file, i.e. an empty state)."""
+    def _load_raw(self, move_corrupt_aside: bool = True) -> tuple[State, bytes | None]:
+        """The state and the file's bytes (None: no usable file, i.e. an empty state). A corrupt
+        file is moved aside only by a writer holding the lock; a lock-free reader sees it empty."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -255,6 +252,8 @@ class StateStore:
         except StateError:
             raise
         except (ValueError, TypeError, KeyError) as err:
+            if not move_corrupt_aside:
+                return State(), None
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.replace(self.path, aside)
             log.error(
@@ -302,18 +301,4 @@ class StateStore:
 
     def read(self) -> State:
         """A consistent snapshot without taking the lock (writes are atomic renames)."""
-        return self.load_quiet()
-
-    def load_quiet(self) -> State:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return State()
-        except OSError as err:
-            raise StateError(f"cannot read state file {self.path}: {err.strerror}") from None
-        try:
-            return State.from_json(json.loads(raw), str(self.path))
-        except StateError:
-            raise
-        except (ValueError, TypeError, KeyError):
-            return State()
+        return self._load_raw(move_corrupt_aside=False)[0]

@@ -171,14 +171,17 @@ def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
     from hpc_bridge.api.client import new_request_id
     from hpc_bridge.state import DONE
 
-    if not nothing:
+    # A lock-free look first: usually nothing is in flight and the state file is left alone.
+    if not nothing or not any(n in store.read().resume_in_flight(now) for n in nothing):
         return
-    racing = [n for n in nothing if n in store.read().resume_in_flight(now)]
+    with store.transaction() as state:  # and again under the lock, where it counts
+        in_flight = state.resume_in_flight(now)
+        racing = [n for n in nothing if n in in_flight]
+        if racing:
+            op = state.begin("shutdown", racing, new_request_id(), now, now)
+            op.close(DONE, now, "nothing to stop yet: a create/start was in flight")
     if not racing:
         return
-    with store.transaction() as state:
-        op = state.begin("shutdown", racing, new_request_id(), now, now)
-        op.close(DONE, now, "nothing to stop yet: a create/start was in flight")
     log.info("%s: suspended while a create/start is in flight; the resume hook will stop them",
              ",".join(racing))
 
