@@ -18,6 +18,7 @@ from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError, ApiUnreachable
+from hpc_bridge.log import log_per_message
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.nodeops import (
     BOOTING,
@@ -259,10 +260,8 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                            jobs, cfg, t)
         calls, create_call, start_call = _calls_for(plan, deadline)
         record(state, calls, t)
-    for name, why in plan.waiting.items():
-        log.info("%s: %s", name, why)
-    for name, st in plan.running.items():
-        log.info("%s: cloud node already %s, nothing to create", name, st)
+    log_per_message(log, logging.INFO, plan.waiting)
+    log_per_message(log, logging.INFO, plan.running, "%s: cloud node already %s, nothing to create")
     send_recorded(store, client, calls, now)
 
     down = dict(plan.down)
@@ -275,13 +274,15 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
             for name, result_set in zip(create_call.nodes, create_call.result.sets):
                 if result_set.added >= 1:
                     report.created.append(name)
-                    log.info("%s: create accepted (operation %s)", name, create_call.result.operation_id)
                     continue
                 message = result_set.message or "not created (no reason given)"
                 down[name] = f"create refused: {message}"
                 if is_capacity_message(message):
                     e = nodemap[name]
                     capacity[bucket_key(e.nodearray, e.machine_type)] = message
+            if report.created:
+                log.info("%s: create accepted (operation %s)", hostlist.compress_sorted(report.created),
+                         create_call.result.operation_id)
             _spare_live_nodes(client, down, create_call.nodes, report)
     if start_call is not None:
         if start_call.result is None:

@@ -19,6 +19,7 @@ from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError
+from hpc_bridge.log import log_per_message
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import (
     DEALLOCATED,
@@ -106,12 +107,16 @@ def _apply_actions(plan: SuspendPlan, client, store: StateStore, deadline: float
                 report.failed[name] = f"{call.action}: {call.error}"
             continue
         errors = {m.name: m.error for m in call.result.nodes if not m.ok}
+        accepted = []
         for name in call.nodes:
             if name in errors:
                 report.failed[name] = f"{call.action} refused: {errors[name] or 'no message'}"
             else:
-                report.by_action.setdefault(call.action, []).append(name)
-                log.info("%s: %s accepted (operation %s)", name, call.action, call.result.operation_id)
+                accepted.append(name)
+        if accepted:
+            report.by_action.setdefault(call.action, []).extend(accepted)
+            log.info("%s: %s accepted (operation %s)", hostlist.compress_sorted(accepted), call.action,
+                     call.result.operation_id)
 
 
 def run_suspend(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
@@ -141,20 +146,17 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
     else:
         plan = plan_suspend(names, nodemap, cloud, cfg, policy_override="terminate" if failing else None,
                             keep_alive=not failing)
-        for name in plan.keep_alive:
-            log.info("%s: KeepAlive is set, VM left running", name)
-        for name, why in plan.nothing.items():
-            log.info("%s: %s, nothing to do", name, why)
-        for name in plan.unknown:
-            log.error("%s: unknown node (not in nodemap.json and no cloud node)", name)
+        if plan.keep_alive:
+            log.info("%s: KeepAlive is set, VM left running", hostlist.compress_sorted(plan.keep_alive))
+        log_per_message(log, logging.INFO, plan.nothing, "%s: %s, nothing to do")
+        if plan.unknown:
+            log.error("%s: unknown node (not in nodemap.json and no cloud node)", hostlist.compress_sorted(plan.unknown))
         _apply_actions(plan, client, store, deadline, now, report)
         _mark_intent(store, [n for n in plan.nothing if n in nodemap], now())
         report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
         if failing:
             recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
             reasons = {n: fail_reason(cloud.get(n), recorded.get(n)) for n in names if n in nodemap}
-            for name, why in reasons.items():
-                log.info("%s: %s", name, why)
             mark_down(slurm, reasons)
         if cfg.slurm.address_mode in ("ip", "hostname"):
             known = [n for n in names if n in nodemap]
@@ -183,7 +185,7 @@ def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
     if not racing:
         return
     log.info("%s: suspended while a create/start is in flight; the resume hook will stop them",
-             ",".join(racing))
+             hostlist.compress_sorted(racing))
 
 
 class _Offline:

@@ -45,6 +45,10 @@ def test_resume_creates_exact_names_in_one_call_and_sets_addresses(env):
     ops = env.state()["operations"]
     assert [op["action"] for op in ops] == ["create"]
     assert ops[0]["outcome"] == "accepted" and ops[0]["operation_id"]
+    # the log names what was accepted as one Slurm hostlist, not a line per node
+    log_text = (env.log_dir / "resume.log").read_text()
+    accepted = [line for line in log_text.splitlines() if "create accepted" in line]
+    assert len(accepted) == 1 and f"hpc-hb120rsv3-[1-2],htc-f2sv2-1: create accepted (operation {ops[0]['operation_id']})" in accepted[0]
     # the detached follower sets NodeAddr once the simulator reports the node Ready with an IP
     ip = env.wait_for(lambda: env.cloud_nodes()["hpc-hb120rsv3-1"].get("PrivateIp") if
                       env.cloud_nodes()["hpc-hb120rsv3-1"]["Status"] == "Ready" else None, what="hpc-1 Ready")
@@ -176,6 +180,9 @@ def test_suspend_applies_policy_and_is_idempotent(env):
     assert slurm_node(env, "hpc-hb120rsv3-1").node_addr == "hpc-hb120rsv3-1"  # ip mode: address reset to the name
     again = env.hook("suspend", "hpc-hb120rsv3-1,htc-f2sv2-1")
     assert again.rc == 0 and "2 with nothing to do" in again.stdout
+    suspend_log = (env.log_dir / "suspend.log").read_text()
+    assert "hpc-hb120rsv3-1,htc-f2sv2-1: shutdown accepted" in suspend_log  # one line for both
+    assert "hpc-hb120rsv3-1: cloud node already Deallocated, nothing to do" in suspend_log
     # deallocated node is started again by its own id
     before = env.cloud_nodes()["hpc-hb120rsv3-1"]["NodeId"]
     assert env.hook("resume", "hpc-hb120rsv3-1").rc == 0

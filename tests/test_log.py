@@ -1,0 +1,22 @@
+"""Log lines: one per distinct message, naming its nodes as a Slurm hostlist."""
+
+from __future__ import annotations
+
+import logging
+
+from hpc_bridge.log import log_per_message
+
+
+def test_one_line_per_message_with_compressed_names(caplog):
+    logger = logging.getLogger("test_log_lines")
+    messages = {f"n-{i}": "Ready" for i in range(1, 1001)} | {"g-2": "Failed", "g-1": "Failed", "x": "Off"}
+    with caplog.at_level(logging.INFO, logger="test_log_lines"):
+        log_per_message(logger, logging.INFO, messages, "%s: already %s")
+    assert caplog.messages == ["n-[1-1000]: already Ready", "g-[1-2]: already Failed", "x: already Off"]
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+
+
+def test_nothing_to_say_writes_nothing(caplog):
+    with caplog.at_level(logging.DEBUG):
+        log_per_message(logging.getLogger("test_log_lines"), logging.ERROR, {})
+    assert caplog.records == []
