@@ -72,6 +72,7 @@ class NodeRange:
             raise ValueError(f"bad range {self.prefix}[{self.first}-{self.last}]")
         if self.placement_group_size < 0:
             raise ValueError("placement_group_size must be >= 0")
+        object.__setattr__(self, "_entries", {})  # placement group -> NodeMapEntry (a cache)
 
     @property
     def count(self) -> int:
@@ -92,13 +93,19 @@ class NodeRange:
         return f"{self.placement_group_prefix}{(index - 1) // self.placement_group_size + 1}"
 
     def entry(self, index: int) -> NodeMapEntry:
-        return NodeMapEntry(
-            nodearray=self.nodearray,
-            machine_type=self.machine_type,
-            bucket_id=self.bucket_id,
-            placement_group=self.placement_group_of(index),
-            partition=self.partition,
-        )
+        # One (immutable) entry per placement group, shared: a look-up of every name of a big
+        # cluster made as many objects as names.
+        group = self.placement_group_of(index)
+        entry = self._entries.get(group)
+        if entry is None:
+            entry = self._entries[group] = NodeMapEntry(
+                nodearray=self.nodearray,
+                machine_type=self.machine_type,
+                bucket_id=self.bucket_id,
+                placement_group=group,
+                partition=self.partition,
+            )
+        return entry
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,20 +117,19 @@ def range_expression(prefix: str, first: int, last: int) -> str:
     return f"{prefix}[{first}-{last}]"
 
 
+_ASCII_DIGITS = "0123456789"
+
+
 def split_name(name: str) -> tuple[str, int] | None:
     """`hpc-f4sv2-12` -> ("hpc-f4sv2-", 12); None when the name has no unpadded trailing number."""
-    end = len(name)
-    start = end
-    while start > 0 and name[start - 1].isdigit():
-        start -= 1
-    if start == end or start == 0:
+    prefix = name.rstrip(_ASCII_DIGITS)  # in C: repair looks up every Slurm node name
+    start = len(prefix)
+    if start == len(name) or start == 0:
         return None
     digits = name[start:]
     if len(digits) > 1 and digits[0] == "0":
         return None  # generated names are never zero-padded
-    if not digits.isascii():
-        return None
-    return name[:start], int(digits)
+    return prefix, int(digits)
 
 
 class NodeMap(Mapping[str, NodeMapEntry]):

@@ -221,11 +221,10 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
     for op in sorted(state.operations.values(), key=lambda o: (o.started, o.request_id)):
         if not op.open:
             continue
-        label = _op_label(op)
 
         def act(kind: str, why: str) -> RepairAction:
             case = "8" if kind == RESOLVE else "op"
-            return RepairAction(label, "-", "-", kind, f"{op.action} {op.request_id}: {why}", case=case,
+            return RepairAction(_op_label(op), "-", "-", kind, f"{op.action} {op.request_id}: {why}", case=case,
                                 request_id=op.request_id)
 
         if op.outcome == ACCEPTED:

@@ -29,6 +29,7 @@ Rules (see also the scenario documentation):
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import uuid
@@ -61,7 +62,13 @@ class SimError(Exception):
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_second(math.floor(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # Nodes made by one call share their times: GET nodes of 8,000 nodes formatted 16,000 dates.
+    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_iso(text: str) -> float:
