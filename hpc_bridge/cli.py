@@ -572,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         # `import httpx` also imports its command-line client when click is installed (click,
         # rich, pygments: ~30 ms); hpc-bridge never runs it, and httpx falls back without it.
         sys.modules.setdefault("click", None)  # type: ignore[arg-type]
+        # pydantic looks for plugins by scanning the metadata of every installed distribution
+        # the first time it builds a validator (~10 ms here, more on a controller with many
+        # packages); hpc-bridge uses none. An admin's own setting is kept.
+        import os
+
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
