@@ -9,7 +9,7 @@ import logging
 import logging.handlers
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 _SECRETS: set[str] = set()
 _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -75,14 +75,26 @@ def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) ->
     return path
 
 
-def log_per_message(logger: logging.Logger, level: int, messages: Mapping[str, str], template: str = "%s: %s") -> None:
-    """One log line per distinct message, naming its nodes as a Slurm hostlist (as slurmctld
-    logs them). A hook over 5,000 nodes writes a handful of lines, not 5,000: formatting and
-    writing a record per node was a measurable share of the resume hook's time."""
+def node_names(names: Iterable[str]) -> str:
+    """Node names for a log line: a Slurm hostlist (as slurmctld logs them), or a plain sorted
+    list when a name cannot be part of one (Slurm accepts `a-1]` as a name; a log line must
+    never be what makes a hook fail)."""
     from hpc_bridge import hostlist
+    from hpc_bridge.errors import HostlistError
 
+    names = list(names)
+    try:
+        return hostlist.compress_sorted(names)
+    except HostlistError:
+        return ",".join(sorted(set(names)))
+
+
+def log_per_message(logger: logging.Logger, level: int, messages: Mapping[str, str], template: str = "%s: %s") -> None:
+    """One log line per distinct message, naming its nodes with `node_names`. A hook over 5,000
+    nodes writes a handful of lines, not 5,000: formatting and writing a record per node was a
+    measurable share of the resume hook's time."""
     by_message: dict[str, list[str]] = {}
     for name, message in messages.items():
         by_message.setdefault(message, []).append(name)
     for message, names in by_message.items():
-        logger.log(level, template, hostlist.compress_sorted(names), message)
+        logger.log(level, template, node_names(names), message)

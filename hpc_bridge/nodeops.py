@@ -9,10 +9,10 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
-from hpc_bridge import hostlist
 from hpc_bridge.api.client import ClusterClient, new_request_id
 from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
 from hpc_bridge.errors import ApiError
+from hpc_bridge.log import node_names
 from hpc_bridge.state import ACCEPTED, FAILED, PENDING, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.nodeops")
@@ -100,7 +100,7 @@ def mark_down(slurm, reasons: Mapping[str, str], store: StateStore | None = None
         by_reason[reason(why)].append(name)
     calls = 0
     for why, names in sorted(by_reason.items()):
-        log.info("slurm DOWN %s: %s", hostlist.compress_sorted(names), why)
+        log.info("slurm DOWN %s: %s", node_names(names), why)
         calls += slurm.update_nodes(sorted(names), state="DOWN", reason=why)
     return calls
 

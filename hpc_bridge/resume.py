@@ -18,7 +18,7 @@ from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError, ApiUnreachable
-from hpc_bridge.log import log_per_message
+from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.nodeops import (
     BOOTING,
@@ -281,7 +281,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                     e = nodemap[name]
                     capacity[bucket_key(e.nodearray, e.machine_type)] = message
             if report.created:
-                log.info("%s: create accepted (operation %s)", hostlist.compress_sorted(report.created),
+                log.info("%s: create accepted (operation %s)", node_names(report.created),
                          create_call.result.operation_id)
             _spare_live_nodes(client, down, create_call.nodes, report)
     if start_call is not None:
@@ -300,7 +300,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     superseded = _suspended_meanwhile(store, [c for c in (create_call, start_call) if c is not None],
                                       report.created + report.started)
     if superseded:
-        log.info("%s: suspended while being brought up: stopping", hostlist.compress_sorted(superseded))
+        log.info("%s: suspended while being brought up: stopping", node_names(superseded))
         record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
         report.created = [n for n in report.created if n not in superseded]
         report.started = [n for n in report.started if n not in superseded]

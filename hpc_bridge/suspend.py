@@ -19,7 +19,7 @@ from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError
-from hpc_bridge.log import log_per_message
+from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import (
     DEALLOCATED,
@@ -115,7 +115,7 @@ def _apply_actions(plan: SuspendPlan, client, store: StateStore, deadline: float
                 accepted.append(name)
         if accepted:
             report.by_action.setdefault(call.action, []).extend(accepted)
-            log.info("%s: %s accepted (operation %s)", hostlist.compress_sorted(accepted), call.action,
+            log.info("%s: %s accepted (operation %s)", node_names(accepted), call.action,
                      call.result.operation_id)
 
 
@@ -147,10 +147,10 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
         plan = plan_suspend(names, nodemap, cloud, cfg, policy_override="terminate" if failing else None,
                             keep_alive=not failing)
         if plan.keep_alive:
-            log.info("%s: KeepAlive is set, VM left running", hostlist.compress_sorted(plan.keep_alive))
+            log.info("%s: KeepAlive is set, VM left running", node_names(plan.keep_alive))
         log_per_message(log, logging.INFO, plan.nothing, "%s: %s, nothing to do")
         if plan.unknown:
-            log.error("%s: unknown node (not in nodemap.json and no cloud node)", hostlist.compress_sorted(plan.unknown))
+            log.error("%s: unknown node (not in nodemap.json and no cloud node)", node_names(plan.unknown))
         _apply_actions(plan, client, store, deadline, now, report)
         _mark_intent(store, [n for n in plan.nothing if n in nodemap], now())
         report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
@@ -185,7 +185,7 @@ def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
     if not racing:
         return
     log.info("%s: suspended while a create/start is in flight; the resume hook will stop them",
-             hostlist.compress_sorted(racing))
+             node_names(racing))
 
 
 class _Offline:

@@ -20,3 +20,11 @@ def test_nothing_to_say_writes_nothing(caplog):
     with caplog.at_level(logging.DEBUG):
         log_per_message(logging.getLogger("test_log_lines"), logging.ERROR, {})
     assert caplog.records == []
+
+
+def test_names_slurm_takes_but_a_hostlist_cannot_hold_are_listed_plainly():
+    """Slurm accepts `a-1]` as a node name; logging it must not be what fails a hook."""
+    from hpc_bridge.log import node_names
+
+    assert node_names(["n-2", "n-1", "n-3"]) == "n-[1-3]"
+    assert node_names(["htc-1-2]", "b", "b"]) == "b,htc-1-2]"
