@@ -196,6 +196,7 @@ class RepairConfig(_Section):
 class StateConfig(_Section):
     lock_timeout: float = Field(default=10.0, gt=0)
     retention: float = Field(default=86400.0, gt=0)
+    keep_closed: float = Field(default=3600.0, gt=0)
 
 
 class Config(_Section):

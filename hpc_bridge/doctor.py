@@ -295,10 +295,11 @@ def find_timer(systemd_dirs=SYSTEMD_DIRS) -> tuple[str | None, bool]:
     return unit, enabled
 
 
-def boot_times(state) -> list[float]:
+def boot_times(operations) -> list[float]:
+    """Seconds from create/start to all nodes Ready, of the operations that got there."""
     from hpc_bridge.state import DONE, RESUME_ACTIONS
 
-    return [op.finished - op.started for op in state.operations.values()
+    return [op.finished - op.started for op in operations
             if op.action in RESUME_ACTIONS and op.outcome == DONE and op.finished and op.finished > op.started]
 
 
@@ -364,12 +365,12 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
         f.slurm_error = str(err)
 
     # state file: readable, not corrupt, known schema
-    from hpc_bridge.state import State
+    from hpc_bridge.state import State, StateStore
 
     try:
         raw = Path(cfg.state_file).read_bytes()
         state = State.from_json(json.loads(raw), str(cfg.state_file))
-        f.boot_times = boot_times(state)
+        f.boot_times = boot_times([*state.operations.values(), *StateStore.from_config(cfg).history()])
     except FileNotFoundError:
         if not os.access(cfg.paths.state_dir if os.path.isdir(cfg.paths.state_dir) else
                          os.path.dirname(cfg.paths.state_dir.rstrip("/")) or "/", os.W_OK):

@@ -13,7 +13,7 @@ from hpc_bridge.api.client import ClusterClient, new_request_id
 from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
 from hpc_bridge.errors import ApiError
 from hpc_bridge.log import node_names
-from hpc_bridge.state import ACCEPTED, FAILED, PENDING, Operation, StateStore
+from hpc_bridge.state import FAILED, PENDING, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.nodeops")
 
@@ -175,9 +175,7 @@ def settle(op: Operation, call: Call, now: float) -> None:
     from hpc_bridge.errors import ApiUnreachable
 
     if call.result is not None:
-        op.outcome = ACCEPTED
-        op.operation_id = call.result.operation_id or op.operation_id
-        op.message = "recovered after 409" if getattr(call.result, "recovered", False) else None
+        op.accept(call.result.operation_id, "recovered after 409" if getattr(call.result, "recovered", False) else None)
     elif isinstance(call.error, ApiUnreachable):
         op.outcome = PENDING
         op.message = str(call.error)

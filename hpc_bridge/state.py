@@ -62,11 +62,20 @@ class Operation:
     def open(self) -> bool:
         return self.outcome in OPEN
 
+    def accept(self, operation_id: str | None, message: str | None = None) -> None:
+        """The API took the call: it is never sent again, so its request body goes (a 1,000-node
+        create's body would otherwise be re-read and re-written by every hook while it boots)."""
+        self.outcome = ACCEPTED
+        self.operation_id = operation_id or self.operation_id
+        self.message = message
+        self.request = None
+
     def close(self, outcome: str, now: float, message: str | None = None) -> None:
         self.outcome = outcome
         self.finished = now
         if message:
             self.message = message
+        self.request = None  # only an open call is ever re-sent
 
 
 @dataclass
@@ -131,18 +140,24 @@ class State:
         self.operations[request_id] = op
         return op
 
-    def prune(self, now: float, retention: float) -> int:
-        """Drop closed operations finished longer than `retention` ago, and expired cool-offs
-        that no longer hold nodes out of service."""
-        old = [rid for rid, op in self.operations.items()
-               if not op.open and (op.finished or op.started) < now - retention]
-        for rid in old:
-            del self.operations[rid]
+    def prune(self, now: float, retention: float, keep_closed: float | None = None) -> list[Operation]:
+        """Take out closed operations finished more than `keep_closed` seconds ago (default:
+        `retention`) and return them (the store moves them to the history file), so that the file
+        every hook reads and writes holds what is in flight, not the cluster's history. A closed
+        record stays while an open one shares a node with it: it is what tells `latest_by_node`
+        that the open one is superseded. Expired cool-offs that no longer hold nodes out of
+        service and remembered reasons older than `retention` are dropped."""
+        keep_closed = retention if keep_closed is None else keep_closed
+        busy = {n for op in self.operations.values() if op.open for n in op.nodes}
+        old = [op for op in self.operations.values()
+               if not op.open and (op.finished or op.started) < now - keep_closed and busy.isdisjoint(op.nodes)]
+        for op in old:
+            del self.operations[op.request_id]
         for key in [k for k, c in self.cooloffs.items() if c.until < now - retention and not c.nodes]:
             del self.cooloffs[key]
         for name in [n for n, (at, _) in self.down_reasons.items() if at < now - retention]:
             del self.down_reasons[name]
-        return len(old)
+        return old
 
     # ------------------------------------------------------------------ (de)serialise
 
@@ -151,8 +166,7 @@ class State:
         # request body, which made a 1,000-node create spend seconds here.
         return {
             "version": SCHEMA_VERSION,
-            "operations": [{**vars(op), "nodes": list(op.nodes)}
-                           for op in sorted(self.operations.values(), key=lambda o: o.started)],
+            "operations": [op_record(op) for op in sorted(self.operations.values(), key=lambda o: o.started)],
             "cooloffs": {k: {**vars(c), "nodes": list(c.nodes)} for k, c in sorted(self.cooloffs.items())},
             "down_reasons": {n: list(v) for n, v in sorted(self.down_reasons.items())},
         }
@@ -169,7 +183,7 @@ class State:
             )
         ops = {}
         for item in data.get("operations", []):
-            op = Operation(**_known(Operation, item))
+            op = op_from_record(item)
             ops[op.request_id] = op
         cooloffs = {k: Cooloff(**_known(Cooloff, v)) for k, v in data.get("cooloffs", {}).items()}
         down = {n: (float(at), str(why)) for n, (at, why) in data.get("down_reasons", {}).items()}
@@ -194,6 +208,14 @@ def dump_state(data: dict[str, Any]) -> str:
 _EMPTY_FILE = dump_state(State().to_json()).encode()
 
 
+def op_record(op: Operation) -> dict[str, Any]:
+    return {**vars(op), "nodes": list(op.nodes)}
+
+
+def op_from_record(item: dict[str, Any]) -> Operation:
+    return Operation(**_known(Operation, item))
+
+
 def _known(cls, item: dict[str, Any]) -> dict[str, Any]:
     """The fields of `cls` in a record: a field added by a newer release (same schema version)
     is ignored rather than making an older reader take the whole file for corrupt."""
@@ -204,16 +226,21 @@ def _known(cls, item: dict[str, Any]) -> dict[str, Any]:
 class StateStore:
     """The state file and its lock. Use `with store.transaction() as state:` to change it."""
 
-    def __init__(self, path: str | os.PathLike[str], lock_timeout: float = 10.0, retention: float = 86400.0):
+    def __init__(self, path: str | os.PathLike[str], lock_timeout: float = 10.0, retention: float = 86400.0,
+                 keep_closed: float = 3600.0):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        # Closed operations end up here, one JSON line each (rotated by logrotate).
+        self.history_path = self.path.with_name(self.path.name.removesuffix(".json") + ".history.jsonl")
         self.lock_timeout = lock_timeout
         self.retention = retention
+        self.keep_closed = keep_closed
         self.lock_waits: list[float] = []  # seconds waited for the lock, per acquisition
 
     @classmethod
     def from_config(cls, cfg) -> "StateStore":
-        return cls(cfg.state_file, lock_timeout=cfg.state.lock_timeout, retention=cfg.state.retention)
+        return cls(cfg.state_file, lock_timeout=cfg.state.lock_timeout, retention=cfg.state.retention,
+                   keep_closed=cfg.state.keep_closed)
 
     @contextlib.contextmanager
     def locked(self, timeout: float | None = None) -> Iterator[None]:
@@ -291,13 +318,54 @@ class StateStore:
         with self.locked():
             state, raw = self._load_raw()
             yield state
-            state.prune(time.time() if now is None else now, self.retention)
+            moved = state.prune(time.time() if now is None else now, self.retention, self.keep_closed)
+            if moved and not self._append_history(moved):
+                for op in moved:  # kept here rather than lost
+                    state.operations[op.request_id] = op
             # Serialise once and compare with the bytes read: unchanged -> no write (no file
             # when there was none). Dumping before and after, then again to save, was 3 of the
             # ~4 passes over a file that grows with every operation in flight.
             data = dump_state(state.to_json()).encode()
             if data != (_EMPTY_FILE if raw is None else raw):
                 self._write(data)
+
+    def _append_history(self, ops: list[Operation]) -> bool:
+        """Append closed operations to the history file (before the state file drops them: a
+        crash in between repeats a line, never loses one). False when it cannot be written."""
+        data = "".join(_RECORD_ENCODER.encode(op_record(op)) + "\n"
+                       for op in sorted(ops, key=lambda o: o.started)).encode()
+        try:
+            # O_NOFOLLOW: a symlink planted there cannot make us append to another file.
+            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.error("cannot append to the history file %s: %s; closed operations stay in the state file",
+                      self.history_path, err.strerror or err)
+            return False
+        return True
+
+    def history(self) -> list[Operation]:
+        """The closed operations moved out of the state file, oldest first (lines that do not
+        parse are skipped: the file is informational, and rotated)."""
+        try:
+            lines = self.history_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise StateError(f"cannot read history file {self.history_path}: {err.strerror}") from None
+        ops = []
+        for line in lines:
+            try:
+                ops.append(op_from_record(json.loads(line)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        return ops
 
     def read(self) -> State:
         """A consistent snapshot without taking the lock (writes are atomic renames)."""

@@ -29,7 +29,8 @@ Invariants (each must hold; a failure prints the seed and the histories of the n
   ResumeTimeout and no create/start still open in the state file past its deadline;
 - state file unreadable: never — read and parsed after every cycle, no file moved aside;
 - operations lost: 0 — every create/start/shutdown/deallocate/terminate the simulator carried
-  out has a requestId that is in the state file (retention is a day: nothing is pruned here).
+  out has a requestId that is in the state file or, once closed for [state] keep_closed, in
+  the history file beside it.
 
 Seeded: the choice of verbs, hostlists, kill delays and the simulator's fault rolls follow
 --seed; process timing does not, so two runs with one seed are alike, not identical.
@@ -232,7 +233,8 @@ class Soak:
 
         extra = (f'address_mode = "{a.address_mode}"\n'
                  f"[resume]\nresume_timeout = {RESUME_TIMEOUT}\ncapacity_cooloff = 15\n"
-                 "[repair]\ngrace = 0\n")
+                 "[repair]\ngrace = 0\n"
+                 "[state]\nkeep_closed = 20\n")  # closed records move to the history file during the run
         # the partitions are generated with faults off (the product's own `partitions` command)
         quiet = dict(scenario)
         quiet["faults"] = {**scenario["faults"], **{k: 0.0 for k in REQUEST_FAULTS}}
@@ -451,15 +453,18 @@ class Soak:
         for p in corrupt:
             self.failures.append((f"state file was moved aside as corrupt: {p}", []))
 
-        # operations lost from the state file
-        recorded = set(state.operations)
+        # operations lost from the state file (closed ones move on to the history file)
+        from hpc_bridge.state import StateStore
+
+        history = StateStore(self.env.state_dir / "state.json").history()
+        recorded = set(state.operations) | {op.request_id for op in history}
         lost = []
         carried_out = [c for c in sim_calls if c["action"] in MUTATING and "error" not in c]
         for c in carried_out:
             if not c.get("request_id") or c["request_id"] not in recorded:
                 lost.append(c)
                 self.failures.append((f"{c['action']} {c.get('request_id')} of {','.join(map(str, c['names']))[:200]} "
-                                      "reached the API but is not in the state file", [n for n in c["names"] if n]))
+                                      "reached the API but is not in the state file or its history", [n for n in c["names"] if n]))
 
         # sim-side history per node, for the report of a failure
         for c in sim_calls:

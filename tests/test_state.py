@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from hpc_bridge.errors import StateError
-from hpc_bridge.state import ACCEPTED, DONE, PENDING, SCHEMA_VERSION, State, StateStore
+from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, SCHEMA_VERSION, State, StateStore
 
 
 def store(tmp_path, **kw) -> StateStore:
@@ -110,8 +110,63 @@ def test_prune_keeps_open_operations_and_drops_old_closed_ones():
     state.begin("create", ["b"], "open", now=0.0, deadline=10.0)
     recent = state.begin("start", ["c"], "recent", now=990.0, deadline=1000.0)
     recent.close(DONE, 995.0)
-    assert state.prune(now=1000.0, retention=100.0) == 1
+    assert [op.request_id for op in state.prune(now=1000.0, retention=100.0)] == ["old"]
     assert set(state.operations) == {"open", "recent"}
+
+
+def test_closed_record_stays_while_an_open_one_shares_a_node():
+    """It is what marks the older open record superseded (latest_by_node)."""
+    state = State()
+    state.begin("create", ["a", "b"], "create", now=0.0, deadline=5000.0)
+    intent = state.begin("shutdown", ["a"], "intent", now=10.0, deadline=10.0)
+    intent.close(DONE, 10.0)
+    assert state.prune(now=1000.0, retention=100.0, keep_closed=60.0) == []
+    assert state.resume_in_flight(1000.0).keys() == {"b"}
+    state.operations["create"].close(DONE, 1001.0)
+    assert [op.request_id for op in state.prune(now=1050.0, retention=100.0, keep_closed=60.0)] == ["intent"]
+
+
+def test_accepted_and_closed_records_drop_their_request_body():
+    state = State()
+    accepted = state.begin("create", ["a"], "r1", now=0.0, deadline=10.0, request={"sets": [{"count": 1}]})
+    closed = state.begin("terminate", ["b"], "r2", now=0.0, deadline=10.0, request={"names": ["b"]})
+    pending = state.begin("start", ["c"], "r3", now=0.0, deadline=10.0, request={"ids": ["x"]})
+    accepted.accept("op-1")
+    closed.close(FAILED, 1.0, "refused")
+    assert (accepted.request, accepted.outcome, accepted.operation_id) == (None, "accepted", "op-1")
+    assert closed.request is None
+    assert pending.request == {"ids": ["x"]}  # a pending call may still be re-sent as it was
+
+
+def test_closed_operations_move_to_the_history_file(tmp_path):
+    store = StateStore(tmp_path / "state.json", keep_closed=60.0)
+    with store.transaction(now=0.0) as state:
+        state.begin("create", ["a"], "done", now=0.0, deadline=10.0, request={"sets": []}).close(DONE, 5.0, "Ready")
+        state.begin("create", ["b"], "open", now=0.0, deadline=10.0)
+    assert store.history() == [] and set(store.read().operations) == {"done", "open"}
+    with store.transaction(now=100.0):
+        pass
+    assert set(store.read().operations) == {"open"}
+    [moved] = store.history()
+    assert (moved.request_id, moved.outcome, moved.message, moved.nodes) == ("done", DONE, "Ready", ["a"])
+    assert store.history_path == tmp_path / "state.history.jsonl"
+    assert store.history_path.stat().st_mode & 0o777 == 0o600
+    # a second move appends
+    with store.transaction(now=100.0) as state:
+        state.operations["open"].close(FAILED, 100.0)
+    with store.transaction(now=200.0):
+        pass
+    assert [op.request_id for op in store.history()] == ["done", "open"] and store.read().operations == {}
+
+
+def test_unwritable_history_keeps_closed_operations_in_the_state_file(tmp_path):
+    store = StateStore(tmp_path / "state.json", keep_closed=60.0)
+    store.history_path.mkdir()  # not a file: appending fails
+    with store.transaction(now=0.0) as state:
+        state.begin("create", ["a"], "done", now=0.0, deadline=10.0).close(DONE, 5.0)
+    with store.transaction(now=100.0):
+        pass
+    assert set(store.read().operations) == {"done"}
 
 
 def _hammer(path: str, worker: int, count: int) -> None:
@@ -143,3 +198,17 @@ def test_unknown_fields_from_a_newer_release_are_ignored_not_corrupt(tmp_path):
                                   "future_table": {}}))
     assert s.read().operations["r1"].nodes == ["a-1"]
     assert not [p for p in s.path.parent.iterdir() if ".corrupt-" in p.name]
+
+
+def test_history_symlink_is_not_followed(tmp_path):
+    """A symlink planted as the history file cannot make a hook append to another file."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    store = StateStore(tmp_path / "state" / "state.json", keep_closed=60.0)
+    with store.transaction(now=0.0) as state:
+        state.begin("create", ["a"], "done", now=0.0, deadline=10.0).close(DONE, 5.0)
+    store.history_path.symlink_to(victim)
+    with store.transaction(now=100.0):
+        pass
+    assert victim.read_text() == "precious\n"
+    assert set(store.read().operations) == {"done"}  # kept, not lost
