@@ -15,6 +15,7 @@ written by a newer schema is refused and left untouched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -219,8 +220,15 @@ def op_from_record(item: dict[str, Any]) -> Operation:
 def _known(cls, item: dict[str, Any]) -> dict[str, Any]:
     """The fields of `cls` in a record: a field added by a newer release (same schema version)
     is ignored rather than making an older reader take the whole file for corrupt."""
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
+    if names.issuperset(item):  # the usual case: the record as it is
+        return item
     return {k: v for k, v in item.items() if k in names}
+
+
+@functools.cache
+def _field_names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
 class StateStore:
