@@ -210,6 +210,14 @@ class Config(_Section):
 
     source: str = Field(default="", exclude=True)
 
+    @model_validator(mode="after")
+    def _closed_records_outlive_the_grace(self) -> "Config":
+        # repair tells a leaked VM from a fresh one by the records of the last `grace` seconds
+        if self.state.keep_closed < self.repair.grace:
+            raise ValueError(f"state.keep_closed ({self.state.keep_closed:g}) must be at least "
+                             f"repair.grace ({self.repair.grace:g})")
+        return self
+
     @property
     def state_file(self) -> Path:
         return Path(self.paths.state_dir) / "state.json"
@@ -258,5 +266,5 @@ def describe_validation_errors(err: ValidationError) -> list[str]:
             problems.append(f"missing key {key}")
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {msg}")
+            problems.append(f"{key}: {msg}" if item["loc"] else msg)  # a whole-file check names its keys
     return problems

@@ -8,12 +8,15 @@ is pure over them and returns one `Check` per line, each failure with its fix.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, BridgeError, ConfigError
+
+log = logging.getLogger("hpc_bridge.doctor")
 
 OK, FAIL, WARN, SKIP = "ok", "FAIL", "warn", "skip"
 TYPICAL_BOOT = 300  # seconds: a cloud VM with its software install rarely Ready sooner
@@ -370,7 +373,7 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
     try:
         raw = Path(cfg.state_file).read_bytes()
         state = State.from_json(json.loads(raw), str(cfg.state_file))
-        f.boot_times = boot_times([*state.operations.values(), *StateStore.from_config(cfg).history()])
+        f.boot_times = boot_times(state.operations.values())
     except FileNotFoundError:
         if not os.access(cfg.paths.state_dir if os.path.isdir(cfg.paths.state_dir) else
                          os.path.dirname(cfg.paths.state_dir.rstrip("/")) or "/", os.W_OK):
@@ -381,6 +384,11 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
         f.state_error = str(err)
     except (ValueError, TypeError, KeyError) as err:
         f.state_error = f"{cfg.state_file} is corrupt ({type(err).__name__})"
+
+    try:  # the history is informational: a problem with it is not a state-file problem
+        f.boot_times += boot_times(StateStore.from_config(cfg).history())
+    except BridgeError as err:
+        log.warning("%s", err)
 
     f.timer_unit, f.timer_enabled = find_timer(systemd_dirs)
     return f

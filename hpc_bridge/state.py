@@ -15,10 +15,12 @@ written by a newer schema is refused and left untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
@@ -150,8 +152,10 @@ class State:
         service and remembered reasons older than `retention` are dropped."""
         keep_closed = retention if keep_closed is None else keep_closed
         busy = {n for op in self.operations.values() if op.open for n in op.nodes}
+        # Counted from the deadline too: repair still looks at a record once its deadline passed.
         old = [op for op in self.operations.values()
-               if not op.open and (op.finished or op.started) < now - keep_closed and busy.isdisjoint(op.nodes)]
+               if not op.open and max(op.finished or op.started, op.deadline) < now - keep_closed
+               and busy.isdisjoint(op.nodes)]
         for op in old:
             del self.operations[op.request_id]
         for key in [k for k, c in self.cooloffs.items() if c.until < now - retention and not c.nodes]:
@@ -215,6 +219,13 @@ def op_record(op: Operation) -> dict[str, Any]:
 
 def op_from_record(item: dict[str, Any]) -> Operation:
     return Operation(**_known(Operation, item))
+
+
+def _well_typed(op: Operation) -> bool:
+    number = (int, float)
+    return (isinstance(op.request_id, str) and isinstance(op.action, str) and isinstance(op.nodes, list)
+            and isinstance(op.started, number) and isinstance(op.deadline, number)
+            and (op.finished is None or isinstance(op.finished, number)))
 
 
 def _known(cls, item: dict[str, Any]) -> dict[str, Any]:
@@ -326,10 +337,14 @@ class StateStore:
         with self.locked():
             state, raw = self._load_raw()
             yield state
-            moved = state.prune(time.time() if now is None else now, self.retention, self.keep_closed)
+            t = time.time() if now is None else now
+            moved = state.prune(t, self.retention, self.keep_closed)
             if moved and not self._append_history(moved):
-                for op in moved:  # kept here rather than lost
-                    state.operations[op.request_id] = op
+                # Kept here rather than lost, up to the retention (the file must not grow forever
+                # because the history cannot be written).
+                for op in moved:
+                    if (op.finished or op.started) >= t - self.retention:
+                        state.operations[op.request_id] = op
             # Serialise once and compare with the bytes read: unchanged -> no write (no file
             # when there was none). Dumping before and after, then again to save, was 3 of the
             # ~4 passes over a file that grows with every operation in flight.
@@ -338,18 +353,26 @@ class StateStore:
                 self._write(data)
 
     def _append_history(self, ops: list[Operation]) -> bool:
-        """Append closed operations to the history file (before the state file drops them: a
-        crash in between repeats a line, never loses one). False when it cannot be written."""
+        """Append closed operations to the history file, synced, before the state file drops
+        them: a crash in between repeats lines (`history()` keeps one of each), never loses one.
+        False when it cannot be written."""
         data = "".join(_RECORD_ENCODER.encode(op_record(op)) + "\n"
                        for op in sorted(ops, key=lambda o: o.started)).encode()
         try:
-            # O_NOFOLLOW: a symlink planted there cannot make us append to another file.
-            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            # O_NOFOLLOW: a symlink planted there cannot make us append to another file;
+            # O_NONBLOCK + the regular-file check: nor can a FIFO block us under the lock.
+            fd = os.open(self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o600)
             try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+                if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                    data = b"\n" + data  # a line torn by a crash must not swallow the next record
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as err:
@@ -367,13 +390,15 @@ class StateStore:
             return []
         except OSError as err:
             raise StateError(f"cannot read history file {self.history_path}: {err.strerror}") from None
-        ops = []
+        ops: dict[str, Operation] = {}  # one per request id: a crash may have repeated lines
         for line in lines:
             try:
-                ops.append(op_from_record(json.loads(line)))
+                op = op_from_record(json.loads(line))
             except (ValueError, TypeError, AttributeError):
                 continue
-        return ops
+            if _well_typed(op):
+                ops[op.request_id] = op
+        return sorted(ops.values(), key=lambda o: o.started)
 
     def read(self) -> State:
         """A consistent snapshot without taking the lock (writes are atomic renames)."""

@@ -37,6 +37,8 @@ def test_minimal_config_has_defaults(tmp_path):
         ({"slurm": {"bin_dir": "usr/bin"}}, "slurm.bin_dir: must be an absolute path"),
         ({"slurm": {"address_mode": "magic"}}, "slurm.address_mode"),
         ({"partitions": {"nodearrays": {"hpc": {"suspend_policy": "explode"}}}}, "suspend_policy"),
+        ({"state": {"keep_closed": 60}, "repair": {"grace": 300}},
+         "state.keep_closed (60) must be at least repair.grace (300)"),
     ],
 )
 def test_invalid_configs_name_the_key(change, expected):

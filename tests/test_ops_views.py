@@ -403,3 +403,17 @@ def test_sample_config_parses_as_is_and_uncommented():
 def test_logrotate_snippet():
     text = (REPO / "scripts" / "logrotate" / "hpc-bridge").read_text()
     assert "/var/log/hpc-bridge/*.log {" in text and "copytruncate" in text and text.rstrip().endswith("}")
+
+
+def test_boot_times_come_from_the_history_file_too(tmp_path):
+    """Closed records leave the state file after keep_closed; doctor still sees how long boots took."""
+    from hpc_bridge.state import DONE, FAILED, StateStore
+
+    store = StateStore(tmp_path / "state.json", keep_closed=60.0)
+    with store.transaction(now=0.0) as state:
+        state.begin("create", ["a-1"], "booted", now=0.0, deadline=1.0).close(DONE, 400.0, "all nodes Ready")
+        state.begin("create", ["a-2"], "refused", now=0.0, deadline=1.0).close(FAILED, 5.0)
+    with store.transaction(now=1000.0):
+        pass
+    assert store.read().operations == {}
+    assert doctor.boot_times(store.history()) == [400.0]

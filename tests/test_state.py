@@ -212,3 +212,52 @@ def test_history_symlink_is_not_followed(tmp_path):
         pass
     assert victim.read_text() == "precious\n"
     assert set(store.read().operations) == {"done"}  # kept, not lost
+
+
+def _closed_once(store: StateStore, rid: str, now: float) -> None:
+    with store.transaction(now=now) as state:
+        state.begin("create", [rid], rid, now=now, deadline=now + 1.0).close(DONE, now + 2.0)
+
+
+def test_history_survives_a_torn_line_repeats_and_bad_records(tmp_path):
+    store = StateStore(tmp_path / "state.json", keep_closed=60.0)
+    _closed_once(store, "r1", 0.0)
+    with store.transaction(now=100.0):
+        pass
+    # a crash mid-append left half a line; another left a record twice; a hand edit, bad types
+    with open(store.history_path, "a") as fh:
+        fh.write('{"request_id":"r1","action":"create","nodes":["r1"],"started":0.0,"deadline":1.0}\n')
+        fh.write('{"request_id":"bad","action":"create","nodes":["x"],"started":"x","deadline":1.0}\n')
+        fh.write('{"request_id":"torn","action":"cr')
+    _closed_once(store, "r2", 100.0)
+    with store.transaction(now=200.0):
+        pass
+    assert [op.request_id for op in store.history()] == ["r1", "r2"]
+
+
+def test_unwritable_history_still_honours_the_retention(tmp_path):
+    store = StateStore(tmp_path / "state.json", keep_closed=60.0, retention=1000.0)
+    store.history_path.mkdir()
+    _closed_once(store, "r1", 0.0)
+    with store.transaction(now=500.0):
+        pass
+    assert set(store.read().operations) == {"r1"}  # kept: the history cannot take it
+    with store.transaction(now=2000.0):
+        pass
+    assert store.read().operations == {}  # but not past the retention
+
+
+def test_history_fifo_does_not_block_the_lock_holder(tmp_path):
+    store = StateStore(tmp_path / "state.json", keep_closed=60.0)
+    os.mkfifo(store.history_path)
+    _closed_once(store, "r1", 0.0)
+    with store.transaction(now=100.0):  # returns: O_NONBLOCK, and a FIFO is not a history file
+        pass
+    assert set(store.read().operations) == {"r1"}
+
+
+def test_closed_record_stays_until_keep_closed_past_its_deadline():
+    state = State()
+    state.begin("create", ["a"], "r", now=0.0, deadline=1000.0).close(FAILED, 1.0)
+    assert state.prune(now=500.0, retention=1e6, keep_closed=60.0) == []  # repair still looks at it
+    assert [op.request_id for op in state.prune(now=1061.0, retention=1e6, keep_closed=60.0)] == ["r"]
