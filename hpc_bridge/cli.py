@@ -76,13 +76,18 @@ def load_config_for(args: argparse.Namespace):
     return cfg
 
 
+_OWN_PROCESS = False  # main() runs as a process of its own (not called in-process by a test)
+
+
 def _freeze_imported_objects() -> None:
     """Move what the imports made (modules, classes, pydantic schemas: most of a hook's heap)
     out of the collector's reach. A short hook process otherwise spends a measurable share of
-    its time re-scanning them in full collections, and once more at exit."""
+    its time re-scanning them in full collections, and once more at exit. Only in a process of
+    our own: a caller's heap is not ours to freeze."""
     import gc
 
-    gc.freeze()
+    if _OWN_PROCESS:
+        gc.freeze()
 
 
 def client_for(cfg):
@@ -566,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a process of its own (hooks, console script), not a call from a test
+        global _OWN_PROCESS
+        _OWN_PROCESS = True
         # httpcore imports trio whenever it is installed (~140 ms, most of a hook's start-up
         # over `import httpx, pydantic`); hpc-bridge only ever uses the sync client.
         sys.modules.setdefault("trio", None)  # type: ignore[arg-type]

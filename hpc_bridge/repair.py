@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 import filelock
 
-from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, StateError
+from hpc_bridge.log import node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import (
     BOOTING,
@@ -197,7 +197,7 @@ def plan_repair(
     ctx.suspending = {n: op for n, op in latest.items() if op.action not in RESUME_ACTIONS and op.open
                       and now < op.deadline and op.request_id not in closing}
     for key in expired:
-        names = hostlist.compress_sorted(expired[key].nodes)
+        names = node_names(expired[key].nodes)
         actions.append(RepairAction(key, "-", "-", END_COOLOFF,
                                     f"capacity cool-off ended; {names} no longer held out of service", case="9",
                                     cooloff=key))
@@ -211,7 +211,8 @@ def plan_repair(
 
 
 def _op_label(op: Operation) -> str:
-    return hostlist.compress_sorted(op.nodes) if op.nodes else "-"
+    # names recorded as given (a suspend while the API was down) may not fit a hostlist
+    return node_names(op.nodes) if op.nodes else "-"
 
 
 def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ctx, live: frozenset[int]

@@ -549,3 +549,16 @@ def test_slurm_refuses_hostile_tokens_before_running_anything(value):
             assert "not found" in str(err) or "slurm.conf" in str(err)
         return
     pytest.fail("no error from a nonexistent scontrol")
+
+
+@pytest.mark.parametrize("verb", ["resume", "resume-fail"])
+def test_name_slurm_accepts_but_no_hostlist_can_hold(env, verb):
+    """`a-1]` is a name by Slurm's hostlist syntax: an unknown one, refused before scontrol
+    (not a usage error, and not a failure of the hook's own logging)."""
+    before = snapshot(env)
+    run = env.hook(verb, "htc-f2sv2-1-2]")
+    after = snapshot(env)
+    assert run.rc == 1 and "Traceback" not in run.stderr and "internal error" not in run.stderr, run.stderr
+    assert "htc-f2sv2-1-2]" in run.stderr
+    for key in ("state", "cloud", "operations", "mutating_requests"):
+        assert before[key] == after[key], key

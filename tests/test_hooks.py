@@ -181,7 +181,8 @@ def test_suspend_applies_policy_and_is_idempotent(env):
     again = env.hook("suspend", "hpc-hb120rsv3-1,htc-f2sv2-1")
     assert again.rc == 0 and "2 with nothing to do" in again.stdout
     suspend_log = (env.log_dir / "suspend.log").read_text()
-    assert "hpc-hb120rsv3-1,htc-f2sv2-1: shutdown accepted" in suspend_log  # one line for both
+    accepted = [line for line in suspend_log.splitlines() if "shutdown accepted" in line]
+    assert len(accepted) == 1 and "hpc-hb120rsv3-1,htc-f2sv2-1: shutdown accepted" in accepted[0]  # one line for both
     assert "hpc-hb120rsv3-1: cloud node already Deallocated, nothing to do" in suspend_log
     # deallocated node is started again by its own id
     before = env.cloud_nodes()["hpc-hb120rsv3-1"]["NodeId"]
