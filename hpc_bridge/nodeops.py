@@ -88,13 +88,18 @@ def address_of(node: Node, mode: str) -> tuple[str, str] | None:
     return pair
 
 
+def remember_down(state, reasons: Mapping[str, str], now: float) -> None:
+    """Remember why we mark nodes DOWN (in an open transaction): Slurm overwrites the reason with
+    "ResumeTimeout reached" later, and resume-fail puts the real cause back."""
+    state.remember_down({n: reason(r) for n, r in reasons.items()}, now)
+
+
 def mark_down(slurm, reasons: Mapping[str, str], store: StateStore | None = None) -> int:
     """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made.
-    With a store, the reasons are also remembered: Slurm overwrites them with "ResumeTimeout
-    reached" later, and resume-fail puts the real cause back."""
+    With a store, the reasons are remembered first (see remember_down)."""
     if store is not None and reasons:
         with store.transaction() as state:
-            state.remember_down({n: reason(r) for n, r in reasons.items()}, time.time())
+            remember_down(state, reasons, time.time())
     by_reason: dict[str, list[str]] = defaultdict(list)
     for name, why in reasons.items():
         by_reason[reason(why)].append(name)

@@ -35,6 +35,7 @@ from hpc_bridge.nodeops import (
     mark_down,
     record,
     record_and_send,
+    remember_down,
     send_recorded,
 )
 from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
@@ -304,9 +305,16 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
         report.created = [n for n in report.created if n not in superseded]
         report.started = [n for n in report.started if n not in superseded]
-    # A call we marked down must not be re-sent by repair: close it.
+    taken: dict[str, list[str]] = {}
+    if capacity:
+        out_of_service, taken = _out_of_service(slurm, nodemap, capacity, exclude=set(names))
+        down.update(out_of_service)
+    # One transaction for what the failures leave behind (under an API outage every hook takes
+    # this path at once): a call we marked down is closed, so repair does not re-send it; a
+    # capacity failure starts a cool-off holding the nodes taken out of service; DOWN reasons
+    # are remembered before Slurm is told.
     failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
-    if failed_calls or capacity:
+    if failed_calls or capacity or down:
         with store.transaction() as state:
             t = now()
             for c in failed_calls:
@@ -317,14 +325,13 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                 until = t + cfg.resume.capacity_cooloff
                 # keep the nodes an earlier cool-off took out of service: repair puts them back
                 held = old.nodes if (old := state.cooloffs.get(key)) is not None else []
-                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120], nodes=held)
+                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120],
+                                              nodes=sorted(set(held) | set(taken.get(key, ()))))
                 log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
-
-    if capacity:
-        down.update(_take_out_of_service(cfg, slurm, store, nodemap, capacity, exclude=set(names), now=now))
+            remember_down(state, down, t)
 
     if down:
-        mark_down(slurm, down, store)
+        mark_down(slurm, down)
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
         slurm.set_addresses(plan.addresses)
 
@@ -401,10 +408,11 @@ def _api_reason(err) -> str:
     return f"cluster API error: {err}"
 
 
-def _take_out_of_service(cfg, slurm, store, nodemap: NodeMap, capacity: dict[str, str], exclude: set[str],
-                         now) -> dict[str, str]:
+def _out_of_service(slurm, nodemap: NodeMap, capacity: dict[str, str], exclude: set[str]
+                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """The powered-down idle nodes of a bucket in capacity cool-off go DOWN with a reason, so
-    Slurm places jobs on other sizes; repair puts them back when the cool-off ends."""
+    Slurm places jobs on other sizes; repair puts them back when the cool-off ends. Returns
+    (name -> reason, bucket key -> the names taken out of service)."""
     nodes = slurm.show_nodes()
     out: dict[str, str] = {}
     per_key: dict[str, list[str]] = defaultdict(list)
@@ -417,10 +425,4 @@ def _take_out_of_service(cfg, slurm, store, nodemap: NodeMap, capacity: dict[str
             if "POWERED_DOWN" in node.state_flags and node.state == "IDLE":
                 out[name] = f"capacity cool-off for {key}: {message}"
                 per_key[key].append(name)
-    if per_key:
-        with store.transaction() as state:
-            for key, taken in per_key.items():
-                c = state.cooloffs.get(key)
-                if c is not None:
-                    c.nodes = sorted(set(c.nodes) | set(taken))
-    return out
+    return out, dict(per_key)

@@ -161,7 +161,10 @@ def test_capacity_failure_starts_cooloff_and_takes_bucket_out_of_service(env):
     assert "DOWN" in node.state_flags and "apacity" in node.reason
     other = slurm_node(env, "htc-f2sv2-5")
     assert "DOWN" in other.state_flags and "capacity cool-off" in other.reason
-    assert "htc/Standard_F2s_v2" in env.state()["cooloffs"]
+    cooloff = env.state()["cooloffs"]["htc/Standard_F2s_v2"]
+    # it holds what it took out of service (repair puts those back), not the node that failed
+    assert "htc-f2sv2-5" in cooloff["nodes"] and "htc-f2sv2-1" not in cooloff["nodes"]
+    assert {"htc-f2sv2-1", "htc-f2sv2-5"} <= set(env.state()["down_reasons"])  # for resume-fail
     # the other size is unaffected
     assert "DOWN" not in slurm_node(env, "htc-f4sv2-1").state_flags
     env.sim.set_faults(capacity_failure=[])
