@@ -309,12 +309,17 @@ class StateStore:
             )
             return State(), None
 
-    def save(self, state: State) -> None:
-        self._write(dump_state(state.to_json()).encode())
-
     def _write(self, data: bytes) -> None:
+        """Write the file atomically. Called with the lock held: a temp file already there is
+        what a writer killed mid-write left behind, and goes."""
         ensure_private_dir(str(self.path.parent))
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        prefix = f".{self.path.name}."
+        with os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

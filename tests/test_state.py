@@ -261,3 +261,15 @@ def test_closed_record_stays_until_keep_closed_past_its_deadline():
     state.begin("create", ["a"], "r", now=0.0, deadline=1000.0).close(FAILED, 1.0)
     assert state.prune(now=500.0, retention=1e6, keep_closed=60.0) == []  # repair still looks at it
     assert [op.request_id for op in state.prune(now=1061.0, retention=1e6, keep_closed=60.0)] == ["r"]
+
+
+def test_temp_file_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    leftover = tmp_path / ".state.json.k1ll3d"
+    leftover.write_text('{"version": 1, "operations": [')
+    other = tmp_path / ".statefile-not-ours"
+    other.write_text("keep")
+    with store.transaction(now=0.0) as state:
+        state.begin("create", ["a"], "r1", now=0.0, deadline=10.0)
+    assert not leftover.exists() and other.exists()
+    assert set(store.read().operations) == {"r1"}
