@@ -452,6 +452,9 @@ class Soak:
             self.failures.append((f"state file unreadable {e}", []))
         for p in corrupt:
             self.failures.append((f"state file was moved aside as corrupt: {p}", []))
+        # a writer killed mid-write leaves a temp file; the next writer (repair, at the latest) removes it
+        for p in sorted(self.env.state_dir.glob(".state.json.*")):
+            self.failures.append((f"temp file left in the state directory after repair: {p.name}", []))
 
         # operations lost from the state file (closed ones move on to the history file)
         from hpc_bridge.state import StateStore
