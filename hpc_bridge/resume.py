@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
 from hpc_bridge.config import Config
-from hpc_bridge.errors import ApiError, ApiUnreachable
+from hpc_bridge.errors import ApiError, ApiUnreachable, StateError
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.nodeops import (
@@ -255,12 +255,22 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
 
     # Plan and record in one transaction: a concurrent resume sees these claims before it can
     # plan the same names (no duplicate create, even between two hooks).
-    with store.transaction() as state:
-        t = now()
-        plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t), state.active_cooloffs(t),
-                           jobs, cfg, t)
-        calls, create_call, start_call = _calls_for(plan, deadline)
-        record(state, calls, t)
+    try:
+        with store.transaction() as state:
+            t = now()
+            plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t),
+                               state.active_cooloffs(t), jobs, cfg, t)
+            calls, create_call, start_call = _calls_for(plan, deadline)
+            record(state, calls, t)
+    except StateError as err:
+        # Nothing was sent: without a record no call may be made, so the nodes cannot come up.
+        # DOWN now with the cause, so that Slurm reschedules instead of waiting for ResumeTimeout.
+        log.error("%s", err)
+        report.down = {n: f"cannot record the request: {err}" for n in names}
+        mark_down(slurm, report.down)
+        report.api_calls = client.request_count - requests_before
+        report.scontrol_calls = slurm.calls - calls_before
+        return report
     log_per_message(log, logging.INFO, plan.waiting)
     log_per_message(log, logging.INFO, plan.running, "%s: cloud node already %s, nothing to create")
     send_recorded(store, client, calls, now)

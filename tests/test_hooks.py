@@ -268,3 +268,26 @@ def test_suspend_during_a_start_in_flight_leaves_no_vm(env):
     env.sim.set_faults(endpoints={"nodes/start": {"latency": 0.0}})
     env.wait_for(lambda: env.cloud_nodes().get("hpc-hb120rsv3-1", {}).get("Status") in (None, "Terminating", "Terminated"),
                  what="the suspended node's VM stopped")
+
+
+def test_state_file_locked_too_long_marks_nodes_down_and_sends_nothing(tmp_path, slurm_cluster_factory):
+    """Without a record no call may be made; the nodes go DOWN with the cause at once instead of
+    waiting in POWERING_UP for ResumeTimeout."""
+    import filelock
+
+    env = BridgeEnv.create(tmp_path, slurm_cluster_factory, config_extra="[state]\nlock_timeout = 1\n")
+    try:
+        env.state_dir.mkdir(parents=True, exist_ok=True)
+        env.sim.reset_stats()
+        with filelock.FileLock(str(env.state_dir / "state.json.lock")):
+            run = env.hook("resume", "htc-f2sv2-[1-2]")
+        assert run.rc == 1 and "locked by another hpc-bridge process" in run.stderr, run.stderr
+        for name in ("htc-f2sv2-1", "htc-f2sv2-2"):
+            node = slurm_node(env, name)
+            assert "DOWN" in node.state_flags and "cannot record the request" in node.reason, node
+        requests = env.sim.stats()["requests"]
+        assert requests.get("nodes") == 1  # it looked (GET nodes) ...
+        assert not [k for k in requests if k.startswith(("nodes/", "scale"))], requests  # ... and changed nothing
+        assert env.cloud_nodes() == {}
+    finally:
+        env.close()
