@@ -263,7 +263,10 @@ class StateStore:
 
     @contextlib.contextmanager
     def locked(self, timeout: float | None = None) -> Iterator[None]:
-        ensure_private_dir(str(self.path.parent))
+        try:
+            ensure_private_dir(str(self.path.parent))
+        except OSError as err:
+            raise StateError(f"cannot use state directory {self.path.parent}: {err.strerror or err}") from None
         # filelock >= 3.20.1 opens the lock file with O_NOFOLLOW: a symlink planted there cannot
         # make us truncate another file.
         lock = filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout if timeout is None else timeout,
@@ -355,7 +358,10 @@ class StateStore:
             # ~4 passes over a file that grows with every operation in flight.
             data = dump_state(state.to_json()).encode()
             if data != (_EMPTY_FILE if raw is None else raw):
-                self._write(data)
+                try:
+                    self._write(data)
+                except OSError as err:
+                    raise StateError(f"cannot write state file {self.path}: {err.strerror or err}") from None
 
     def _append_history(self, ops: list[Operation]) -> bool:
         """Append closed operations to the history file, synced, before the state file drops

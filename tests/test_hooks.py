@@ -291,3 +291,18 @@ def test_state_file_locked_too_long_marks_nodes_down_and_sends_nothing(tmp_path,
         assert env.cloud_nodes() == {}
     finally:
         env.close()
+
+
+def test_unusable_state_directory_is_one_line_and_nodes_go_down(env, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = tmp_path / "bad-state.toml"
+    cfg.write_text(env.config_path.read_text().replace(f'state_dir = "{env.state_dir}"',
+                                                       f'state_dir = "{blocker / "state"}"'))
+    run = env.cli("--config", str(cfg), "resume", "htc-f4sv2-3")
+    lines = run.stderr.strip().splitlines()
+    assert run.rc == 1 and len(lines) >= 1 and "internal error" not in run.stderr, run.stderr
+    assert f"cannot use state directory {blocker / 'state'}: Not a directory" in lines[0]
+    node = slurm_node(env, "htc-f4sv2-3")
+    assert "DOWN" in node.state_flags and "cannot record the request" in node.reason
+    assert "htc-f4sv2-3" not in env.cloud_nodes()
