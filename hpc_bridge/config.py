@@ -25,10 +25,12 @@ PASSWORD_ENV = "HPC_BRIDGE_PASSWORD"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True, allow_inf_nan=False)
 
 
 def _absolute(value: str | None) -> str | None:
+    if value is not None and "\0" in value:
+        raise ValueError("must not contain a NUL character")
     if value is not None and value != "" and not os.path.isabs(value):
         raise ValueError(f"must be an absolute path, got {value!r}")
     return value
@@ -243,6 +245,10 @@ def load_config(path: str | None = None) -> Config:
         raise ConfigError(f"config file {path}: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not valid UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply") from None
     return config_from_dict(data, source=path)
 
 

@@ -213,3 +213,14 @@ def test_tls_self_signed_refused_by_default(tmp_path):
         assert ok.get_status().max_count == 2
         insecure, _ = client(srv.url, verify=False)
         assert insecure.get_status().max_count == 2
+
+
+@pytest.mark.parametrize("bundle", ["missing", "directory", "garbage"])
+def test_unusable_ca_bundle_is_a_config_error_naming_it(tmp_path, bundle):
+    path = tmp_path / "ca.pem"
+    if bundle == "directory":
+        path.mkdir()
+    elif bundle == "garbage":
+        path.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=f"cluster.ca_bundle {path}: cannot load it"):
+        ClusterClient("https://127.0.0.1:9", "demo", "admin", PASSWORD, ca_bundle=str(path))

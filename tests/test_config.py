@@ -88,3 +88,22 @@ def test_password_from_environment_wins(tmp_path, monkeypatch):
     monkeypatch.delenv("HPC_BRIDGE_PASSWORD")
     with pytest.raises(ConfigError, match="no cluster password"):
         cfg.cluster.password()
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"paths": {"state_dir": "/var/lib/x\0y"}}, "paths.state_dir: must not contain a NUL character"),
+    ({"cluster": {**BASE["cluster"], "password_file": "/etc/pw\0"}}, "cluster.password_file: must not contain a NUL"),
+    ({"cluster": {**BASE["cluster"], "timeout": float("inf")}}, "cluster.timeout: Input should be a finite number"),
+    ({"resume": {"resume_timeout": float("nan")}}, "resume.resume_timeout: Input should be a finite number"),
+])
+def test_paths_with_nul_and_numbers_that_are_not_finite_are_refused(change, expected):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, **change})
+    assert expected in str(err.value)
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'[cluster]\nurl = "https://x"\nname = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        load_config(str(path))

@@ -100,7 +100,11 @@ class ClusterClient:
         # A plain-http URL (loopback or allow_plain_http) never uses TLS: loading the CA bundle
         # for it cost every hook process ~35 ms (cold: ~150 ms).
         if verify and not url.startswith("http://"):
-            tls_verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+            try:
+                tls_verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+            except (OSError, ssl.SSLError) as err:  # ssl.SSLError is an OSError; said for clarity
+                why = getattr(err, "strerror", None) or getattr(err, "reason", None) or "not a PEM bundle"
+                raise ConfigError(f"cluster.ca_bundle {ca_bundle}: cannot load it: {why}") from None
         self._http = httpx.Client(
             base_url=url,
             auth=httpx.BasicAuth(username, password),
