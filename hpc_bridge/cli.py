@@ -607,6 +607,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as err:  # the machine (a file, a directory, a full disk), not a bug: say which
+        what = (err.strerror or str(err)) + (f": {err.filename}" if err.filename else "")
+        log.error("%s", what)
+        print(f"hpc-bridge {args.command}: error: {what}", file=sys.stderr)
+        return 1
+    except RecursionError:
+        log.error("input nested too deeply")
+        print(f"hpc-bridge {args.command}: error: an input file is nested too deeply to read", file=sys.stderr)
+        return 1
     except Exception as err:  # a bug: keep the traceback in the log, one line for the user
         log.exception("internal error in %s", args.command)
         print(

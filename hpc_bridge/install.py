@@ -272,6 +272,10 @@ def _read_or_none(path: str) -> str | None:
         return Path(path).read_text(encoding="utf-8", errors="replace")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it: {err.strerror or err}") from None
+    except ValueError:  # a NUL in an Include line
+        raise ConfigError(f"{path!r}: not a usable path") from None
 
 
 def read_slurm_conf(path: str) -> SlurmConf:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from hpc_bridge.errors import ConfigError
+from hpc_bridge.hostlist import MAX_TOTAL
 
 NODEMAP_FILE = "nodemap.json"
 FORMAT_VERSION = 2
@@ -226,8 +227,10 @@ def parse_nodemap(text: str, source: str = "nodemap") -> NodeMap:
     hint = "run `hpc-bridge partitions` to regenerate it"
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except json.JSONDecodeError as err:
         raise ConfigError(f"node map {source} is not valid JSON ({err.msg} at line {err.lineno}); {hint}") from None
+    except RecursionError:
+        raise ConfigError(f"node map {source} is nested too deeply; {hint}") from None
     if not isinstance(data, dict) or data.get("version") not in (1, 2):
         raise ConfigError(f"node map {source} has no known format version; {hint}")
     cluster = data.get("cluster")
@@ -268,7 +271,9 @@ def parse_nodemap(text: str, source: str = "nodemap") -> NodeMap:
                 placement_group=None if pg is None else str(pg),
                 partition=str(e["partition"]),
             )
-    except (TypeError, ValueError, AttributeError) as err:
+        if sum(r.count for r in ranges) + len(nodes) > MAX_TOTAL:  # as many as a hostlist may hold
+            raise ValueError(f"more than {MAX_TOTAL:,} names")
+    except (TypeError, ValueError, AttributeError, OverflowError) as err:
         raise ConfigError(f"node map {source} is malformed ({err}); {hint}") from None
     return NodeMap(cluster, ranges, nodes)
 

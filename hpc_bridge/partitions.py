@@ -559,6 +559,12 @@ def render(plan: PartitionPlan, template_dir: str | os.PathLike[str] | None = No
             raise ConfigError(f"template {template} not found in {template_dir or default_template_dir()}") from None
         except jinja2.TemplateError as err:
             raise ConfigError(f"template {template}: {type(err).__name__}: {err}") from None
+        except OSError as err:
+            raise ConfigError(f"template {template}: cannot read it: {err.strerror or err}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"template {template}: not valid UTF-8") from None
+        except Exception as err:  # a fault in an admin's own template while it runs ({{ 1/0 }})
+            raise ConfigError(f"template {template} failed: {type(err).__name__}: {err}") from None
     out[NODEMAP_FILE] = dump_nodemap(plan.nodemap())
     return out
 

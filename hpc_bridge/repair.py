@@ -471,9 +471,7 @@ def lock_path(store: StateStore):
 @contextlib.contextmanager
 def singleton(store: StateStore, timeout: float = 0.0):
     """Yields True when this process holds the repair lock, False when another one does."""
-    from hpc_bridge.log import ensure_private_dir
-
-    ensure_private_dir(str(store.path.parent))
+    store.ensure_dir()
     lock = filelock.FileLock(str(lock_path(store)), timeout=timeout, mode=0o600)
     try:
         lock.acquire()

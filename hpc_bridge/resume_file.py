@@ -30,6 +30,8 @@ def parse_resume_file(text: str) -> list[Job]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"SLURM_RESUME_FILE is not JSON ({err.msg} at char {err.pos})") from None
+    except RecursionError:
+        raise UsageError("SLURM_RESUME_FILE is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("jobs", []), list):
         raise UsageError("SLURM_RESUME_FILE: expected an object with a 'jobs' list")
     jobs = []

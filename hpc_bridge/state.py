@@ -186,12 +186,20 @@ class State:
                 f"state file {source} has schema version {version!r}, newer than this hpc-bridge "
                 f"understands ({SCHEMA_VERSION}); upgrade hpc-bridge or move the file aside"
             )
+        items, cooloff_items, down_items = (data.get("operations", []), data.get("cooloffs", {}),
+                                            data.get("down_reasons", {}))
+        if not isinstance(items, list) or not isinstance(cooloff_items, dict) or not isinstance(down_items, dict):
+            raise ValueError("operations, cooloffs or down_reasons of the wrong type")
         ops = {}
-        for item in data.get("operations", []):
+        for item in items:
             op = op_from_record(item)
+            if not _well_typed(op):
+                raise ValueError(f"operation record of the wrong shape: {str(item)[:80]}")
             ops[op.request_id] = op
-        cooloffs = {k: Cooloff(**_known(Cooloff, v)) for k, v in data.get("cooloffs", {}).items()}
-        down = {n: (float(at), str(why)) for n, (at, why) in data.get("down_reasons", {}).items()}
+        cooloffs = {k: Cooloff(**_known(Cooloff, v)) for k, v in cooloff_items.items()}
+        if not all(isinstance(c.until, (int, float)) and isinstance(c.nodes, list) for c in cooloffs.values()):
+            raise ValueError("cool-off record of the wrong shape")
+        down = {n: (float(at), str(why)) for n, (at, why) in down_items.items()}
         return cls(operations=ops, cooloffs=cooloffs, down_reasons=down)
 
 
@@ -261,12 +269,16 @@ class StateStore:
         return cls(cfg.state_file, lock_timeout=cfg.state.lock_timeout, retention=cfg.state.retention,
                    keep_closed=cfg.state.keep_closed)
 
-    @contextlib.contextmanager
-    def locked(self, timeout: float | None = None) -> Iterator[None]:
+    def ensure_dir(self) -> None:
+        """Make the state directory (owner only); StateError naming it when that fails."""
         try:
             ensure_private_dir(str(self.path.parent))
         except OSError as err:
             raise StateError(f"cannot use state directory {self.path.parent}: {err.strerror or err}") from None
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float | None = None) -> Iterator[None]:
+        self.ensure_dir()
         # filelock >= 3.20.1 opens the lock file with O_NOFOLLOW: a symlink planted there cannot
         # make us truncate another file.
         lock = filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout if timeout is None else timeout,
@@ -300,7 +312,7 @@ class StateStore:
             return State.from_json(json.loads(raw), str(self.path)), raw
         except StateError:
             raise
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
             if not move_corrupt_aside:
                 return State(), None
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
@@ -405,7 +417,7 @@ class StateStore:
         for line in lines:
             try:
                 op = op_from_record(json.loads(line))
-            except (ValueError, TypeError, AttributeError):
+            except (ValueError, TypeError, AttributeError, RecursionError):
                 continue
             if _well_typed(op):
                 ops[op.request_id] = op

@@ -306,3 +306,7 @@ def test_unusable_state_directory_is_one_line_and_nodes_go_down(env, tmp_path):
     node = slurm_node(env, "htc-f4sv2-3")
     assert "DOWN" in node.state_flags and "cannot record the request" in node.reason
     assert "htc-f4sv2-3" not in env.cloud_nodes()
+    for args, says in ((["repair"], "cannot use state directory"), (["suspend", "htc-f4sv2-3"], "cannot read state file")):
+        other = env.cli("--config", str(cfg), *args)
+        assert other.rc == 1 and other.stderr.count("\n") == 1, other.stderr
+        assert says in other.stderr and "Not a directory" in other.stderr, other.stderr

@@ -408,6 +408,30 @@ def test_custom_template_dir(tmp_path):
         render(plan_partitions(default_status(), cfg), str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("{{ 1 / 0 }}", "template partitions.conf.j2 failed: ZeroDivisionError"),
+    (b"\xff\xfe{{ x }}", "template partitions.conf.j2: not valid UTF-8"),
+])
+def test_broken_custom_template_is_one_config_error(tmp_path, text, expected):
+    for name in ("partitions.conf.j2", "gres.conf.j2", "topology.conf.j2"):
+        (tmp_path / name).write_text("")
+    target = tmp_path / "partitions.conf.j2"
+    target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
+    cfg = make_cfg(slurm={"template_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        render(plan_partitions(default_status(), cfg), cfg.slurm.template_dir)
+
+
+def test_node_map_too_big_or_overflowing_is_malformed():
+    group = {"prefix": "n-", "first": 1, "nodearray": "a", "machine_type": "m", "bucket_id": "b", "partition": "a"}
+    for last in (10**11, float("inf")):
+        text = json.dumps({"version": 2, "cluster": "c", "groups": [{**group, "last": last}]})
+        with pytest.raises(ConfigError, match="node map x is malformed"):
+            parse_nodemap(text, "x")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_nodemap("[" * 100_000 + "]" * 100_000, "x")
+
+
 def test_comment_text_is_harmless():
     assert comment_text("a\nb\r\x00c\\") == "a b c"
     assert "\n" not in comment_text("x\u2028y")

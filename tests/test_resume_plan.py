@@ -227,3 +227,10 @@ def test_hostile_address_from_the_api_is_dropped_for_that_node_only():
     assert address_of(node("c", "Ready", PrivateIp="10.0.0.2", Hostname="bad\nname"), "ip") is None
     assert address_of(node("d", "Ready", PrivateIp="10.0.0.3,10.0.0.4"), "ip") is None
     assert address_of(node("e", "Preparing", PrivateIp="10.0.0.5"), "ip") is None
+
+
+def test_resume_file_nested_too_deeply_is_a_usage_error():
+    from hpc_bridge.errors import UsageError
+
+    with pytest.raises(UsageError, match="nested too deeply"):
+        parse_resume_file("[" * 100_000 + "]" * 100_000)

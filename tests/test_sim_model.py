@@ -486,3 +486,17 @@ def test_scenario_file_errors(tmp_path):
     bad.write_text("[cluster\n")
     with pytest.raises(ScenarioError, match="invalid TOML"):
         load_scenario(bad)
+
+
+def test_scenario_files_that_cannot_be_read_as_toml_text(tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"[cluster]\nname = \"\xff\"\n")
+    with pytest.raises(ScenarioError, match="not valid UTF-8"):
+        load_scenario(binary)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_scenario_numbers_must_be_finite(value):
+    with pytest.raises(ScenarioError, match="time_scale must be a number"):
+        load_scenario({"cluster": {"name": "c"}, "timings": {"time_scale": value},
+                       "nodearrays": [{"name": "a", "buckets": [{"machineType": "m", "vcpuCount": 2, "memory": 4.0, "maxCount": 2}]}]})

@@ -273,3 +273,19 @@ def test_temp_file_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
         state.begin("create", ["a"], "r1", now=0.0, deadline=10.0)
     assert not leftover.exists() and other.exists()
     assert set(store.read().operations) == {"r1"}
+
+
+@pytest.mark.parametrize("body", [
+    {"version": 1, "operations": "nope"},
+    {"version": 1, "operations": [], "cooloffs": []},
+    {"version": 1, "operations": [], "down_reasons": []},
+    {"version": 1, "operations": [{"request_id": "r", "action": "create", "nodes": 3, "started": 0, "deadline": 1}]},
+    {"version": 1, "operations": [{"request_id": "r", "action": "create", "nodes": [], "started": "x", "deadline": 1}]},
+])
+def test_state_file_of_the_wrong_shape_is_moved_aside_like_garbage(tmp_path, body):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(body))
+    store = StateStore(path)
+    with store.transaction() as state:
+        assert state.operations == {}
+    assert len(list(tmp_path.glob("state.json.corrupt-*"))) == 1

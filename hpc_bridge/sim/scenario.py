@@ -8,6 +8,7 @@ own field names), timings, prices, fault knobs and boot hooks. `load_scenario()`
 
 from __future__ import annotations
 
+import math
 import tomllib
 import uuid
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ def load_scenario(scenario: None | str | Path | dict | Scenario = None) -> Scena
             raise ScenarioError(f"scenario {source}: cannot read: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise ScenarioError(f"scenario {source}: invalid TOML: {err}") from None
+        except UnicodeDecodeError:
+            raise ScenarioError(f"scenario {source}: not valid UTF-8") from None
+        except RecursionError:
+            raise ScenarioError(f"scenario {source}: nested too deeply") from None
     try:
         parsed = _parse(data)
     except _Bad as err:
@@ -171,7 +176,7 @@ def _int(data: dict, key: str, where: str, default: int | None = None, minimum: 
 
 def _num(data: dict, key: str, where: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise _Bad(f"{where}.{key} must be a number >= {minimum} (got {value!r})")
     if maximum is not None and value > maximum:
         raise _Bad(f"{where}.{key} must be a number <= {maximum} (got {value!r})")
