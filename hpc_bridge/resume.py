@@ -244,12 +244,8 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         cloud = index_by_name(client.get_nodes().nodes)
         status = client.get_status()
     except ApiError as err:
-        why = _api_reason(err)
-        report.down = {n: why for n in names}
-        mark_down(slurm, report.down, store)
-        report.api_calls = client.request_count - requests_before
-        report.scontrol_calls = slurm.calls - calls_before
-        return report
+        return _all_down(report, names, _api_reason(err), slurm, store, client.request_count - requests_before,
+                         calls_before)
     buckets = buckets_by_key(status)
     deadline = now() + cfg.resume.resume_timeout
 
@@ -264,13 +260,9 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
             record(state, calls, t)
     except StateError as err:
         # Nothing was sent: without a record no call may be made, so the nodes cannot come up.
-        # DOWN now with the cause, so that Slurm reschedules instead of waiting for ResumeTimeout.
         log.error("%s", err)
-        report.down = {n: f"cannot record the request: {err}" for n in names}
-        mark_down(slurm, report.down)
-        report.api_calls = client.request_count - requests_before
-        report.scontrol_calls = slurm.calls - calls_before
-        return report
+        return _all_down(report, names, f"cannot record the request: {err}", slurm, None,
+                         client.request_count - requests_before, calls_before)
     log_per_message(log, logging.INFO, plan.waiting)
     log_per_message(log, logging.INFO, plan.running, "%s: cloud node already %s, nothing to create")
     send_recorded(store, client, calls, now)
@@ -357,6 +349,17 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     report.waiting = sorted(plan.waiting)
     report.down = down
     report.api_calls = client.request_count - requests_before
+    report.scontrol_calls = slurm.calls - calls_before
+    return report
+
+
+def _all_down(report: ResumeReport, names: list[str], why: str, slurm, store: StateStore | None, api_calls: int,
+              calls_before: int) -> ResumeReport:
+    """Nothing can be brought up: every node DOWN now with the cause, so that Slurm reschedules
+    instead of waiting for ResumeTimeout (the reasons are remembered when the store is usable)."""
+    report.down = {n: why for n in names}
+    mark_down(slurm, report.down, store)
+    report.api_calls = api_calls
     report.scontrol_calls = slurm.calls - calls_before
     return report
 
