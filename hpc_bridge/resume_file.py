@@ -6,15 +6,19 @@ HTTP stack and the API models (the file is a /proc fd of slurmctld's that soon v
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 
 from hpc_bridge import hostlist
 from hpc_bridge.errors import UsageError
 
 log = logging.getLogger("hpc_bridge.resume")
+
+_MAX_BYTES = 64 * 2**20  # Slurm's file lists the jobs of one resume: far smaller than this
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,16 @@ def read_resume_file(env: dict[str, str] | None = None) -> list[Job]:
     if not path:
         return []
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # O_NONBLOCK and a regular file only (Slurm's is a memfd): a FIFO or a device named there
+        # must not hang or flood the hook.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            data = fh.read(_MAX_BYTES + 1)
+        if len(data) > _MAX_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {_MAX_BYTES // 2**20} MiB")
+        text = data.decode("utf-8")
     except OSError as err:
         log.warning("SLURM_RESUME_FILE %s unreadable (%s); resuming without job information", path, err.strerror)
         return []

@@ -277,6 +277,8 @@ def run_cli(args) -> int:
     from hpc_bridge.table import format_table
 
     timeframe = check_options(args.timeframe, args.from_, args.to, args.granularity)
+    if args.svg is not None and not args.svg.strip():
+        raise UsageError("--svg needs a file name")
     cfg = load_config_for(args)
     with client_for(cfg) as client:
         usage = client.get_usage(timeframe=timeframe, from_=args.from_, to=args.to, granularity=args.granularity)

@@ -11,6 +11,7 @@ hypothesis (hostlists, resume files, configs).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -517,6 +518,22 @@ def test_read_resume_file_garbage_bytes_is_a_warning(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("rf") / "f"
     path.write_bytes(data)
     assert isinstance(read_resume_file({"SLURM_RESUME_FILE": str(path)}), list)
+
+
+def test_resume_file_from_a_memfd_is_read_and_a_fifo_or_device_is_refused(tmp_path):
+    """Slurm's SLURM_RESUME_FILE is /proc/<slurmctld pid>/fd/N of a memfd; a FIFO or a device
+    named there must neither hang the hook nor flood it."""
+    fd = os.memfd_create("resume_job")
+    try:
+        os.write(fd, json.dumps({"jobs": [{"job_id": 7, "nodes_resume": "hpc-[1-2]"}]}).encode())
+        jobs = read_resume_file({"SLURM_RESUME_FILE": f"/proc/{os.getpid()}/fd/{fd}"})
+    finally:
+        os.close(fd)
+    assert [(j.job_id, j.nodes) for j in jobs] == [("7", ("hpc-1", "hpc-2"))]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert read_resume_file({"SLURM_RESUME_FILE": str(fifo)}) == []  # returns: no writer needed
+    assert read_resume_file({"SLURM_RESUME_FILE": "/dev/zero"}) == []
 
 
 # --------------------------------------------------------------------------- bulk: configs (hypothesis)

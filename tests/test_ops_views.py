@@ -417,3 +417,12 @@ def test_boot_times_come_from_the_history_file_too(tmp_path):
         pass
     assert store.read().operations == {}
     assert doctor.boot_times(store.history()) == [400.0]
+
+
+def test_usage_svg_needs_a_file_name(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(tmp_path / "none.toml"), "usage",
+                           "--svg", ""], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr == "hpc-bridge usage: error: --svg needs a file name\n", proc.stderr
