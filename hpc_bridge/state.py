@@ -325,9 +325,8 @@ class StateStore:
             return State(), None
 
     def _write(self, data: bytes) -> None:
-        """Write the file atomically. Called with the lock held: a temp file already there is
-        what a writer killed mid-write left behind, and goes."""
-        ensure_private_dir(str(self.path.parent))
+        """Write the file atomically. Called with the lock held (`locked` made the directory): a
+        temp file already there is what a writer killed mid-write left behind, and goes."""
         prefix = f".{self.path.name}."
         with os.scandir(self.path.parent) as entries:
             for entry in entries:
