@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 from hpc_bridge.api.client import ClusterClient, new_request_id
 from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
 from hpc_bridge.errors import ApiError
-from hpc_bridge.log import node_names
+from hpc_bridge.log import log_per_message
 from hpc_bridge.state import FAILED, PENDING, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.nodeops")
@@ -96,16 +96,17 @@ def remember_down(state, reasons: Mapping[str, str], now: float) -> None:
 
 def mark_down(slurm, reasons: Mapping[str, str], store: StateStore | None = None) -> int:
     """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made.
-    With a store, the reasons are remembered first (see remember_down)."""
+    With a store, the reasons are remembered first (see remember_down). The log gets each
+    reason in full: the one Slurm keeps is cut to fit."""
     if store is not None and reasons:
         with store.transaction() as state:
             remember_down(state, reasons, time.time())
+    log_per_message(log, logging.INFO, reasons, "slurm DOWN %s: %s")
     by_reason: dict[str, list[str]] = defaultdict(list)
     for name, why in reasons.items():
         by_reason[reason(why)].append(name)
     calls = 0
     for why, names in sorted(by_reason.items()):
-        log.info("slurm DOWN %s: %s", node_names(names), why)
         calls += slurm.update_nodes(sorted(names), state="DOWN", reason=why)
     return calls
 

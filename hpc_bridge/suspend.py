@@ -157,7 +157,6 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
         if failing:
             recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
             reasons = {n: fail_reason(cloud.get(n), recorded.get(n)) for n in names if n in nodemap}
-            log_per_message(log, logging.INFO, reasons)  # in full: Slurm's reason is cut short
             mark_down(slurm, reasons)
         if cfg.slurm.address_mode in ("ip", "hostname"):
             known = [n for n in names if n in nodemap]

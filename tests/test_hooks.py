@@ -310,3 +310,27 @@ def test_unusable_state_directory_is_one_line_and_nodes_go_down(env, tmp_path):
         other = env.cli("--config", str(cfg), *args)
         assert other.rc == 1 and other.stderr.count("\n") == 1, other.stderr
         assert says in other.stderr and "Not a directory" in other.stderr, other.stderr
+
+
+def test_mark_down_logs_the_whole_reason_while_slurm_keeps_a_cut(env):
+    import logging
+
+    from hpc_bridge.nodeops import mark_down
+
+    why = "cloud node failed: " + "disk image not found " * 20  # over Slurm's 200 characters
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("hpc_bridge.nodeops")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert mark_down(env.cluster.slurm(), {"htc-f4sv2-5": why, "htc-f4sv2-6": why}) == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert lines == [f"slurm DOWN htc-f4sv2-[5-6]: {why}"]
+    node = slurm_node(env, "htc-f4sv2-5")
+    assert "DOWN" in node.state_flags and node.reason.startswith("hpc-bridge: cloud node failed")
+    assert len(node.reason) < len(why)
