@@ -52,6 +52,8 @@ class ClusterConfig(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
+        if has_userinfo(value):
+            raise ValueError(USERINFO_REFUSED.removeprefix("url: "))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
@@ -106,6 +108,17 @@ def read_secret_file(path: str) -> str:
     if not secret:
         raise ConfigError(f"password file {path} is empty")
     return secret
+
+
+USERINFO_REFUSED = ("url: must not carry a user name or password (user@host): it would show in errors and "
+                    "logs; set [cluster] username, and the password in password_file or $HPC_BRIDGE_PASSWORD")
+
+
+def has_userinfo(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return False
 
 
 def is_loopback_url(url: str) -> bool:

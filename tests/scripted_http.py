@@ -105,3 +105,58 @@ def self_signed_cert(directory: Path) -> tuple[str, str]:
         check=True, capture_output=True,
     )
     return str(cert), str(key)
+
+
+class TricklingServer:
+    """A loopback HTTP server that answers every request one byte every `interval` seconds,
+    forever: in the status line and headers (`phase="headers"`) or, after complete headers
+    promising a body, in the body (`phase="body"`). Counts the connections it was asked on."""
+
+    def __init__(self, phase: str = "body", interval: float = 0.2):
+        self.phase = phase
+        self.interval = interval
+        self.requests = 0
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                self.requests += 1
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                if self.phase == "body":
+                    conn.sendall(head)
+                    head = b"[" + b" " * 100000
+                for byte in head:
+                    if self._stop.wait(self.interval):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def __enter__(self) -> "TricklingServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()

@@ -224,3 +224,71 @@ def test_unusable_ca_bundle_is_a_config_error_naming_it(tmp_path, bundle):
         path.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=f"cluster.ca_bundle {path}: cannot load it"):
         ClusterClient("https://127.0.0.1:9", "demo", "admin", PASSWORD, ca_bundle=str(path))
+
+
+def _ends_within(seconds: float, call):
+    """Run `call` in a thread; its outcome, or a failure if it is still running after
+    `seconds` (a generous bound: the point is that it ends, not how fast)."""
+    import threading
+
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"the call was still running after {seconds} s"
+    return outcome
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickling_server_cannot_hold_a_call_past_its_deadline(phase):
+    from scripted_http import TricklingServer
+
+    with TricklingServer(phase=phase, interval=0.1) as srv:
+        c = ClusterClient(srv.url, "demo", "admin", PASSWORD, timeout=1.0, retries=2, retry_budget=30)
+        outcome = _ends_within(60, c.get_status)
+        c.close()
+    err = outcome.get("error")
+    assert isinstance(err, ApiUnreachable), outcome
+    assert "no complete answer within 1 s" in str(err)
+    assert srv.requests == 3 and c.request_count == 3  # every attempt was cut, then retried
+
+
+def test_the_retry_budget_is_a_hard_limit_on_the_whole_call():
+    from scripted_http import TricklingServer
+
+    # Each attempt may take 20 s; the budget of 1.5 s ends the call during the first one.
+    with TricklingServer(phase="body", interval=0.1) as srv:
+        c = ClusterClient(srv.url, "demo", "admin", PASSWORD, timeout=20.0, retries=5, retry_budget=1.5)
+        outcome = _ends_within(60, lambda: c.create_nodes([{"nodearray": "htc", "count": 1}]))
+        c.close()
+    assert isinstance(outcome.get("error"), ApiUnreachable), outcome
+    assert srv.requests == 1 and c.request_count == 1
+
+
+def test_an_answer_over_the_size_cap_is_refused_as_it_streams():
+    big = {"maxCoreCount": 8, "maxCount": 2, "nodearrays": [], "pad": "x" * 5000}
+    with ScriptedServer(sequence(Reply(200, big))) as srv:
+        c, _ = client(srv.url, max_response_bytes=4096)
+        with pytest.raises(ApiError, match="answer larger than 4096 bytes"):
+            c.get_status()
+        c2, _ = client(srv.url, max_response_bytes=8192)
+        assert c2.get_status().max_count == 2  # under the cap the answer is read as before
+
+
+@pytest.mark.parametrize("url", ["http://admin:PW-x@127.0.0.1:1", "https://admin@host.example", "https://:PW-x@h"])
+def test_a_url_with_a_user_or_password_is_refused_without_echoing_it(url):
+    from hpc_bridge.config import config_from_dict
+
+    with pytest.raises(ConfigError) as caught:
+        ClusterClient(url, "demo", "admin", PASSWORD)
+    assert "PW-x" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"cluster": {"url": url, "name": "c", "username": "u"}})
+    assert "PW-x" not in str(caught.value) and "user name or password" in str(caught.value)

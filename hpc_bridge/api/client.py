@@ -6,6 +6,12 @@ requestId, reused by its retries, so a retry can never do the work twice: when t
 answers a retry with 409 (the id was already seen), the first attempt was accepted, and the
 result is recovered through `GET /nodes?request_id=` and `GET /operations/?request_id=`.
 
+Time and size are bounded whatever the server does: every attempt has a wall-clock deadline
+(`timeout`) that covers connecting, sending, the headers and the whole body, so a server that
+trickles one byte at a time cannot hold a caller (httpx's own timeouts are per socket read); the
+retry budget is a hard limit on the whole call, retries and backoff included; an answer larger
+than `max_response_bytes` is refused as it streams in.
+
 Errors are typed (hpc_bridge.errors) and one line; they never contain the password or the
 Authorization header.
 """
@@ -16,10 +22,12 @@ import json
 import logging
 import random
 import ssl
+import threading
 import time
 import uuid
 from typing import Any, Callable, TypeVar
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -37,7 +45,7 @@ from hpc_bridge.api.models import (
     NodeManagementResult,
     OperationStatus,
 )
-from hpc_bridge.config import is_loopback_url
+from hpc_bridge.config import USERINFO_REFUSED, has_userinfo, is_loopback_url
 from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, ConfigError, ConflictError
 
 log = logging.getLogger("hpc_bridge.api")
@@ -45,6 +53,10 @@ log = logging.getLogger("hpc_bridge.api")
 M = TypeVar("M", bound=BaseModel)
 
 MANAGEMENT_ACTIONS = ("start", "shutdown", "deallocate", "terminate", "remove")
+
+# The largest answer read: GET nodes of a 10,000-node cluster is ~20 MB; a hostile or broken
+# server sending more must not take the hook's memory (400 MB of body cost 1.6 GB of RSS).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def new_request_id() -> str:
@@ -59,6 +71,70 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None  # HTTP-date form: fall back to our own backoff
+
+
+class _AttemptDeadline:
+    """The wall-clock end of the attempt under way in this thread (None: no bound)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def set(self, deadline: float | None) -> None:
+        self._local.deadline = deadline
+
+    def remaining(self, timeout: float | None, timeout_error: type[Exception]) -> float | None:
+        """A socket operation's timeout, cut to what is left of the attempt."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise timeout_error("the attempt's deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every socket operation ends by the attempt's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _AttemptDeadline):
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.remaining(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.remaining(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        bounded = self._deadline.remaining(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, bounded), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    def __init__(self, deadline: _AttemptDeadline):
+        self._deadline = deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        bounded = self._deadline.remaining(timeout, httpcore.ConnectTimeout)
+        stream = super().connect_tcp(host, port, bounded, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport over a connection pool whose sockets honour the attempt deadline."""
+
+    def __init__(self, verify: bool | ssl.SSLContext, deadline: _AttemptDeadline):
+        context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
+        self._pool = httpcore.ConnectionPool(ssl_context=context, network_backend=_DeadlineBackend(deadline))
 
 
 class ClusterClient:
@@ -79,9 +155,12 @@ class ClusterClient:
         allow_plain_http: bool = False,
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
     ):
         url = url.rstrip("/")
+        if has_userinfo(url):
+            raise ConfigError(USERINFO_REFUSED)
         if url.startswith("http://") and not allow_plain_http and not is_loopback_url(url):
             raise ConfigError(
                 f"refusing plain http to {httpx.URL(url).host}: the password would travel in clear "
@@ -91,6 +170,9 @@ class ClusterClient:
         self.cluster = cluster
         self.retries = retries
         self.retry_budget = retry_budget
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self._attempt_deadline = _AttemptDeadline()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._sleep = sleep
@@ -108,9 +190,11 @@ class ClusterClient:
         self._http = httpx.Client(
             base_url=url,
             auth=httpx.BasicAuth(username, password),
-            verify=tls_verify,
+            transport=_DeadlineTransport(tls_verify, self._attempt_deadline),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            headers={"User-Agent": f"hpc-bridge/{__version__}", "Accept": "application/json"},
+            # identity: a small compressed answer cannot expand past the size cap's reading
+            headers={"User-Agent": f"hpc-bridge/{__version__}", "Accept": "application/json",
+                     "Accept-Encoding": "identity"},
             follow_redirects=False,
             trust_env=False,  # a proxy from the environment must not see our credentials
         )
@@ -148,24 +232,27 @@ class ClusterClient:
             text = text.replace(secret, "***")
         return text
 
-    def _send(self, method: str, path: str, *, params: dict | None = None, body: Any = None) -> httpx.Response:
-        """One logical call with bounded retries. Returns the final non-retryable response."""
+    def _send(self, method: str, path: str, *, params: dict | None = None, body: Any = None) -> "_Attempted":
+        """One logical call with bounded retries, ending by `retry_budget` seconds from now
+        whatever the server does. Returns the final non-retryable response."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
         endpoint = f"{method} {path}"
         deadline = time.monotonic() + self.retry_budget
         attempt = 0
         while True:
             delay: float | None = None
+            response: httpx.Response | None = None
             try:
                 self.request_count += 1
-                response = self._http.request(method, path, params=params or None, json=body)
+                response = self._attempt(method, path, params, body, deadline)
             except httpx.TransportError as err:
                 cause = _transport_cause(err)
                 if _is_tls_failure(err):
                     # Not transient: retrying an untrusted certificate only delays the error.
                     raise ApiUnreachable(f"{endpoint}: {cause}", endpoint=endpoint) from None
+                if isinstance(err, httpx.TimeoutException):
+                    cause = f"no complete answer within {min(self.timeout, self.retry_budget):g} s ({type(err).__name__})"
                 log.debug("%s: attempt %d failed: %s", endpoint, attempt + 1, cause)
-                response = None
             else:
                 if response.status_code < 500 and response.status_code != 429:
                     return _Attempted(response, attempt)
@@ -176,7 +263,7 @@ class ClusterClient:
             if delay is None:
                 delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
             remaining = deadline - time.monotonic()
-            if attempt > self.retries or delay > remaining:
+            if attempt > self.retries or delay >= remaining:
                 if response is None:
                     raise ApiUnreachable(
                         f"{endpoint}: cluster API unreachable at {self.url} after {attempt} attempt(s): {cause}",
@@ -188,6 +275,37 @@ class ClusterClient:
                     status=response.status_code,
                 )
             self._sleep(delay)
+
+    def _attempt(self, method: str, path: str, params: dict, body: Any, call_deadline: float) -> httpx.Response:
+        """One request, read whole, by min(now + timeout, the call's deadline), at most
+        max_response_bytes long."""
+        self._attempt_deadline.set(min(time.monotonic() + self.timeout, call_deadline))
+        try:
+            request = self._http.build_request(method, path, params=params or None, json=body)
+            response = self._http.send(request, stream=True)
+            try:
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.max_response_bytes:
+                    raise self._too_large(method, path)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        raise self._too_large(method, path)
+                    chunks.append(chunk)
+            finally:
+                response.close()
+        finally:
+            self._attempt_deadline.set(None)
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+        return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                              request=request, extensions=response.extensions)
+
+    def _too_large(self, method: str, path: str) -> ApiError:
+        limit = self.max_response_bytes
+        size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
+        return ApiError(f"{method} {path}: answer larger than {size}, not read", endpoint=f"{method} {path}")
 
     def _body_hint(self, response: httpx.Response) -> str:
         text = " ".join(response.text.split())[:200] if response.content else ""
