@@ -216,6 +216,7 @@ class HookContext:
         from hpc_bridge.state import StateStore
 
         self.cfg = load_config_for(args)
+        self.command = args.command
         self.config_path = self.cfg.source
         self.nodemap = load_nodemap(self.cfg.nodemap_path) if need_nodemap else None
         self.slurm = Slurm.from_config(self.cfg)
@@ -231,22 +232,41 @@ class HookContext:
         return self._client
 
     def spawn_follower(self, names: list[str], deadline: float, recreate: list[str]) -> None:
-        """Start the detached follower: own session, no stdio tied to slurmctld, mask cleared
-        in the child (hooks inherit slurmctld's blocked signals)."""
+        """Start the detached follower: own session, no stdin or stdout tied to slurmctld, mask
+        cleared in the child (hooks inherit slurmctld's blocked signals). It runs in `/`, so the
+        config path is made absolute first; its stderr goes to this hook's log file, so a
+        follower that cannot start says why where the hook's own lines are."""
         import os
         import subprocess
 
         from hpc_bridge.hostlist import compress_sorted
 
-        argv = [sys.executable, "-m", "hpc_bridge", "--config", self.config_path, "follow",
+        argv = [sys.executable, "-m", "hpc_bridge", "--config", os.path.abspath(self.config_path), "follow",
                 "--until", f"{deadline:.0f}"]
         if recreate:
             argv += ["--recreate", compress_sorted(recreate)]
         argv.append(compress_sorted(names))
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-                                env=dict(os.environ), cwd="/")
+        stderr = self._open_own_log()
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL if stderr is None else stderr,
+                                    start_new_session=True, close_fds=True, env=dict(os.environ), cwd="/")
+        finally:
+            if stderr is not None:
+                os.close(stderr)
         log.info("follower started (pid %d) for %d node(s)", proc.pid, len(names))
+
+    def _open_own_log(self) -> int | None:
+        """This command's log file for appending (None when there is none or it cannot be opened)."""
+        import os
+
+        if not self.cfg.paths.log_dir:
+            return None
+        try:
+            return os.open(os.path.join(self.cfg.paths.log_dir, f"{self.command}.log"),
+                           os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
 
 
 def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = None) -> int:

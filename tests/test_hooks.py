@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -334,3 +336,14 @@ def test_mark_down_logs_the_whole_reason_while_slurm_keeps_a_cut(env):
     node = slurm_node(env, "htc-f4sv2-5")
     assert "DOWN" in node.state_flags and node.reason.startswith("hpc-bridge: cloud node failed")
     assert len(node.reason) < len(why)
+
+
+def test_resume_with_a_relative_config_path_still_has_a_working_follower(env):
+    # the follower runs in `/`: the config path it is given must not be relative
+    env.sim.reset_stats()
+    proc = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", env.config_path.name, "resume",
+                           "htc-f2sv2-1"], capture_output=True, text=True, timeout=60, cwd=env.root,
+                          env=env.cli_env())
+    assert proc.returncode == 0, proc.stderr
+    env.wait_for(lambda: slurm_node(env, "htc-f2sv2-1").node_addr != "htc-f2sv2-1", what="NodeAddr set by the follower")
+    assert "error" not in (env.log_dir / "resume.log").read_text()
