@@ -1,7 +1,7 @@
 """The lock-protected state file of in-flight operations.
 
-One JSON file under [paths] state_dir, guarded by a filelock lock (bounded wait, then a clear
-error), written atomically (temp file, fsync, rename, fsync of the directory), with a schema
+One JSON file under [paths] state_dir, guarded by a fair blocking lock (hpc_bridge.flock: bounded
+wait, then a clear error), written atomically (temp file, fsync, rename, fsync of the directory), with a schema
 version. Every mutating API call is recorded *before* it is made (action, requestId, node
 names, start, deadline, the request itself) so that a hook killed mid-way can be finished by
 the next run or by repair: re-sending the same requestId is safe, the API answers 409 and the
@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-import filelock
-
+from hpc_bridge import flock
 from hpc_bridge.errors import StateError
 from hpc_bridge.log import ensure_private_dir
 
@@ -279,25 +278,19 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self, timeout: float | None = None) -> Iterator[None]:
         self.ensure_dir()
-        # filelock >= 3.20.1 opens the lock file with O_NOFOLLOW: a symlink planted there cannot
-        # make us truncate another file.
-        lock = filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout if timeout is None else timeout,
-                                 mode=0o600)
-        t0 = time.monotonic()
         try:
-            lock.acquire()
-        except filelock.Timeout:
+            with flock.exclusive(str(self.lock_path), self.lock_timeout if timeout is None else timeout) as waited:
+                self.lock_waits.append(waited)
+                yield
+        except flock.LockTimeout:
             raise StateError(
                 f"state file {self.path} is locked by another hpc-bridge process for more than "
-                f"{self.lock_timeout:g}s; if none is running, check for a hung process"
+                f"{self.lock_timeout if timeout is None else timeout:g}s; if none is running, check for a hung process"
             ) from None
         except OSError as err:
-            raise StateError(f"cannot lock {self.lock_path}: {err.strerror or err}") from None
-        self.lock_waits.append(time.monotonic() - t0)
-        try:
-            yield
-        finally:
-            lock.release()
+            if err.filename is None or not str(err.filename).startswith(str(self.lock_path)):
+                raise
+            raise StateError(f"cannot lock {err.filename}: {err.strerror or err}") from None
 
     def _load_raw(self, move_corrupt_aside: bool = True) -> tuple[State, bytes | None]:
         """The state and the file's bytes (None: no usable file, i.e. an empty state). A corrupt

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import stat
+import time
 
 import pytest
 
@@ -289,3 +290,65 @@ def test_state_file_of_the_wrong_shape_is_moved_aside_like_garbage(tmp_path, bod
     with store.transaction() as state:
         assert state.operations == {}
     assert len(list(tmp_path.glob("state.json.corrupt-*"))) == 1
+
+
+def _take_and_record(lock_path: str, out: str, tag: str) -> None:
+    from hpc_bridge import flock
+
+    with flock.exclusive(lock_path, 60):
+        with open(out, "a") as fh:
+            fh.write(tag + "\n")
+
+
+def test_lock_is_handed_to_the_waiter_not_taken_again_by_its_releaser(tmp_path):
+    # the unfair pattern of a polling lock: a process releasing and at once re-taking the lock
+    # while another waits. Here the waiter (holding the gate, i.e. first in line) goes first.
+    import fcntl
+
+    from hpc_bridge import flock
+
+    lock_path, out = str(tmp_path / "x.lock"), str(tmp_path / "order")
+    ctx = multiprocessing.get_context("spawn")
+    with flock.exclusive(lock_path, 5):
+        waiter = ctx.Process(target=_take_and_record, args=(lock_path, out, "waiter"))
+        waiter.start()
+        # wait until the waiter is in line: it holds the gate while it waits for the lock
+        gate = os.open(lock_path + ".gate", os.O_RDWR)
+        try:
+            for _ in range(6000):
+                try:
+                    fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                    time.sleep(0.01)
+                except BlockingIOError:
+                    break
+            else:
+                raise AssertionError("the waiter never queued")
+        finally:
+            os.close(gate)
+    with flock.exclusive(lock_path, 60):  # released above, asked for again at once
+        with open(out, "a") as fh:
+            fh.write("releaser\n")
+    waiter.join(60)
+    assert waiter.exitcode == 0
+    assert open(out).read().split() == ["waiter", "releaser"]
+
+
+def test_lock_wait_is_bounded_outside_the_main_thread_too(tmp_path):
+    import threading
+
+    s = store(tmp_path, lock_timeout=0.2)
+    errors = []
+
+    def other():
+        try:
+            with store(tmp_path, lock_timeout=0.2).transaction():
+                pass
+        except StateError as err:
+            errors.append(err)
+
+    with s.locked():
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(30)
+    assert len(errors) == 1 and "locked by another hpc-bridge process" in str(errors[0])
