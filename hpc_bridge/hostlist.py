@@ -6,8 +6,10 @@ gives what ``scontrol show hostlist`` prints for the same names in the same orde
 
 Slurm's rules mirrored here (all checked against the real scontrol, see tests/test_hostlist.py):
 
-* Separators are ``,``, space, tab and newline; a separator inside an open bracket does not end
-  the token. Empty items are skipped, so ``""`` and ``"a,,b"`` are fine.
+* Separators are ``,``, space and tab (not newline: Slurm keeps it in the name); a separator
+  inside an open bracket does not end the token. Empty items are skipped, so ``""`` and
+  ``"a,,b"`` are fine.
+* Numbers are ASCII digits only (``n[١-٣]`` is invalid, ``n١`` is a name without a number).
 * A bracket holds comma-separated numbers and ``lo-hi`` ranges. The zero padding of a range is
   the length of its first number (``[1-03]`` gives 1 2 3, ``[001-3]`` gives 001 002 003); ``1-``
   means ``1``; a range may hold at most 65,536 hosts.
@@ -25,10 +27,13 @@ Where Slurm silently returns a damaged answer, this module raises :class:`Hostli
 instead of guessing (never a partial answer):
 
 * an unclosed ``[`` (Slurm turns ``n[1-4`` into the host ``n]``),
-* numbers of 18446744073709551615 (2**64-1) or more (Slurm clamps or wraps them),
+* numbers above 18446744073709551615 (2**64-1: Slurm clamps or wraps them), and 2**64-1 itself
+  anywhere but alone: as the end of a range, right after 2**64-2 (Slurm joins the two into such
+  a range) or in a bracket group before the last one (Slurm then prints nothing, or loops),
 * an error inside an earlier bracket group of a product (Slurm drops those hosts silently),
 * more than 65,536 items in one bracket (Slurm aborts),
-* the characters CR, VT, FF and NUL (Slurm's natural compare treats them as spaces),
+* the characters newline, CR, VT, FF and NUL (Slurm's natural compare treats them as spaces, so
+  ``a\n1,a2`` comes back as ``a\n1``, ``a\n2``),
 * an expression that expands to more than MAX_TOTAL (1,000,000) names in all.
 """
 
@@ -56,14 +61,15 @@ MAX_TOTAL = 1_000_000
 _ULONG_MAX = 2**64 - 1
 
 _DIGITS = "0123456789"
-_SEP_RE = re.compile(r"[\t\n ,]")
-_NONSEP_RE = re.compile(r"[^\t\n ,]")
-_SPACE_SPLIT_RE = re.compile(r"[\t\n ,]+")
-_FORBIDDEN_RE = re.compile(r"[\r\v\f\x00]")
-_LONG_NUMBER_RE = re.compile(r"\d{20}")
-_SIMPLE_RANGE_RE = re.compile(r"(\d+)(?:-(\d*))?")
+_SEP_RE = re.compile(r"[\t ,]")
+_NONSEP_RE = re.compile(r"[^\t ,]")
+_SPACE_SPLIT_RE = re.compile(r"[\t ,]+")
+_FORBIDDEN_RE = re.compile(r"[\n\r\v\f\x00]")
+# [0-9], not \d: Slurm's numbers are ASCII digits (\d also matches e.g. Arabic-Indic digits).
+_LONG_NUMBER_RE = re.compile(r"[0-9]{20}")
+_SIMPLE_RANGE_RE = re.compile(r"([0-9]+)(?:-([0-9]*))?")
 # strtoul(3): optional C-locale white space, an optional sign, then decimal digits.
-_STRTOUL_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)(\d+)")
+_STRTOUL_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)")
 # A name given to compress() must be one host: no separator, no bracket, no odd control char.
 _BAD_NAME_RE = re.compile(r"[\t\n ,\[\]\r\v\f\x00]")
 
@@ -95,7 +101,7 @@ def expand(expr: str) -> list[str]:
         )
     if "[" not in expr and "]" not in expr:
         # Fast path: plain names only; tokens are the non-empty pieces between separators.
-        if "," in expr and " " not in expr and "\t" not in expr and "\n" not in expr:
+        if "," in expr and " " not in expr and "\t" not in expr:
             names = expr.split(",")
             if "" in names:
                 names = [n for n in names if n]
@@ -104,10 +110,13 @@ def expand(expr: str) -> list[str]:
         if _LONG_NUMBER_RE.search(expr):
             for name in names:
                 _check_suffix(name)
+            _check_no_joined_max(names)
         return names
     out: list[str] = []
     for tok in _tokens(expr):
         _expand_token(tok, out)
+    if _LONG_NUMBER_RE.search(expr):
+        _check_no_joined_max(out)
     return out
 
 
@@ -141,10 +150,29 @@ def _tokens(s: str):
 
 
 def _check_suffix(name: str) -> None:
-    """Reject a host whose numeric suffix Slurm cannot hold (>= 2**64-1)."""
+    """Reject a host whose numeric suffix Slurm cannot hold (> 2**64-1)."""
     stem = name.rstrip(_DIGITS)
-    if len(name) - len(stem) >= 20 and int(name[len(stem):]) >= _ULONG_MAX:
+    if len(name) - len(stem) >= 20 and int(name[len(stem):]) > _ULONG_MAX:
         raise HostlistError(f"number too large in host name {_show(name)}")
+
+
+def _check_no_joined_max(names: list[str]) -> None:
+    """Reject 2**64-1 right after 2**64-2 with the same prefix: Slurm joins such neighbours
+    into one range, and a range ending at 2**64-1 is lost (its hostlist then prints nothing)."""
+    previous = None
+    for name in names:
+        stem = name.rstrip(_DIGITS)
+        suffix = name[len(stem):]
+        if len(suffix) >= 20 and int(suffix) == _ULONG_MAX and previous is not None:
+            p_stem, p_suffix = previous
+            if p_stem == stem and int(p_suffix) == _ULONG_MAX - 1 and _widths_compatible(
+                _ULONG_MAX - 1, len(p_suffix), _ULONG_MAX, len(suffix)
+            ):
+                raise HostlistError(
+                    f"number too large in host name {_show(name)}: Slurm cannot hold"
+                    f" {_ULONG_MAX} in a range (here after {_show(stem + p_suffix)})"
+                )
+        previous = (stem, suffix) if suffix else None
 
 
 def _expand_token(tok: str, out: list[str]) -> None:
@@ -185,7 +213,7 @@ def _parse_range_list(text: str, tok: str) -> list[tuple[int, int, int]]:
             lo, hi, width = _parse_range_slow(part, tok)
         if lo > hi:
             raise HostlistError(f"invalid range {_show(part)} in hostlist item {_show(tok)}")
-        if hi >= _ULONG_MAX:
+        if hi > _ULONG_MAX or (hi == _ULONG_MAX and lo < hi):
             raise HostlistError(
                 f"number too large in range {_show(part)} in hostlist item {_show(tok)}"
             )
@@ -258,6 +286,11 @@ def _push_range_list(prefix: str, ranges, out: list[str], tok: str) -> None:
     recurse = "[" in before
     count = 0
     for lo, hi, width in _parse_range_list(inner, tok):
+        if hi == _ULONG_MAX:  # Slurm's loop over such a group never ends
+            raise HostlistError(
+                f"number too large in bracket group [{_show(inner)[1:-1]}] before the last"
+                f" in hostlist item {_show(tok)}"
+            )
         count += hi - lo + 1
         if count > MAX_PREFIX_CNT:
             raise HostlistError(
@@ -323,6 +356,7 @@ def _names_list(names: Iterable[str]) -> list[str]:
     if _LONG_NUMBER_RE.search(joined):
         for name in names:
             _check_suffix(name)
+        _check_no_joined_max(names)
     return names
 
 
@@ -398,6 +432,11 @@ def compress_sorted(names: Iterable[str]) -> str:
     Slurm's natural order (strnatcmp), a name without a number before the numbered ones with
     the same prefix, then by the width of the number, then by its value. Meant for config
     generation: the same set of names always gives the same string.
+
+    Numbers are ordered by value. Slurm's own sort subtracts them into a C int, which overflows
+    once two numbers of one prefix lie 2**31 or more apart: there ``scontrol show
+    hostlistsorted`` misorders and even drops names (``a3000000000,a2,a1`` -> ``a[3000000000]``)
+    and this function gives the correctly sorted list instead, so it differs from Slurm's answer.
     """
     groups: dict[str, list[str]] = {}
     for name in dict.fromkeys(_names_list(names)):
@@ -414,6 +453,8 @@ def compress_sorted(names: Iterable[str]) -> str:
         group.sort()
         group.sort(key=len)
         ordered.extend(group)
+    if any(len(name) - len(name.rstrip(_DIGITS)) >= 20 for name in ordered):
+        _check_no_joined_max(ordered)
     return _compress(ordered)
 
 

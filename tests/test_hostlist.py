@@ -32,15 +32,29 @@ class Oracle:
         self.scontrol = scontrol
         self.env = dict(os.environ, SLURM_CONF=conf)
 
-    def show(self, what: str, arg: str) -> list[str] | None:
-        """Lines printed by `scontrol show <what> <arg>`, or None when Slurm says invalid."""
+    def run(self, what: str, arg: str) -> subprocess.CompletedProcess:
         # "--": an argument starting with '-' must not be read as an scontrol option
-        proc = subprocess.run([self.scontrol, "--", "show", what, arg], capture_output=True,
+        return subprocess.run([self.scontrol, "--", "show", what, arg], capture_output=True,
                               env=self.env, timeout=60)
+
+    def raw(self, what: str, arg: str) -> str | None:
+        """What `scontrol show <what> <arg>` prints, or None when Slurm says invalid."""
+        proc = self.run(what, arg)
         if b"Invalid hostlist" in proc.stderr:
             return None
         assert proc.returncode == 0, proc.stderr
-        text = proc.stdout.decode("utf-8", "surrogateescape")
+        return proc.stdout.decode("utf-8", "surrogateescape")
+
+    def show(self, what: str, arg: str) -> list[str] | None:
+        """Names (one a line) printed by `scontrol show <what> <arg>`, or None when invalid.
+
+        Slurm keeps a newline inside a name, so with one in the input a line is not a name:
+        such questions go to raw() instead of being split wrongly here."""
+        if "\n" in arg:
+            raise ValueError(f"ambiguous oracle question (a name may hold the newline): {arg!r}")
+        text = self.raw(what, arg)
+        if text is None:
+            return None
         lines = text.split("\n")
         assert lines[-1] == "", "scontrol output ends with a newline"
         return lines[:-1]
@@ -81,7 +95,7 @@ EXPAND_TABLE = [
     ("n1", ["n1"]),
     ("a,,b", ["a", "b"]),
     (",a", ["a"]),
-    ("a b\tc\nd", ["a", "b", "c", "d"]),
+    ("a b\tc", ["a", "b", "c"]),  # not newline: see NEWLINE_IN_SLURM
     ("a, b", ["a", "b"]),
     ("n[1-3,05-7]", ["n1", "n2", "n3", "n05", "n06", "n07"]),
     ("a[1-03]", ["a1", "a2", "a3"]),  # padding follows the first number
@@ -117,6 +131,12 @@ EXPAND_TABLE = [
     ("a[1]b[2,3]", ["a1b2", "a1b3"]),
     ("[1-2]x[3]", ["1x3", "2x3"]),
     ("a18446744073709551614", ["a18446744073709551614"]),
+    ("a18446744073709551615", ["a18446744073709551615"]),  # 2**64-1 alone is fine
+    ("a[18446744073709551615]", ["a18446744073709551615"]),
+    ("a018446744073709551615", ["a018446744073709551615"]),
+    ("a[18446744073709551615,18446744073709551614]", ["a18446744073709551615", "a18446744073709551614"]),
+    ("a18446744073709551613,a18446744073709551614", ["a18446744073709551613", "a18446744073709551614"]),
+    ("n\u0661,n\u0662", ["n\u0661", "n\u0662"]),  # Arabic-Indic digits: names without a number
 ]
 
 # Slurm answers "Invalid hostlist" for all of these.
@@ -149,6 +169,10 @@ SLURM_REJECTS = [
     "a[1-65537]",
     "a[0-65535,1][1]",  # more than 65,536 prefixes from one group
     "a[1]b]",
+    "n[\u0661-\u0663]",  # only ASCII digits are numbers
+    "n[1-\u0663]",
+    "n[\u0661]",
+    "n[\uff11-\uff13]",  # fullwidth digits
 ]
 
 # Slurm accepts these but answers with damaged data; we refuse rather than guess.
@@ -164,6 +188,15 @@ DELIBERATE_REJECTS = [
     ("a[0-65535,0]b[1]c[1]", "prefixes"),  # Slurm prints a partial list
     ("a\rb", "invalid character"),
     ("a\x0bb", "invalid character"),
+    ("a\nb", "invalid character"),  # one name in Slurm, with a newline in it
+    ("n\n1,n\n2", "invalid character"),
+    ("a\n1,a2", "invalid character"),  # Slurm: a\n1, a\n2
+    ("a[18446744073709551614-18446744073709551615]", "too large"),  # Slurm prints nothing
+    ("b1,a[18446744073709551614-18446744073709551615],c1", "too large"),  # nothing at all
+    ("a18446744073709551614,a18446744073709551615", "too large"),  # joined: nothing
+    ("a[18446744073709551613-18446744073709551614],a18446744073709551615", "too large"),
+    ("a[18446744073709551615]b[1-2]", "too large"),  # Slurm loops
+    ("a[18446744073709551616]", "too large"),
 ]
 
 COMPRESS_TABLE = [
@@ -188,6 +221,10 @@ COMPRESS_TABLE = [
     (["01", "2"], "[01,2]"),
     (["a1", "a2", "b1", "b2", "a3"], "a[1-2],b[1-2],a3"),
     (["a1b2", "a1b10", "a2b1"], "a1b[2,10],a2b1"),
+    (["n\u0661", "n\u0662"], "n\u0661,n\u0662"),
+    (["a18446744073709551615"], "a18446744073709551615"),
+    (["a18446744073709551615", "a18446744073709551614"], "a[18446744073709551615,18446744073709551614]"),
+    (["a18446744073709551613", "a18446744073709551614"], "a[18446744073709551613-18446744073709551614]"),
 ]
 
 COMPRESS_SORTED_TABLE = [
@@ -201,6 +238,23 @@ COMPRESS_SORTED_TABLE = [
     (["b", "a", "B", "_", "a-1", "a.1"], "B,_,a,a-1,a.1,b"),
     (["x1", "x-1", "x_1", "x01", "x"], "x,x[1,01],x-1,x_1"),
     (["a1b2", "a1b10", "a2b1", "a10b1"], "a1b[2,10],a2b1,a10b1"),
+    (["a2147483647", "a1", "a2147483648"], "a[1,2147483647-2147483648]"),  # within 2**31 of each other
+]
+
+# Numbers 2**31 or more apart: Slurm's sort overflows (misorders, drops names); ours sorts them.
+BEYOND_SLURM_SORT = [
+    (["a3000000000", "a2", "a1"], "a[1-2,3000000000]", "a[3000000000]"),
+    (["a4294967296", "a1"], "a[1,4294967296]", "a[4294967296]"),
+    (["a4294967297", "a2"], "a[2,4294967297]", "a[4294967297]"),
+]
+
+# Newline is not a separator in Slurm (a name may hold it), and the natural compare Slurm joins
+# ranges with skips it: what Slurm prints for these (we refuse them: invalid character).
+NEWLINE_IN_SLURM = [
+    # expression, `show hostnames` output, `show hostlist` output
+    ("a\nb", "a\nb\n", "a\nb\n"),  # one name, not two
+    ("n\n1,n\n2", "n\n1\nn\n2\n", "n\n[1-2]\n"),
+    ("a\n1,a2", "a\n1\na\n2\n", "a\n[1-2]\n"),  # a2 comes back as a\n2
 ]
 
 
@@ -251,11 +305,35 @@ def test_compress_sorted_table(names, expected):
     assert compress_sorted(names) == expected
 
 
-@pytest.mark.parametrize("names", [["a[1]"], ["a,b"], ["a b"], [""], ["x]"], ["a\tb"],
-                                   "n1,n2", [1, 2]])
+@pytest.mark.parametrize("names", [["a[1]"], ["a,b"], ["a b"], [""], ["x]"], ["a\tb"], ["a\nb"],
+                                   "n1,n2", [1, 2],
+                                   ["a18446744073709551614", "a18446744073709551615"],
+                                   ["a18446744073709551616"]])
 def test_compress_rejects_non_host_names(names):
     with pytest.raises(HostlistError):
         compress(names)
+
+
+def test_compress_sorted_refuses_max_after_sorting():
+    with pytest.raises(HostlistError, match="too large"):
+        compress_sorted(["a18446744073709551615", "a18446744073709551614"])
+
+
+@pytest.mark.parametrize("names,ours,slurm", BEYOND_SLURM_SORT)
+def test_compress_sorted_sorts_numbers_beyond_slurm_int(names, ours, slurm):
+    assert compress_sorted(names) == ours
+    assert sorted(expand(ours)) == sorted(names)
+
+
+@pytest.mark.parametrize("expr,hostnames,hostlist", NEWLINE_IN_SLURM)
+def test_newline_is_not_a_separator(expr, hostnames, hostlist):
+    with pytest.raises(HostlistError, match=r"invalid character '\\n'"):
+        expand(expr)
+
+
+def test_oracle_refuses_to_split_names_at_newlines(oracle):
+    with pytest.raises(ValueError, match="ambiguous"):
+        oracle.hostnames("a\nb")
 
 
 def test_compress_accepts_any_iterable():
@@ -285,6 +363,27 @@ def test_deliberate_rejections_are_damaged_answers_in_slurm(oracle):
         assert oracle.hostnames(expr) == slurm_says, expr
     partial = oracle.hostnames("a[0-65535,0]b[1]c[1]")
     assert partial is not None and len(partial) == 65536  # 65,537 asked for
+    # a range ending at 2**64-1, also one Slurm joins from two names, is lost with its whole
+    # list (22.05's scontrol even crashes on it)
+    for expr in ("a[18446744073709551614-18446744073709551615]",
+                 "b1,a[18446744073709551614-18446744073709551615],c1",
+                 "a18446744073709551614,a18446744073709551615",
+                 "a[18446744073709551613-18446744073709551614],a18446744073709551615"):
+        assert oracle.run("hostnames", expr).stdout == b"", expr
+    assert oracle.hostlist(["a18446744073709551614", "a18446744073709551615"]) == (
+        "a[18446744073709551614-18446744073709551615]")  # which then expands to nothing
+    for expr, hostnames, hostlist in NEWLINE_IN_SLURM:
+        assert oracle.raw("hostnames", expr) == hostnames, expr
+        assert oracle.raw("hostlist", expr) == hostlist, expr
+
+
+@pytest.mark.parametrize("names,ours,slurm", BEYOND_SLURM_SORT)
+def test_slurm_sort_breaks_beyond_int(oracle, names, ours, slurm):
+    """Where compress_sorted and `scontrol show hostlistsorted` differ, Slurm's answer is the
+    damaged one (names dropped), not a different valid order."""
+    assert oracle.hostlistsorted(names) == slurm
+    assert len(oracle.hostnames(slurm)) < len(names)
+    assert compress_sorted(names) != slurm
 
 
 # ---------------------------------------------------------------------------------------------
