@@ -68,7 +68,9 @@ def load_config_for(args: argparse.Namespace):
     from hpc_bridge.log import register_secret, setup_logging
 
     cfg = load_config(getattr(args, "config", None))
-    setup_logging(args.command, cfg.paths.log_dir, getattr(args, "verbose", 0))
+    _, problem = setup_logging(args.command, cfg.paths.log_dir, getattr(args, "verbose", 0))
+    if problem:
+        print(f"hpc-bridge {args.command}: warning: {problem}; warnings and errors go to stderr", file=sys.stderr)
     try:
         register_secret(cfg.cluster.password())
     except BridgeError:

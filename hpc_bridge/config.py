@@ -18,10 +18,19 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpc_bridge.errors import ConfigError
+from hpc_bridge.files import NotARegularFile, read_regular_file
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_SECRET_BYTES = 64 * 1024
 
 DEFAULT_CONFIG_PATH = "/etc/hpc-bridge/config.toml"
 CONFIG_ENV = "HPC_BRIDGE_CONFIG"
 PASSWORD_ENV = "HPC_BRIDGE_PASSWORD"
+
+
+# Upper bounds of the durations: past them a value is a typo, and a huge one (1e308) would only
+# overflow later, in a socket timeout or a date.
+YEAR = 366 * 86400.0
 
 
 class _Section(BaseModel):
@@ -43,9 +52,9 @@ class ClusterConfig(_Section):
     password_file: str | None = None
     verify_tls: bool = True
     ca_bundle: str | None = None
-    timeout: float = Field(default=10.0, gt=0)
+    timeout: float = Field(default=10.0, gt=0, le=3600)
     retries: int = Field(default=4, ge=0, le=20)
-    retry_budget: float = Field(default=30.0, gt=0, description="total seconds spent retrying one call")
+    retry_budget: float = Field(default=30.0, gt=0, le=86400, description="total seconds one call may take")
     allow_plain_http: bool = False
 
     @field_validator("url")
@@ -102,7 +111,9 @@ def read_secret_file(path: str) -> str:
             f"run: chmod 600 {path}"
         )
     try:
-        secret = Path(path).read_text(encoding="utf-8").strip()
+        secret = read_regular_file(path, MAX_SECRET_BYTES).decode("utf-8").strip()
+    except NotARegularFile as err:
+        raise ConfigError(f"password file {path}: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"password file {path}: cannot read it ({type(err).__name__})") from None
     if not secret:
@@ -198,20 +209,20 @@ class PartitionsConfig(_Section):
 
 
 class ResumeConfig(_Section):
-    capacity_cooloff: float = Field(default=600.0, ge=0)
-    resume_timeout: float = Field(default=1800.0, gt=0)  # keep equal to slurm.conf ResumeTimeout
+    capacity_cooloff: float = Field(default=600.0, ge=0, le=YEAR)
+    resume_timeout: float = Field(default=1800.0, gt=0, le=YEAR)  # keep equal to slurm.conf ResumeTimeout
     follower: bool = True  # start a detached follower that sets node addresses as they appear
 
 
 class RepairConfig(_Section):
-    grace: float = Field(default=300.0, ge=0)  # leaked VM / unknown node grace
-    lock_timeout: float = Field(default=0.0, ge=0)
+    grace: float = Field(default=300.0, ge=0, le=YEAR)  # leaked VM / unknown node grace
+    lock_timeout: float = Field(default=0.0, ge=0, le=3600)
 
 
 class StateConfig(_Section):
-    lock_timeout: float = Field(default=10.0, gt=0)
-    retention: float = Field(default=86400.0, gt=0)
-    keep_closed: float = Field(default=3600.0, gt=0)
+    lock_timeout: float = Field(default=10.0, gt=0, le=3600)
+    retention: float = Field(default=86400.0, gt=0, le=YEAR)
+    keep_closed: float = Field(default=3600.0, gt=0, le=YEAR)
 
 
 class Config(_Section):
@@ -250,8 +261,9 @@ def load_config(path: str | None = None) -> Config:
     """Read and validate the config; any problem → ConfigError with one line per problem."""
     path = config_path(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        data = tomllib.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except NotARegularFile as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found (use --config or ${CONFIG_ENV})") from None
     except OSError as err:

@@ -63,6 +63,22 @@ class Facts:
     boot_times: list[float] = field(default_factory=list)  # observed create/start -> done, seconds
     timer_unit: str | None = None  # path of the repair timer unit found
     timer_enabled: bool = False
+    slurm_user: str = "root"  # slurm.conf SlurmUser: who runs the hooks
+    slurm_uid: int | None = 0  # None: no such user on this host
+    files: list["FileFacts"] = field(default_factory=list)  # state_dir, log_dir and what is in them
+    files_error: str | None = None
+    log_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    path: str
+    uid: int
+    mode: int  # st_mode, type bits included
+
+
+# A listing of state_dir and log_dir longer than this is cut (it is a sign of trouble itself).
+MAX_FILES_CHECKED = 10_000
 
 
 def _names(names) -> str:
@@ -255,6 +271,47 @@ def check_state(f: Facts) -> list[Check]:
     return [Check("state file readable", OK, str(f.cfg.state_file))]
 
 
+def check_ownership(f: Facts) -> list[Check]:
+    """Everything under state_dir and log_dir is SlurmUser's, private, and no link: a file
+    another user (root, after a command run by hand) owns locks the hooks out; a link there is
+    a way to make a root command write elsewhere."""
+    import stat
+
+    name = "state and log files owned by SlurmUser"
+    if f.slurm_uid is None:
+        return [Check(name, FAIL, f"SlurmUser {f.slurm_user!r} (slurm.conf) is not a user on this host",
+                      "set SlurmUser in slurm.conf to the user slurmctld runs as")]
+    if f.files_error:
+        return [Check(name, FAIL, f.files_error, "make it a directory owned by SlurmUser, mode 700")]
+    problems = []
+    user = f.slurm_user
+    for ff in f.files:
+        mode = stat.S_IMODE(ff.mode)
+        if stat.S_ISLNK(ff.mode):
+            problems.append((ff.path, "is a symbolic link", f"rm {ff.path}"))
+        elif not (stat.S_ISDIR(ff.mode) or stat.S_ISREG(ff.mode)):
+            problems.append((ff.path, "is not a regular file", f"rm {ff.path}"))
+        elif ff.uid != f.slurm_uid:
+            problems.append((ff.path, f"owned by uid {ff.uid}, not by {user}", f"chown {user}: {ff.path}"))
+        elif stat.S_ISDIR(ff.mode) and mode & 0o077:
+            problems.append((ff.path, f"mode {mode:04o}: open to group or others", f"chmod 700 {ff.path}"))
+        elif stat.S_ISREG(ff.mode) and mode & 0o022:
+            problems.append((ff.path, f"mode {mode:04o}: writable by group or others", f"chmod 600 {ff.path}"))
+    if problems:
+        shown = problems[:5]
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        return [Check(name, FAIL, "; ".join(f"{p} {why}" for p, why, _ in shown) + more,
+                      "; ".join(fix for _, _, fix in shown) + " (every file there must be SlurmUser's)")]
+    return [Check(name, OK, f"{len(f.files)} entries, all {user}'s")]
+
+
+def check_log(f: Facts) -> list[Check]:
+    if f.log_problem:
+        return [Check("log file writable", FAIL, f.log_problem,
+                      f"make {f.cfg.paths.log_dir} a directory owned by {f.slurm_user}, mode 700, holding no links")]
+    return []
+
+
 def check_timer(f: Facts) -> list[Check]:
     name = "repair timer installed"
     if not f.timer_unit:
@@ -270,7 +327,8 @@ def run_checks(f: Facts) -> list[Check]:
     out = check_config(f)
     if f.cfg is None:
         return out
-    for fn in (check_api, check_slurm_conf, check_generated, check_nodemap, check_state, check_timer):
+    for fn in (check_api, check_slurm_conf, check_generated, check_nodemap, check_state, check_ownership,
+               check_log, check_timer):
         out.extend(fn(f))
     return out
 
@@ -391,7 +449,47 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
         log.warning("%s", err)
 
     f.timer_unit, f.timer_enabled = find_timer(systemd_dirs)
+    f.slurm_user = (f.slurm_conf.get("SlurmUser") if f.slurm_conf else None) or "root"
+    f.slurm_uid = uid_of(f.slurm_user)
+    f.files, f.files_error = list_files(cfg.paths.state_dir, cfg.paths.log_dir)
     return f
+
+
+def uid_of(user: str) -> int | None:
+    import pwd
+
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def list_files(*directories: str) -> tuple[list[FileFacts], str | None]:
+    """Each directory and everything under it (links not followed), from lstat."""
+    out: list[FileFacts] = []
+    for top in directories:
+        try:
+            st = os.lstat(top)
+        except FileNotFoundError:
+            continue  # made, by its first writer
+        except OSError as err:
+            return out, f"{top}: {err.strerror}"
+        out.append(FileFacts(top, st.st_uid, st.st_mode))
+        if os.path.islink(top):
+            continue
+        for root, dirs, names in os.walk(top, onerror=None):
+            for entry in dirs + names:
+                path = os.path.join(root, entry)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # gone meanwhile
+                out.append(FileFacts(path, st.st_uid, st.st_mode))
+                if len(out) >= MAX_FILES_CHECKED:
+                    return out, None
+    return out, None
 
 
 def run_cli(args) -> int:
@@ -402,7 +500,7 @@ def run_cli(args) -> int:
     facts = gather(getattr(args, "config", None))
     if facts.cfg is not None:
         try:
-            setup_logging(args.command, facts.cfg.paths.log_dir, getattr(args, "verbose", 0))
+            _, facts.log_problem = setup_logging(args.command, facts.cfg.paths.log_dir, getattr(args, "verbose", 0))
         except (BridgeError, OSError):
             pass
     checks = run_checks(facts)

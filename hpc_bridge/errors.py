@@ -11,8 +11,11 @@ class BridgeError(Exception):
     exit_code = 1
 
     def __init__(self, message: str):
-        # One line, always: a newline in a message would split log records and sinfo reasons.
-        super().__init__(" ".join(str(message).split()))
+        # One line, always: a newline in a message would split log records and sinfo reasons;
+        # other control characters (from an API answer, a file) are written escaped.
+        from hpc_bridge.log import escape_controls
+
+        super().__init__(escape_controls(" ".join(str(message).split())))
 
 
 class ConfigError(BridgeError):

@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Iterator
 
+from hpc_bridge.files import hand_over
+
 
 class LockTimeout(Exception):
     """The lock was not free within the timeout."""
@@ -34,7 +36,14 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def _open(path: str, mode: int) -> int:
     # O_NOFOLLOW: a symlink planted there cannot make us create or lock another file.
-    return os.open(path, _OPEN_FLAGS, mode)
+    fd = os.open(path, _OPEN_FLAGS, mode)
+    try:
+        # made by root (an admin's command), it must stay lockable by SlurmUser's hooks
+        hand_over(fd, os.path.dirname(path) or ".")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager

@@ -1,6 +1,10 @@
 """Logging: one file per command under [paths] log_dir (rotated by logrotate), stderr at -v.
 
 Secrets registered with `register_secret` are masked in every record, wherever it comes from.
+Every line is one line: control characters and line breaks in a message (a value from the
+state file, the API, the command line) are written escaped, so nothing can forge a log line.
+A log file is opened without following links and only when it belongs to the log directory's
+owner: a link planted there cannot turn a root command into a write elsewhere.
 """
 
 from __future__ import annotations
@@ -8,8 +12,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
+
+from hpc_bridge.files import open_owned
 
 _SECRETS: set[str] = set()
 _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -32,6 +39,36 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape (\\n, \\x1b, \\u2028): one
+    printable line, whatever it held."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0]) or (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                                         else f"\\u{ord(m[0]):04x}"), text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A record, its arguments and any traceback as one line with control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
+
+
+class _OwnedFileHandler(logging.handlers.WatchedFileHandler):
+    """WatchedFileHandler whose file (first open and reopen after rotation) is opened by
+    `open_owned`: no link followed, no file of another owner written."""
+
+    def _open(self):
+        fd = open_owned(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors="backslashreplace")
+
+
 def ensure_private_dir(path: str) -> None:
     """Create a directory readable by its owner only (state and logs may name hosts and ids);
     an existing one of ours that others can read is tightened."""
@@ -41,8 +78,10 @@ def ensure_private_dir(path: str) -> None:
         os.chmod(path, st.st_mode & 0o700)
 
 
-def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) -> str | None:
-    """Configure the hpc_bridge logger; returns the log file path in use, if any."""
+def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) -> tuple[str | None, str | None]:
+    """Configure the hpc_bridge logger. Returns (the log file in use or None, why the log file
+    cannot be written or None): when it cannot, warnings and errors go to stderr instead, and
+    the caller says so."""
     logger = logging.getLogger("hpc_bridge")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -54,7 +93,7 @@ def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) ->
     if verbose:
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-        stderr.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        stderr.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
         stderr.addFilter(redact)
         logger.addHandler(stderr)
     path = None
@@ -64,15 +103,21 @@ def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) ->
             ensure_private_dir(log_dir)
             # Many hook processes write the same file at once: leave rotation to logrotate
             # (scripts/logrotate/hpc-bridge) and reopen the file when it has been rotated.
-            handler = logging.handlers.WatchedFileHandler(path)
+            handler = _OwnedFileHandler(path)
         except OSError as err:
-            logger.warning("cannot write log file %s: %s", path, err.strerror)
-            return None
+            problem = escape_controls(f"cannot write log file {path}: {err.strerror or err}")
+            if not verbose:  # the warnings and errors the file would have had still show somewhere
+                fallback = logging.StreamHandler(sys.stderr)
+                fallback.setLevel(logging.WARNING)
+                fallback.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
+                fallback.addFilter(redact)
+                logger.addHandler(fallback)
+            return None, problem
         handler.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(OneLineFormatter(_FORMAT))
         handler.addFilter(redact)
         logger.addHandler(handler)
-    return path
+    return path, None
 
 
 def node_names(names: Iterable[str]) -> str:

@@ -32,6 +32,7 @@ import filelock
 
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, StateError
+from hpc_bridge.files import touch_owned
 from hpc_bridge.log import node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import (
@@ -474,6 +475,7 @@ def singleton(store: StateStore, timeout: float = 0.0):
     store.ensure_dir()
     lock = filelock.FileLock(str(lock_path(store)), timeout=timeout, mode=0o600)
     try:
+        touch_owned(lock_path(store))
         lock.acquire()
     except filelock.Timeout:
         yield False

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from hpc_bridge import flock
 from hpc_bridge.errors import StateError
+from hpc_bridge.files import NotARegularFile, hand_over, open_owned, read_regular_file
 from hpc_bridge.log import ensure_private_dir
 
 log = logging.getLogger("hpc_bridge.state")
@@ -249,6 +250,11 @@ def _field_names(cls) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
 
 
+# A state file holds what is in flight (closed records move to the history): a few MB at most.
+# Anything far larger is garbage (or /dev/zero linked there), not something to read into memory.
+MAX_STATE_BYTES = 256 * 1024 * 1024
+
+
 class StateStore:
     """The state file and its lock. Use `with store.transaction() as state:` to change it."""
 
@@ -296,16 +302,22 @@ class StateStore:
         """The state and the file's bytes (None: no usable file, i.e. an empty state). A corrupt
         file is moved aside only by a writer holding the lock; a lock-free reader sees it empty."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular_file(self.path, MAX_STATE_BYTES)
         except FileNotFoundError:
             return State(), None
+        except NotARegularFile as err:
+            raw, bad = b"", err  # moved aside below, like any garbage
         except OSError as err:
             raise StateError(f"cannot read state file {self.path}: {err.strerror}") from None
+        else:
+            bad = None
         try:
+            if bad is not None:
+                raise bad
             return State.from_json(json.loads(raw), str(self.path)), raw
         except StateError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, NotARegularFile) as err:
             if not move_corrupt_aside:
                 return State(), None
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
@@ -328,6 +340,7 @@ class StateStore:
                         os.unlink(entry.path)
         fd, tmp = tempfile.mkstemp(prefix=prefix, dir=self.path.parent)
         try:
+            hand_over(fd, self.path.parent)  # rewritten by root, still SlurmUser's
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -374,14 +387,10 @@ class StateStore:
         data = "".join(_RECORD_ENCODER.encode(op_record(op)) + "\n"
                        for op in sorted(ops, key=lambda o: o.started)).encode()
         try:
-            # O_NOFOLLOW: a symlink planted there cannot make us append to another file;
-            # O_NONBLOCK + the regular-file check: nor can a FIFO block us under the lock.
-            fd = os.open(self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, 0o600)
+            # No link followed, no FIFO blocking us under the lock, no file of another owner.
+            fd = open_owned(self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file")
                 if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
                     data = b"\n" + data  # a line torn by a crash must not swallow the next record
                 view = memoryview(data)

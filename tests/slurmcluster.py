@@ -170,8 +170,10 @@ class SlurmCluster:
         cluster_name: str = "hb",
         sbin_dir: str = SBIN,
         bin_dir: str = BIN,
+        slurm_user: str = "root",
     ):
         self.workdir = Path(workdir).resolve()
+        self.slurm_user = slurm_user  # slurmctld and the hooks it runs drop to this user
         self.includes = [Path(p).resolve() for p in nodes_conf_includes]
         self.nodes_conf_text = nodes_conf_text
         self.extra_conf = extra_conf
@@ -313,6 +315,12 @@ class SlurmCluster:
     def write_conf(self) -> Path:
         for d in (self.etc, self.run_dir, self.log_dir, self.state_dir, self.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if self.slurm_user != "root":  # what slurmctld writes once it runs as SlurmUser
+            import pwd
+
+            user = pwd.getpwnam(self.slurm_user)
+            for d in (self.run_dir, self.log_dir, self.state_dir):
+                os.chown(d, user.pw_uid, user.pw_gid)
         if not self.ctld_port:
             self.ctld_port, self.slurmd_port = self._pool.take(2)
         includes = self._write_node_includes()
@@ -321,7 +329,7 @@ class SlurmCluster:
         lines = [
             f"ClusterName={self.cluster_name}",
             "SlurmctldHost=localhost",
-            "SlurmUser=root",
+            f"SlurmUser={self.slurm_user}",
             "SlurmdUser=root",
             f"SlurmctldPort={self.ctld_port}",
             f"SlurmdPort={self.slurmd_port}",

@@ -426,3 +426,25 @@ def test_usage_svg_needs_a_file_name(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(tmp_path / "none.toml"), "usage",
                            "--svg", ""], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr == "hpc-bridge usage: error: --svg needs a file name\n", proc.stderr
+
+
+@pytest.mark.parametrize(
+    "entry,problem",
+    [
+        (doctor.FileFacts("/s", 0, 0o040700), None),
+        (doctor.FileFacts("/s/state.json", 0, 0o100600), None),
+        (doctor.FileFacts("/s/state.json", 5, 0o100600), "/s/state.json owned by uid 5, not by root"),
+        (doctor.FileFacts("/s", 0, 0o040755), "/s mode 0755: open to group or others"),
+        (doctor.FileFacts("/l/x.log", 0, 0o100666), "/l/x.log mode 0666: writable by group or others"),
+        (doctor.FileFacts("/l/x.log", 0, 0o120777), "/l/x.log is a symbolic link"),
+        (doctor.FileFacts("/s/state.json", 0, 0o010600), "/s/state.json is not a regular file"),
+    ],
+)
+def test_doctor_ownership_check_names_each_wrong_entry(entry, problem):
+    check = next(c for c in doctor.check_ownership(facts(files=[entry])))
+    if problem is None:
+        assert check.result == doctor.OK
+    else:
+        assert check.result == doctor.FAIL and problem in check.detail
+    missing = doctor.check_ownership(facts(slurm_user="slurm", slurm_uid=None))
+    assert missing[0].result == doctor.FAIL and "'slurm'" in missing[0].detail

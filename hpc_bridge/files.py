@@ -1,0 +1,82 @@
+"""Files others can reach: ownership, links, FIFOs and sizes.
+
+Files under state_dir and log_dir belong to their directory's owner, whoever writes them.
+
+The hooks run as SlurmUser; an admin runs `repair`, `status` and the rest as root. A file root
+created or rewrote there, left root's with mode 0600, would lock every later hook out (and
+the repair timer, which runs as SlurmUser): so each file made or rewritten by root is handed
+to the owner of the directory it is in, before it is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+def _we_are_root() -> bool:
+    return os.geteuid() == 0
+
+
+def hand_over(fd: int, directory: str | os.PathLike[str]) -> None:
+    """Give the open file `fd` to the owner of `directory`, when we are root and it is not
+    theirs already (as anyone else we cannot, and need not: our files are the owner's)."""
+    if not _we_are_root():
+        return
+    want = os.stat(directory)
+    have = os.fstat(fd)
+    if (have.st_uid, have.st_gid) != (want.st_uid, want.st_gid):
+        os.fchown(fd, want.st_uid, want.st_gid)
+
+
+def open_owned(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
+    """Open a file of ours in a directory that SlurmUser can write: never through a symlink
+    (O_NOFOLLOW), never blocking on a FIFO, only a regular file, and only one the directory's
+    owner owns (root's own, with a single link, is a file an earlier root run left: it is handed
+    over). Anything else raises OSError naming why: a planted link or file is not written."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        owner = os.stat(directory).st_uid
+        ours = st.st_uid == owner or (_we_are_root() and st.st_uid == 0 and st.st_nlink == 1)
+        if not ours:
+            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by the directory's owner (uid {owner})", path)
+        hand_over(fd, directory)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def touch_owned(path: str | os.PathLike[str]) -> None:
+    """Make sure `path` exists as a file of the directory's owner (lock files: a lock file root
+    created would be root's, mode 0600, and no hook could take the lock again). Only as root."""
+    if _we_are_root():
+        os.close(open_owned(path, os.O_WRONLY | os.O_CREAT))
+
+
+class NotARegularFile(ValueError):
+    """The path holds a FIFO, a device or a directory, or a file too large to be ours."""
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes: a FIFO or a device there can
+    neither block the reader nor feed it without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile("not a regular file")
+        if st.st_size > limit:
+            raise NotARegularFile(f"{st.st_size} bytes, over the {limit} this file can be")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(limit + 1)
+    finally:
+        os.close(fd)

@@ -1,0 +1,216 @@
+"""Hardening against the admin's root shell, hostile servers and half-failed hooks, with real
+processes: slurmctld runs as a second user (SlurmUser=nobody) and runs the hooks as that user,
+as on a production controller; root runs the admin commands by hand; a server of the test's
+own trickles its answers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge_env import REPO, BridgeEnv, default_scenario
+from scripted_http import TricklingServer
+
+SLURM_USER = "nobody"
+
+
+def _blocking_ancestors(paths: list[str], uid: int) -> list[Path]:
+    """Directories above `paths` that `uid` (no group in common) cannot traverse."""
+    out = []
+    for p in paths:
+        for d in Path(os.path.realpath(p)).parents:
+            st = d.stat()
+            if st.st_uid != uid and not st.st_mode & 0o001 and d not in out:
+                out.append(d)
+    return out
+
+
+@pytest.fixture(scope="module")
+def slurm_user():
+    """SlurmUser for these tests: `nobody`, which can run this Python and read this tree (the
+    interpreter may live under root's home: its directories get o+x for the module, restored
+    at the end)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a second user runs the hooks")
+    user = pwd.getpwnam(SLURM_USER)
+    opened = _blocking_ancestors([sys.executable, *sys.path[1:], str(REPO)], user.pw_uid)
+    modes = {d: d.stat().st_mode for d in opened}
+    for d in opened:
+        d.chmod(stat.S_IMODE(modes[d]) | 0o001)
+    yield user
+    for d, mode in modes.items():
+        d.chmod(stat.S_IMODE(mode))
+
+
+@pytest.fixture(scope="module")
+def env(slurm_user, tmp_path_factory):
+    from conftest import _require_slurm
+    from slurmcluster import SlurmCluster
+
+    _require_slurm()
+    clusters = []
+
+    def factory(start: bool = False, **kwargs):
+        c = SlurmCluster(tmp_path_factory.mktemp("slurm"), slurm_user=SLURM_USER, **kwargs)
+        clusters.append(c)
+        return c
+
+    root = tmp_path_factory.mktemp("harden")
+    root.chmod(0o755)
+    # state and log directories of SlurmUser, as README's install step makes them
+    for d in (root / "state", root / "log"):
+        d.mkdir(mode=0o700)
+        os.chown(d, slurm_user.pw_uid, slurm_user.pw_gid)
+    e = BridgeEnv.create(root, factory, scenario=default_scenario(), bridge_hooks=True,
+                         config_extra="[resume]\nresume_timeout = 20\n")
+    os.chown(root / "password", slurm_user.pw_uid, slurm_user.pw_gid)
+    for p in [root / "log", *(root / "log").iterdir()]:  # `partitions` ran as root before this
+        os.chown(p, slurm_user.pw_uid, slurm_user.pw_gid)
+    yield e
+    e.close()
+    for c in clusters:
+        c.stop()
+
+
+def as_slurm_user(env: BridgeEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(env.config_path), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env.cli_env(), user=SLURM_USER,
+                          group=pwd.getpwnam(SLURM_USER).pw_gid, extra_groups=[], cwd="/")
+
+
+def owners(*directories: Path) -> dict[str, int]:
+    out = {}
+    for top in directories:
+        out[str(top)] = top.lstat().st_uid
+        for p in top.rglob("*"):
+            out[str(p)] = p.lstat().st_uid
+    return out
+
+
+def test_a_root_command_leaves_every_file_to_slurm_user_and_hooks_keep_working(env, slurm_user):
+    name = "htc-f2sv2-1"
+    # root runs what README has admins run by hand: repair (state file, repair lock, its log)
+    run = env.cli("repair")
+    assert run.rc == 0, run.stderr
+    root_status = env.cli("resume", name)  # and a hook by hand: writes the state file, takes its lock
+    assert root_status.rc == 0, root_status.stderr
+    files = owners(env.state_dir, env.log_dir)
+    assert {"state.json", "state.json.lock", "repair.lock"} <= {Path(p).name for p in files}
+    assert {"repair.log", "resume.log"} <= {Path(p).name for p in files}
+    not_theirs = {p: uid for p, uid in files.items() if uid != slurm_user.pw_uid}
+    assert not not_theirs, not_theirs
+
+    # SlurmUser's processes read, lock and write all of it: the repair timer's repair, a hook
+    hook = as_slurm_user(env, "suspend", name)
+    assert hook.returncode == 0, hook.stderr
+    timer = as_slurm_user(env, "repair")
+    assert timer.returncode == 0 and "another repair" not in timer.stderr, timer.stderr
+    state = json.loads((env.state_dir / "state.json").read_text())
+    assert [op["action"] for op in state["operations"] if name in op["nodes"]][-1] == "shutdown"
+
+    # and slurmctld, running as SlurmUser, powers a node up through the hook
+    other = "htc-f2sv2-2"
+    env.cluster.scontrol("update", f"nodename={other}", "state=power_up")
+    env.wait_for(lambda: other in env.cloud_nodes(), 30, "the create made by slurmctld's resume hook")
+    node = env.cluster.nodes()[other]
+    assert "DOWN" not in node.state and not node.reason, (node.state, node.reason)
+    env.cluster.scontrol("update", f"nodename={other}", "state=power_down_force")
+
+
+def test_doctor_names_files_slurm_user_does_not_own(env, slurm_user):
+    (env.state_dir / "state.json").touch()
+    os.chown(env.state_dir / "state.json", 0, 0)
+    stray = env.log_dir / "stray.log"
+    stray.symlink_to("/etc/hostname")
+    try:
+        run = env.cli("doctor")
+    finally:
+        os.chown(env.state_dir / "state.json", slurm_user.pw_uid, slurm_user.pw_gid)
+        stray.unlink()
+    line = next(l for l in run.stdout.splitlines() if "owned by SlurmUser" in l)
+    assert line.startswith("[FAIL]"), run.stdout
+    assert f"{env.state_dir}/state.json owned by uid 0, not by {SLURM_USER}" in line
+    assert f"{stray} is a symbolic link" in line
+    assert f"chown {SLURM_USER}: {env.state_dir}/state.json" in run.stdout
+    assert "[  ok] state and log files owned by SlurmUser" in env.cli("doctor").stdout
+
+
+def test_a_link_planted_in_the_log_directory_is_not_followed_by_a_root_command(env, tmp_path):
+    victim = tmp_path / "authorized_keys"
+    victim.write_text("ssh-ed25519 AAAA root@admin\n")
+    victim.chmod(0o600)
+    log_file = env.log_dir / "status.log"
+    log_file.unlink(missing_ok=True)
+    log_file.symlink_to(victim)
+    try:
+        run = env.cli("status")
+    finally:
+        log_file.unlink()
+    assert victim.read_text() == "ssh-ed25519 AAAA root@admin\n"
+    assert run.rc == 0, run.stderr
+    assert f"warning: cannot write log file {log_file}" in run.stderr
+
+
+def test_a_file_of_another_owner_in_the_log_directory_is_not_written(env, tmp_path):
+    log_file = env.log_dir / "status.log"
+    log_file.unlink(missing_ok=True)
+    log_file.write_text("")
+    os.chown(log_file, 1, 1)  # daemon's, say: not the log directory's owner
+    try:
+        run = env.cli("status")
+        assert log_file.read_text() == ""
+        assert "not by the directory's owner" in run.stderr
+    finally:
+        log_file.unlink()
+
+
+def test_control_characters_in_a_logged_value_stay_on_one_escaped_line(env):
+    """A newline in a state-file value (SlurmUser can write that file) must not start a line of
+    its own in a root command's log."""
+    evil = "x\nssh-ed25519 AAAA attacker\x1b[31m"
+    state = {"version": 1, "operations": [{
+        "request_id": evil, "action": "create", "nodes": ["htc-f2sv2-4"], "started": 1.0, "deadline": 2.0,
+        "outcome": "pending"}]}
+    (env.state_dir / "state.json").write_text(json.dumps(state))
+    log_path = env.log_dir / "repair.log"
+    before = log_path.read_bytes() if log_path.exists() else b""
+    env.cli("repair")
+    written = log_path.read_bytes()[len(before):].decode()
+    assert written, "repair logged nothing"
+    assert not any(line.startswith("ssh-ed25519") for line in written.splitlines())
+    assert "\x1b" not in written
+    assert "x\\nssh-ed25519 AAAA attacker\\x1b[31m" in written
+
+
+def _config_for(env: BridgeEnv, url: str, tmp_path: Path, extra: str = "") -> Path:
+    text = env.config_path.read_text()
+    text = text.replace(f'url = "{env.sim.url}"', f'url = "{url}"')
+    text = text.replace("retries = 3\nretry_budget = 10.0\ntimeout = 5.0\n",
+                        "retries = 2\nretry_budget = 6.0\ntimeout = 1.0\n")
+    cfg = tmp_path / "trickle.toml"
+    cfg.write_text(text + extra)
+    return cfg
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_hooks_and_repair_end_whatever_a_trickling_server_does(env, tmp_path, phase):
+    with TricklingServer(phase=phase, interval=0.2) as srv:
+        cfg = _config_for(env, srv.url, tmp_path)
+        for args in (["status"], ["suspend", "htc-f2sv2-3"], ["resume", "htc-f2sv2-3"], ["repair"]):
+            # subprocess's own timeout is the backstop: on a hang this raises TimeoutExpired
+            run = env.cli("--config", str(cfg), *args, timeout=90)
+            assert run.rc != 0 or args[0] == "resume", (args, run.stderr)
+            assert "Traceback" not in run.stderr, run.stderr
+            if args[0] != "resume":
+                assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert srv.requests <= 4 * 3
+    node = env.cluster.nodes()["htc-f2sv2-3"]
+    assert node.state.startswith("DOWN") and "unreachable" in (node.reason or ""), (node.state, node.reason)
+    env.cluster.scontrol("update", "nodename=htc-f2sv2-3", "state=resume")
