@@ -182,12 +182,16 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     with client_for(cfg) as client:
         status = client.get_status()
     result = run_partitions(cfg, status, out_dir=args.output_dir, diff=args.diff, check=args.check,
-                            reconfigure=args.reconfigure)
+                            reconfigure=args.reconfigure, restart=args.restart)
     plan = result.plan
+    change = result.node_set_change
     if wants_json(args):
-        emit_json({"outputDir": result.out_dir, "changed": result.changed, "reconfigured": result.reconfigured,
+        emit_json({"outputDir": result.out_dir, "changed": [] if result.refused else result.changed,
+                   "reconfigured": result.reconfigured, "restarted": result.restarted,
+                   "restartNeeded": bool(change) and not result.restarted,
+                   "nodesAdded": change.added, "nodesRemoved": change.removed,
                    "nodes": len(plan.names()) if plan else 0, "skipped": plan.comments if plan else []})
-        return 1 if (args.check and result.changed) else 0
+        return 1 if (args.check and result.changed) or result.refused else 0
     if args.diff:
         sys.stdout.write(result.diff)
         return 0
@@ -197,12 +201,21 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
             return 1
         print(f"up to date: {result.out_dir}")
         return 0
+    if result.refused:
+        print(f"node names change: {change.describe()}. slurmctld must be restarted for that (scontrol "
+              "reconfigure would make it exit); nothing written. Run `hpc-bridge partitions --restart` "
+              f"(runs {' '.join(cfg.slurm.restart_command)}), or `hpc-bridge partitions` and restart "
+              "slurmctld yourself.", file=sys.stderr)
+        return 1
     for comment in plan.comments if plan else []:
         print(comment)
     names = len(plan.names()) if plan else 0
     what = ", ".join(result.changed) if result.changed else "nothing changed"
-    print(f"{names} node names in {len(plan.groups) if plan else 0} groups; {result.out_dir}: {what}"
-          + ("; scontrol reconfigure done" if result.reconfigured else ""))
+    done = "; slurmctld restarted" if result.restarted else "; scontrol reconfigure done" if result.reconfigured else ""
+    print(f"{names} node names in {len(plan.groups) if plan else 0} groups; {result.out_dir}: {what}{done}")
+    if change and not result.restarted:
+        print(f"node names change: {change.describe()}: restart slurmctld (scontrol reconfigure is not enough), "
+              "or run `hpc-bridge partitions --restart`")
     return 0
 
 
@@ -461,8 +474,6 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pythonpath", metavar="PATH", help="PYTHONPATH for the wrappers (default: the source tree when "
                    "hpc_bridge is not installed in site-packages)")
     p.add_argument("--user", help="user for the repair service (default: SlurmUser from slurm.conf, else slurm)")
-    p.add_argument("--suspend-time", type=int, default=600, metavar="S", help="SuspendTime (default 600)")
-    p.add_argument("--suspend-timeout", type=int, default=300, metavar="S", help="SuspendTimeout (default 300)")
     _add_command(
         sub, "doctor", _cmd_doctor, "check the installation end to end; one line per check, a fix for each failure",
         example="hpc-bridge doctor --config /etc/hpc-bridge/config.toml",
@@ -552,7 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--diff", action="store_true", help="show a unified diff against the files on disk; change nothing")
     mode.add_argument("--check", action="store_true", help="exit 1 when the files on disk are out of date (for cron)")
-    mode.add_argument("--reconfigure", action="store_true", help="run scontrol reconfigure after writing")
+    mode.add_argument("--reconfigure", action="store_true", help="run scontrol reconfigure after writing; when the "
+                      "set of node names changes, write nothing and exit 1 (slurmctld needs a restart for that)")
+    mode.add_argument("--restart", action="store_true", help="write, then restart slurmctld with [slurm] "
+                      "restart_command and wait until it answers (for a change of the node names)")
 
 
     hook_epilog = ("Slurm runs this with one argument, a hostlist; point slurm.conf at the wrapper in "

@@ -166,11 +166,23 @@ class SlurmConfig(_Section):
     address_mode: AddressMode = "ip"
     gpu_device_pattern: str = "/dev/nvidia[0-{last}]"
     template_dir: str | None = None
+    # `hpc-bridge partitions --restart`: how this site restarts slurmctld (argv, no shell)
+    restart_command: list[str] = Field(default_factory=lambda: ["/usr/bin/systemctl", "restart", "slurmctld"])
 
     @field_validator("bin_dir", "sbin_dir", "conf_dir", "slurm_conf", "template_dir")
     @classmethod
     def _abs(cls, value: str | None) -> str | None:
         return _absolute(value)
+
+    @field_validator("restart_command")
+    @classmethod
+    def _argv(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name a program")
+        _absolute(value[0])
+        if any("\0" in a for a in value):
+            raise ValueError("must not contain a NUL character")
+        return value
 
 
 SuspendPolicy = Literal["shutdown", "deallocate", "terminate"]
@@ -214,6 +226,12 @@ class ResumeConfig(_Section):
     follower: bool = True  # start a detached follower that sets node addresses as they appear
 
 
+class SuspendConfig(_Section):
+    # Written on each generated partition (`hpc-bridge partitions`), never globally.
+    suspend_time: float = Field(default=600.0, gt=0)  # seconds idle before a cloud node is powered down
+    suspend_timeout: float = Field(default=300.0, gt=0)  # seconds a node stays powering down
+
+
 class RepairConfig(_Section):
     grace: float = Field(default=300.0, ge=0, le=YEAR)  # leaked VM / unknown node grace
     lock_timeout: float = Field(default=0.0, ge=0, le=3600)
@@ -231,6 +249,7 @@ class Config(_Section):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     partitions: PartitionsConfig = Field(default_factory=PartitionsConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)
+    suspend: SuspendConfig = Field(default_factory=SuspendConfig)
     repair: RepairConfig = Field(default_factory=RepairConfig)
     state: StateConfig = Field(default_factory=StateConfig)
 

@@ -198,29 +198,31 @@ def check_slurm_conf(f: Facts) -> list[Check]:
     rest = [p for p in f.conf_problems if p.key not in handled]
     out.append(Check("slurm.conf other settings", FAIL, "; ".join(p.message for p in rest),
                      "; ".join(p.fix for p in rest)) if rest
-               else Check("slurm.conf other settings", OK, "SuspendTime, SlurmctldParameters, TreeWidth, GresTypes, "
-                          "TopologyPlugin"))
+               else Check("slurm.conf other settings", OK, "no global SuspendTime, SlurmctldParameters, TreeWidth, "
+                          "GresTypes, TopologyPlugin, nothing set twice"))
     return out
 
 
 def check_resume_timeout(f: Facts, problems: list[Any] | None) -> Check:
+    """ResumeTimeout is the one `hpc-bridge partitions` sets on each generated partition:
+    [resume] resume_timeout (whole seconds)."""
     name = "ResumeTimeout longer than boot time"
-    from hpc_bridge.install import _seconds
+    from hpc_bridge.partitions import whole_seconds
 
-    rt = _seconds(f.slurm_conf.get("ResumeTimeout")) if f.slurm_conf else None
+    rt = whole_seconds(f.cfg.resume.resume_timeout)
     if problems:
         return Check(name, FAIL, problems[0].message, problems[0].fix)
     longest = max(f.boot_times, default=None)
     if longest is not None:
-        if rt is None or rt <= longest * 1.2:
+        if rt <= longest * 1.2:
             want = int(longest * 1.5) + 60
             return Check(name, FAIL, f"ResumeTimeout={rt}s, but nodes took up to {longest:.0f}s to boot "
                          "(state file): slow nodes fail and their jobs are requeued",
-                         f"ResumeTimeout={want} in slurm.conf and [resume] resume_timeout = {want}")
+                         f"[resume] resume_timeout = {want}, then hpc-bridge partitions --reconfigure")
         return Check(name, OK, f"{rt}s; longest observed boot {longest:.0f}s")
-    if rt is not None and rt < TYPICAL_BOOT:
+    if rt < TYPICAL_BOOT:
         return Check(name, WARN, f"ResumeTimeout={rt}s; no boot observed yet, cloud VMs typically need "
-                     f"{TYPICAL_BOOT}s or more", "ResumeTimeout=1800 and [resume] resume_timeout = 1800")
+                     f"{TYPICAL_BOOT}s or more", "[resume] resume_timeout = 1800, then hpc-bridge partitions --reconfigure")
     return Check(name, OK, f"{rt}s (no boot observed yet)")
 
 

@@ -14,7 +14,9 @@ slurm.conf; `--check` reports a key whose effective value is wrong wherever it w
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from hpc_bridge.errors import ConfigError
+
+log = logging.getLogger("hpc_bridge.install")
 
 HOOKS = {"resume": "ResumeProgram", "suspend": "SuspendProgram", "resume-fail": "ResumeFailProgram"}
 INCLUDE_FILE = "hpc-bridge.conf"
@@ -50,13 +54,15 @@ class Problem:
     fix: str  # the line to add / the action to take
 
 
-def _int_seconds(value: float) -> int:
-    return int(value) if float(value).is_integer() else int(value) + 1
+# Keys whose value is a comma-separated list: hpc-bridge adds its words to the site's, never
+# replaces them (PrivateData=jobs,usage stays jobs,usage and gains cloud).
+LIST_KEYS = frozenset({"privatedata", "slurmctldparameters", "grestypes"})
 
 
-def desired_settings(cfg, hooks_dir: str, *, suspend_time: int = 600, suspend_timeout: int = 300,
-                     resume_rate: int = 0, suspend_rate: int = 0) -> list[Setting]:
-    """The slurm.conf settings hpc-bridge needs, in the order they are written."""
+def needed_settings(cfg, hooks_dir: str, resume_rate: int = 0, suspend_rate: int = 0) -> list[Setting]:
+    """What slurm.conf needs for hpc-bridge (list-valued keys: only our words), in write order.
+    Power-saving times are not here: `hpc-bridge partitions` sets them on each generated
+    partition, so that only cloud nodes are ever powered down."""
     ctld = ["idle_on_node_suspend"]
     if cfg.slurm.address_mode == "registration":
         ctld.append("cloud_reg_addrs")
@@ -66,10 +72,6 @@ def desired_settings(cfg, hooks_dir: str, *, suspend_time: int = 600, suspend_ti
         Setting("ResumeProgram", os.path.join(hooks_dir, "resume"), "create/start the cloud nodes"),
         Setting("SuspendProgram", os.path.join(hooks_dir, "suspend"), "shut down / deallocate / terminate them"),
         Setting("ResumeFailProgram", os.path.join(hooks_dir, "resume-fail"), "clean up nodes that never came up"),
-        Setting("SuspendTime", str(suspend_time), "seconds idle before a node is powered down"),
-        Setting("SuspendTimeout", str(suspend_timeout), "seconds a node stays powering down before it may resume"),
-        Setting("ResumeTimeout", str(_int_seconds(cfg.resume.resume_timeout)),
-                "must equal [resume] resume_timeout in the hpc-bridge config"),
         Setting("ResumeRate", str(resume_rate), "0: no limit, hpc-bridge batches the API calls"),
         Setting("SuspendRate", str(suspend_rate), "0: no limit"),
         Setting("PrivateData", "cloud", "show powered-down cloud nodes in sinfo/scontrol"),
@@ -79,6 +81,41 @@ def desired_settings(cfg, hooks_dir: str, *, suspend_time: int = 600, suspend_ti
         Setting("GresTypes", "gpu", "gres.conf from hpc-bridge partitions declares GPUs"),
         Setting("TopologyPlugin", "topology/tree", "topology.conf from hpc-bridge partitions (placement groups)"),
     ]
+
+
+def _list_words(value: str | None) -> list[str]:
+    return list(dict.fromkeys(w.strip() for w in (value or "").split(",") if w.strip()))
+
+
+def merged_value(setting: Setting, site_value: str | None) -> str | None:
+    """The value the include file must set for `setting` given the site's own effective value,
+    or None when the site's value already does (then the include leaves the key to the site,
+    and Slurm never sees it twice)."""
+    key = setting.key.lower()
+    if site_value is None:
+        return setting.value
+    if key in LIST_KEYS:
+        have = _list_words(site_value)
+        lower = {w.lower() for w in have}
+        missing = [w for w in _list_words(setting.value) if w.lower() not in lower]
+        return ",".join(have + missing) if missing else None
+    if key == "treewidth":
+        width = _seconds(site_value)
+        return None if width is not None and width >= TREE_WIDTH else setting.value
+    if key == "topologyplugin":
+        return None if site_value.strip().lower() == setting.value else setting.value
+    return None if site_value.strip() == setting.value else setting.value
+
+
+def desired_settings(cfg, hooks_dir: str, site: SlurmConf | None = None) -> list[Setting]:
+    """The lines of the include file: what the site's slurm.conf (read without the include
+    file) lacks, list-valued keys merged with the site's words."""
+    out = []
+    for s in needed_settings(cfg, hooks_dir):
+        value = merged_value(s, site.get(s.key) if site else None)
+        if value is not None:
+            out.append(Setting(s.key, value, s.why))
+    return out
 
 
 def partitions_include(cfg) -> str:
@@ -91,8 +128,13 @@ def include_file_text(cfg, settings: list[Setting], config_path: str) -> str:
         f"# hpc-bridge config: {config_path}",
         "# Include this file at the END of slurm.conf (a later value of a key wins), then",
         "# `scontrol reconfigure` (TreeWidth/TopologyPlugin/GresTypes need a slurmctld restart).",
+        "# Only what slurm.conf lacks is here; list-valued keys carry slurm.conf's words plus ours.",
+        "# SuspendTime, SuspendTimeout and ResumeTimeout are set on each generated partition",
+        "# (partitions.conf), so only cloud nodes are powered down: leave the global ones unset.",
         "",
     ]
+    if not settings:
+        lines.append("# (slurm.conf already sets everything hpc-bridge needs)")
     for s in settings:
         lines.append(f"# {s.why}")
         lines.append(f"{s.key}={s.value}")
@@ -191,6 +233,8 @@ class SlurmConf:
     values: dict[str, str] = field(default_factory=dict)
     where: dict[str, str] = field(default_factory=dict)  # key -> "file:line" of the effective value
     keys: dict[str, str] = field(default_factory=dict)  # lower -> as written
+    occurrences: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # key -> [(value, "file:line")]
+    node_names: list[str] = field(default_factory=list)  # NodeName= hostlists (not DEFAULT), in order
     includes: list[str] = field(default_factory=list)  # as resolved paths
     missing_includes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -256,7 +300,10 @@ def parse_slurm_conf_text(text: str, source: str, conf: SlurmConf, base_dir: str
         if not tokens or "=" not in tokens[0]:
             conf.errors.append(f"{source}:{lineno}: not Key=Value: {line[:60]}")
             continue
-        if tokens[0].split("=", 1)[0].lower() in _RECORD_KEYS:
+        record = tokens[0].split("=", 1)
+        if record[0].lower() in _RECORD_KEYS:
+            if record[0].lower() == "nodename" and record[1] and record[1].upper() != "DEFAULT":
+                conf.node_names.append(record[1])
             continue
         for tok in tokens:
             key, eq, value = tok.partition("=")
@@ -265,6 +312,7 @@ def parse_slurm_conf_text(text: str, source: str, conf: SlurmConf, base_dir: str
             conf.values[key.lower()] = value
             conf.keys[key.lower()] = key
             conf.where[key.lower()] = f"{source}:{lineno}"
+            conf.occurrences.setdefault(key.lower(), []).append((value, f"{source}:{lineno}"))
 
 
 def _read_or_none(path: str) -> str | None:
@@ -278,12 +326,18 @@ def _read_or_none(path: str) -> str | None:
         raise ConfigError(f"{path!r}: not a usable path") from None
 
 
-def read_slurm_conf(path: str) -> SlurmConf:
+def read_slurm_conf(path: str, skip: Iterable[str] = ()) -> SlurmConf:
+    """slurm.conf and its includes; included files in `skip` are listed but not read."""
     text = _read_or_none(path)
     if text is None:
         raise ConfigError(f"slurm.conf {path} not found (give --slurm-conf-dir, or [slurm] conf_dir)")
+    skipped = {os.path.normpath(p) for p in skip}
+
+    def read(included: str) -> str | None:
+        return "" if os.path.normpath(included) in skipped else _read_or_none(included)
+
     conf = SlurmConf(path=path)
-    parse_slurm_conf_text(text, path, conf, os.path.dirname(path), _read_or_none)
+    parse_slurm_conf_text(text, path, conf, os.path.dirname(path), read)
     return conf
 
 
@@ -305,9 +359,26 @@ def is_executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
+def is_hpc_bridge_hook(path: str, hook: str) -> bool:
+    """True when the program at `path` runs `hpc_bridge <hook>` (our wrapper, or one of
+    scripts/hooks/): a SuspendProgram=/bin/true or another product's hook is not ours."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return re.search(rf"-m hpc_bridge {re.escape(hook)}(\s|$)", head) is not None
+
+
+def _disabled(value: str | None) -> bool:
+    return value is None or value.strip().upper() in ("NONE", "INFINITE", "UNLIMITED", "-1")
+
+
 def check_settings(conf: SlurmConf, cfg, *, executable: Callable[[str], bool] = is_executable,
+                   runs_hook: Callable[[str, str], bool] = is_hpc_bridge_hook,
                    hooks_dir: str | None = None) -> list[Problem]:
-    """What `conf` lacks for hpc-bridge (empty list: nothing). Pure given `executable`."""
+    """What `conf` lacks for hpc-bridge, or sets twice (empty list: nothing). Pure given
+    `executable` and `runs_hook`."""
     problems: list[Problem] = []
     hooks_dir = hooks_dir or DEFAULT_HOOKS_DIR
     for hook, key in HOOKS.items():
@@ -321,40 +392,22 @@ def check_settings(conf: SlurmConf, cfg, *, executable: Callable[[str], bool] = 
         elif not executable(value):
             problems.append(Problem(key, f"{key}={value} is not an existing executable",
                                     f"hpc-bridge install-hooks --write (writes {want}), then {key}={want}"))
+        elif not runs_hook(value, hook):
+            problems.append(Problem(key, f"{key}={value} is not hpc-bridge's {hook} hook (it does not run "
+                                    f"`-m hpc_bridge {hook}`)", f"{key}={want} (hpc-bridge install-hooks --write)"))
     suspend_time = conf.get("SuspendTime")
-    if suspend_time is None or suspend_time.strip().upper() in ("NONE", "INFINITE", "-1"):
-        problems.append(Problem("SuspendTime", "SuspendTime is not set: power saving is off", "SuspendTime=600"))
-    want_rt = _int_seconds(cfg.resume.resume_timeout)
-    rt = _seconds(conf.get("ResumeTimeout"))
-    if rt != want_rt:
-        have = "not set (default 60)" if rt is None else f"{rt}"
-        problems.append(Problem("ResumeTimeout", f"ResumeTimeout is {have}, [resume] resume_timeout is {want_rt}",
-                                f"ResumeTimeout={want_rt} (or change [resume] resume_timeout to match)"))
-    if "cloud" not in _words(conf.get("PrivateData")):
-        have = _words(conf.get("PrivateData")) - {"cloud"}
-        problems.append(Problem("PrivateData", "PrivateData lacks cloud: powered-down nodes are invisible to "
-                                "scontrol, so hpc-bridge cannot see them", "PrivateData=" + ",".join([*sorted(have), "cloud"])))
-    params = _words(conf.get("SlurmctldParameters"))
-    need = ["idle_on_node_suspend"]
-    if cfg.slurm.address_mode == "registration":
-        need.append("cloud_reg_addrs")
-    if cfg.slurm.address_mode == "dns":
-        need.append("cloud_dns")
-    lacking = [p for p in need if p not in params]
-    if lacking:
-        problems.append(Problem("SlurmctldParameters", f"SlurmctldParameters lacks {','.join(lacking)}",
-                                "SlurmctldParameters=" + ",".join([*sorted(params), *lacking])))
-    tw = _seconds(conf.get("TreeWidth"))
-    if tw is None or tw < TREE_WIDTH:
-        problems.append(Problem("TreeWidth", f"TreeWidth is {conf.get('TreeWidth') or 'not set (default 50)'}: "
-                                "messages would be forwarded through nodes that may be powered down",
-                                f"TreeWidth={TREE_WIDTH}"))
-    if "gpu" not in _words(conf.get("GresTypes")):
-        problems.append(Problem("GresTypes", "GresTypes lacks gpu: the generated Gres=gpu lines are ignored",
-                                "GresTypes=" + ",".join([*sorted(_words(conf.get("GresTypes"))), "gpu"])))
-    if (conf.get("TopologyPlugin") or "").lower() != "topology/tree":
-        problems.append(Problem("TopologyPlugin", "TopologyPlugin is not topology/tree: placement groups from "
-                                "topology.conf are ignored", "TopologyPlugin=topology/tree"))
+    if not _disabled(suspend_time):
+        problems.append(Problem("SuspendTime", f"a global SuspendTime={suspend_time} ({conf.where['suspendtime']}) "
+                                "powers down every idle node, the site's own too, through hpc-bridge's "
+                                "SuspendProgram", "remove it: hpc-bridge sets SuspendTime on each generated "
+                                "partition ([suspend] suspend_time)"))
+    for s in needed_settings(cfg, hooks_dir):
+        if merged_value(s, conf.get(s.key)) is not None and s.key not in HOOKS.values():
+            have = conf.get(s.key)
+            fix = merged_value(s, have)
+            problems.append(Problem(s.key, f"{s.key} is {have if have is not None else 'not set'}: {_NEEDS[s.key]}",
+                                    f"{s.key}={fix}"))
+    problems += duplicate_problems(conf, cfg, hooks_dir)
     want_inc = os.path.normpath(partitions_include(cfg))
     if not any(os.path.normpath(p) == want_inc for p in conf.includes):
         problems.append(Problem("include", f"no `include {want_inc}`: Slurm does not know the cloud nodes",
@@ -367,6 +420,43 @@ def check_settings(conf: SlurmConf, cfg, *, executable: Callable[[str], bool] = 
         problems.append(Problem("conf_dir", f"[slurm] conf_dir is {cfg.slurm.conf_dir} but slurm.conf is in {conf_dir}: "
                                 "Slurm reads gres.conf and topology.conf only next to slurm.conf",
                                 f"set [slurm] conf_dir = \"{conf_dir}\" in the hpc-bridge config"))
+    return problems
+
+
+_NEEDS = {
+    "ResumeRate": "hpc-bridge batches its API calls, Slurm need not hold resumes back (0)",
+    "SuspendRate": "hpc-bridge batches its API calls, Slurm need not hold suspends back (0)",
+    "PrivateData": "without cloud, powered-down nodes are invisible to scontrol, so hpc-bridge cannot see them",
+    "SlurmctldParameters": "hpc-bridge needs the words in the fix",
+    "TreeWidth": "messages would be forwarded through nodes that may be powered down",
+    "GresTypes": "without gpu, the generated Gres=gpu lines are ignored",
+    "TopologyPlugin": "without topology/tree, placement groups from topology.conf are ignored",
+}
+
+
+def duplicate_problems(conf: SlurmConf, cfg, hooks_dir: str) -> list[Problem]:
+    """Keys hpc-bridge sets that are set in more than one place: Slurm keeps only the last
+    (logging "specified more than once"), so the site's earlier value is silently lost."""
+    problems = []
+    for s in needed_settings(cfg, hooks_dir):
+        seen = conf.occurrences.get(s.key.lower(), [])
+        if len(seen) < 2:
+            continue
+        where = "; ".join(f"{w} {v}" for v, w in seen)
+        if s.key.lower() in LIST_KEYS:
+            words: list[str] = []
+            for value, _ in seen:
+                words += [w for w in _list_words(value) if w.lower() not in {x.lower() for x in words}]
+            lost = [w for w in words if w.lower() not in _words(conf.get(s.key))]
+            detail = f"Slurm keeps only the last, so {','.join(lost)} {'is' if len(lost) == 1 else 'are'} lost" \
+                if lost else "Slurm keeps only the last"
+            value = merged_value(s, ",".join(words)) or ",".join(words)
+        else:
+            detail = "Slurm keeps only the last"
+            value = merged_value(s, seen[0][0]) or seen[0][0]
+        problems.append(Problem(s.key, f"{s.key} is set more than once ({where}): {detail}",
+                                f"set {s.key}={value} on the line at {seen[0][1]} and delete the others, then rerun "
+                                "hpc-bridge install-hooks --write (the include then leaves it out)"))
     return problems
 
 
@@ -398,14 +488,15 @@ class InstallPlan:
 
 def plan_install(cfg, *, slurm_conf_dir: str, hooks_dir: str = DEFAULT_HOOKS_DIR,
                  systemd_dir: str = DEFAULT_SYSTEMD_DIR, python: str | None = None, pythonpath: str | None = None,
-                 user: str = "slurm", suspend_time: int = 600, suspend_timeout: int = 300) -> InstallPlan:
+                 user: str = "slurm", site: SlurmConf | None = None) -> InstallPlan:
+    """`site`: slurm.conf as read without the include file (its own values, to merge with)."""
     python = python or sys.executable
     pythonpath = default_pythonpath() if pythonpath is None else pythonpath
     config_path = os.path.abspath(cfg.source) if cfg.source and not cfg.source.startswith("<") else \
         "/etc/hpc-bridge/config.toml"
     for what, d in (("--slurm-conf-dir", slurm_conf_dir), ("--hooks-dir", hooks_dir), ("--systemd-dir", systemd_dir)):
         _check_path(what, d)
-    settings = desired_settings(cfg, hooks_dir, suspend_time=suspend_time, suspend_timeout=suspend_timeout)
+    settings = desired_settings(cfg, hooks_dir, site)
     include_path = os.path.join(slurm_conf_dir, INCLUDE_FILE)
     files: dict[str, tuple[str, int]] = {include_path: (include_file_text(cfg, settings, config_path), 0o644)}
     for hook in HOOKS:
@@ -442,7 +533,7 @@ def user_from_conf(conf: SlurmConf | None) -> str:
 
 
 def problems_lines(problems: Iterable[Problem]) -> list[str]:
-    return [f"missing: {p.message}\n  fix: {p.fix}" for p in problems]
+    return [f"problem: {p.message}\n  fix: {p.fix}" for p in problems]
 
 
 def run_cli(args) -> int:
@@ -455,9 +546,12 @@ def run_cli(args) -> int:
         args.systemd_dir = DEFAULT_SYSTEMD_DIR
     cfg = load_config_for(args)
     conf_dir = os.path.abspath(args.slurm_conf_dir)
-    existing = None
+    slurm_conf = os.path.join(conf_dir, "slurm.conf")
+    include_path = os.path.join(conf_dir, INCLUDE_FILE)
+    existing = site = None
     try:
-        existing = read_slurm_conf(os.path.join(conf_dir, "slurm.conf"))
+        existing = read_slurm_conf(slurm_conf)
+        site = read_slurm_conf(slurm_conf, skip=[include_path])  # the site's own values, to merge with
     except ConfigError:
         if args.check:
             raise
@@ -473,14 +567,24 @@ def run_cli(args) -> int:
         return 1 if problems else 0
     plan = plan_install(cfg, slurm_conf_dir=conf_dir, hooks_dir=args.hooks_dir, systemd_dir=args.systemd_dir,
                         python=args.python, pythonpath=args.pythonpath, user=args.user or user_from_conf(existing),
-                        suspend_time=args.suspend_time, suspend_timeout=args.suspend_timeout)
+                        site=site)
     if args.write:
         written = write_install(plan)
+        for path in written:
+            log.info("wrote %s", path)
+        # what slurm.conf still sets against hpc-bridge (twice, a foreign hook, a global SuspendTime)
+        left = [p for p in check_settings(read_slurm_conf(slurm_conf), cfg, hooks_dir=args.hooks_dir)
+                if p.key not in ("include",)] if existing is not None else []
+        for p in left:
+            log.warning("%s; fix: %s", p.message, p.fix)
         if wants_json(args):
-            emit_json({"written": written, "next": instructions(plan, conf_dir)})
+            emit_json({"written": written, "next": instructions(plan, conf_dir),
+                       "problems": [{"key": p.key, "message": p.message, "fix": p.fix} for p in left]})
             return 0
         for path in written:
             print(f"wrote {path}")
+        for line in problems_lines(left):
+            print(line)
         print("next steps:")
         for line in instructions(plan, conf_dir):
             print(f"  {line}")

@@ -45,6 +45,7 @@ buckets are written as comments that say why, with their text reduced to harmles
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import re
@@ -53,10 +54,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
+from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, NodearrayStatus
 from hpc_bridge.config import Config, NodearrayConfig
-from hpc_bridge.errors import ConfigError
+from hpc_bridge.errors import ConfigError, SlurmError
 from hpc_bridge.nodemap import NODEMAP_FILE, NodeMap, NodeRange, dump_nodemap, range_expression
+
+log = logging.getLogger("hpc_bridge.partitions")
 
 OUTPUT_FILES = ("partitions.conf", "gres.conf", "topology.conf", NODEMAP_FILE)
 TEMPLATES = {"partitions.conf": "partitions.conf.j2", "gres.conf": "gres.conf.j2", "topology.conf": "topology.conf.j2"}
@@ -68,6 +72,7 @@ _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _MAX_TIME = re.compile(r"(?:INFINITE|UNLIMITED|[0-9]+(?:-[0-9]+)?(?::[0-9]+){0,2})\Z")
 MAX_HOSTNAME = 63
 ROOT_SWITCH = "root"
+SITE_SWITCH = "site"  # the site's own nodes; no '-', so no generated switch name can be it
 
 
 # --------------------------------------------------------------------------- plan data
@@ -141,6 +146,27 @@ class NodeSetLine:
 
 
 @dataclass(frozen=True)
+class PowerSaving:
+    """Slurm's power-saving times, set on each generated partition rather than globally: only
+    the cloud nodes are ever suspended, never the site's own nodes (slurm.conf's global
+    SuspendTime stays INFINITE)."""
+
+    suspend_time: int
+    suspend_timeout: int
+    resume_timeout: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "PowerSaving":
+        return cls(whole_seconds(cfg.suspend.suspend_time), whole_seconds(cfg.suspend.suspend_timeout),
+                   whole_seconds(cfg.resume.resume_timeout))
+
+
+def whole_seconds(value: float) -> int:
+    """Slurm takes whole seconds: round up, so a timeout is never shorter than configured."""
+    return math.ceil(value)
+
+
+@dataclass(frozen=True)
 class PartitionLine:
     name: str
     nodesets: tuple[str, ...]
@@ -149,6 +175,7 @@ class PartitionLine:
     max_time: str
     exclusive: bool
     def_mem_per_cpu: int | None
+    power: PowerSaving
 
 
 @dataclass(frozen=True)
@@ -324,8 +351,12 @@ def _uses_placement_groups(b: Bucket, acfg: NodearrayConfig) -> int:
     return size if (b.virtual_machine.infiniband and size > 1) else 0
 
 
-def plan_partitions(status: ClusterStatus, cfg: Config) -> PartitionPlan:
-    """Pure: the cluster status and the config -> everything the Slurm files need."""
+def plan_partitions(status: ClusterStatus, cfg: Config, site_nodes: Iterable[str] = ()) -> PartitionPlan:
+    """Pure: the cluster status and the config -> everything the Slurm files need.
+
+    `site_nodes`: the node names of slurm.conf (the site's own nodes; generated names among
+    them are ignored). topology/tree can only schedule nodes under a switch, so they get
+    a leaf switch of their own under the root."""
     pcfg = cfg.partitions
     plan = PartitionPlan(cluster=cfg.cluster.name)
     prefixes: dict[str, str] = {}  # host prefix -> nodearray (two arrays must not share one)
@@ -456,13 +487,8 @@ def plan_partitions(status: ClusterStatus, cfg: Config) -> PartitionPlan:
     by_partition: dict[str, list[str]] = {}
     for array in array_groups:
         by_partition.setdefault(partition_of[array], []).append(array)
-    any_default = any(array_settings[a][0] for a in array_groups)
-    # No default configured: the partition with the cheapest nodes (lowest Weight) is Default.
-    fallback_default = None
-    if not any_default and by_partition:
-        fallback_default = min(
-            by_partition, key=lambda p: (min(g.weight for a in by_partition[p] for g in array_groups[a]), p)
-        )
+    # Default=YES only where the config asks: a site's own default partition stays its default.
+    power = PowerSaving.from_config(cfg)
     for name, arrays in by_partition.items():
         settings = {array_settings[a] for a in arrays}
         if len(settings) > 1:
@@ -478,10 +504,11 @@ def plan_partitions(status: ClusterStatus, cfg: Config) -> PartitionPlan:
                 name=name,
                 nodesets=tuple(f"{host_prefix(a)}-nodes" for a in arrays),
                 nodearrays=tuple(arrays),
-                default=default or name == fallback_default,
+                default=default,
                 max_time=max_time,
                 exclusive=exclusive,
                 def_mem_per_cpu=def_mem,
+                power=power,
             )
         )
 
@@ -502,9 +529,21 @@ def plan_partitions(status: ClusterStatus, cfg: Config) -> PartitionPlan:
         sw = f"{host_prefix(array)}-switch"
         plan.switches.append(Switch(sw, switches=",".join(leaves)))
         array_switches.append(sw)
+    site = site_leaf(site_nodes, set(plan.names()))
+    if site is not None:
+        plan.switches.append(site)
+        array_switches.append(site.name)
     if array_switches:
         plan.switches.append(Switch(ROOT_SWITCH, switches=",".join(array_switches)))
     return plan
+
+
+def site_leaf(site_nodes: Iterable[str], generated: set[str]) -> Switch | None:
+    """The leaf switch of the site's own nodes (None: there are none)."""
+    own = [n for n in dict.fromkeys(site_nodes) if n not in generated]
+    for name in own:
+        check_slurm_name("node name in slurm.conf", name)
+    return Switch(SITE_SWITCH, nodes=hostlist.compress(own)) if own else None
 
 
 def _with_weight(g: NodeGroup, weight: int) -> NodeGroup:
@@ -534,7 +573,11 @@ def _template_env(template_dir: str | os.PathLike[str] | None):
 
 
 def default_template_dir() -> Path:
-    """templates/ shipped as the package hpc_bridge.templates (or the source tree's templates/)."""
+    """The source tree's templates/ next to this package, else templates/ shipped as the package
+    hpc_bridge.templates (an editable install may map that name to another checkout)."""
+    tree = Path(__file__).resolve().parent.parent / "templates"
+    if (tree / "partitions.conf.j2").is_file():
+        return tree
     try:
         from importlib.resources import files
 
@@ -661,6 +704,66 @@ def write_outputs(files: dict[str, str], out_dir: str | os.PathLike[str]) -> lis
 # --------------------------------------------------------------------------- command
 
 
+def conf_node_names(cfg: Config) -> list[str]:
+    """Node names of the slurm.conf Slurm reads, without the generated partitions.conf (none
+    when there is no slurm.conf yet)."""
+    from hpc_bridge.doctor import slurm_conf_path
+    from hpc_bridge.install import read_slurm_conf
+
+    path = slurm_conf_path(cfg)
+    if not os.path.isfile(path):
+        return []
+    conf = read_slurm_conf(path, skip=[os.path.join(cfg.slurm.conf_dir, "partitions.conf")])
+    return expand_node_names(conf.node_names)
+
+
+def previous_names(out_dir: str | os.PathLike[str]) -> set[str]:
+    """The names of the node map an earlier run wrote into `out_dir` (none: first run)."""
+    from hpc_bridge.nodemap import load_nodemap, nodemap_file
+
+    path = nodemap_file(Path(out_dir) / NODEMAP_FILE)
+    return set(load_nodemap(path).names()) if path.exists() else set()
+
+
+def expand_node_names(exprs: Iterable[str]) -> list[str]:
+    names: dict[str, None] = {}
+    for expr in exprs:
+        try:
+            names.update(dict.fromkeys(hostlist.expand(expr)))
+        except ValueError as err:
+            raise ConfigError(f"slurm.conf NodeName={expr}: {err}") from None
+    return list(names)
+
+
+@dataclass
+class NodeSetChange:
+    """Node names a write adds to or removes from what slurmctld (or the last run) has."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+    def describe(self) -> str:
+        parts = []
+        if self.added:
+            parts.append(f"{len(self.added)} added ({hostlist.compress(self.added)})")
+        if self.removed:
+            parts.append(f"{len(self.removed)} removed ({hostlist.compress(self.removed)})")
+        return ", ".join(parts)
+
+
+def node_set_change(new: Iterable[str], known: Iterable[str], site: Iterable[str] = (),
+                    previous: Iterable[str] = ()) -> NodeSetChange:
+    """Pure: the generated names `new` against the `known` ones (slurmctld's nodes, or the last
+    node map). A known name is ours when the last node map had it or it is not one of the
+    site's own (`site`: slurm.conf's names outside partitions.conf)."""
+    new_set, known_set = set(new), set(known)
+    ours = (known_set - set(site)) | (known_set & set(previous))
+    return NodeSetChange(added=sorted(new_set - known_set), removed=sorted(ours - new_set))
+
+
 @dataclass
 class PartitionsResult:
     out_dir: str
@@ -668,7 +771,10 @@ class PartitionsResult:
     changed: list[str]
     diff: str = ""
     reconfigured: bool = False
+    restarted: bool = False
     plan: PartitionPlan | None = None
+    node_set_change: NodeSetChange = field(default_factory=NodeSetChange)
+    refused: bool = False  # --reconfigure with a node set change: nothing written, restart needed
 
 
 def run_partitions(
@@ -679,19 +785,48 @@ def run_partitions(
     diff: bool = False,
     check: bool = False,
     reconfigure: bool = False,
+    restart: bool = False,
+    slurm=None,
 ) -> PartitionsResult:
-    """The `hpc-bridge partitions` command after the status GET: plan, render, then diff/check/write."""
-    plan = plan_partitions(status, cfg)
-    files = render(plan, cfg.slurm.template_dir)
+    """The `hpc-bridge partitions` command after the status GET: plan, render, then diff/check/write.
+
+    A change in the set of node names needs a slurmctld restart (22.05 exits on `scontrol
+    reconfigure` then): with `reconfigure` nothing is written and the result says so
+    (`refused`); with `restart` the files are written and `[slurm] restart_command` is run."""
     target = out_dir or cfg.slurm.conf_dir
+    previous = previous_names(target)
+    site = [n for n in conf_node_names(cfg) if n not in previous]  # an older generation's names are not the site's
+    plan = plan_partitions(status, cfg, site)
+    files = render(plan, cfg.slurm.template_dir)
     if diff or check:
         text = diff_outputs(files, target)
         return PartitionsResult(target, files, changed_files(files, target), diff=text, plan=plan)
-    changed = write_outputs(files, target)
-    result = PartitionsResult(target, files, changed, plan=plan)
-    if reconfigure:
-        from hpc_bridge.slurm import Slurm
+    if reconfigure or restart:
+        if slurm is None:
+            from hpc_bridge.slurm import Slurm
 
-        Slurm.from_config(cfg).reconfigure()
+            slurm = Slurm.from_config(cfg)
+        change = node_set_change(plan.names(), slurm.show_nodes(), site, previous)
+    else:
+        change = node_set_change(plan.names(), previous)
+    if change and reconfigure and not restart:
+        log.warning("node names change (%s): slurmctld must be restarted, not reconfigured; nothing written",
+                    change.describe())
+        return PartitionsResult(target, files, changed_files(files, target), plan=plan, node_set_change=change,
+                                refused=True)
+    changed = write_outputs(files, target)
+    log.info("wrote %s in %s; %d node names", ", ".join(changed) or "nothing new", target, len(plan.names()))
+    result = PartitionsResult(target, files, changed, plan=plan, node_set_change=change)
+    if restart:
+        slurm.restart_controller(cfg.slurm.restart_command)
+        log.info("slurmctld restarted (%s)", " ".join(cfg.slurm.restart_command))
+        result.restarted = True
+    elif reconfigure:
+        try:
+            slurm.reconfigure()
+        except SlurmError as err:
+            alive = slurm.ping()
+            raise SlurmError(f"{err}; slurmctld is {'up' if alive else 'NOT answering: see its log'}") from None
+        log.info("scontrol reconfigure done")
         result.reconfigured = True
     return result

@@ -60,6 +60,7 @@ class ResumePlan:
     waiting: dict[str, str] = field(default_factory=dict)  # name -> why it is left to follower/repair
     deferred: list[str] = field(default_factory=list)  # to create once their old cloud node is gone
     down: dict[str, str] = field(default_factory=dict)  # name -> reason
+    unknown: list[str] = field(default_factory=list)  # not in nodemap.json: not ours, left as they are
     addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # name -> what the API sent that we refused
     cooloff_started: dict[str, str] = field(default_factory=dict)  # bucket key -> why
@@ -107,8 +108,8 @@ def plan_resume(
     starts: dict[str, str] = {}
     for name in dict.fromkeys(names):
         entry = nodemap.get(name)
-        if entry is None:
-            plan.down[name] = f"unknown node {name}: not in nodemap.json (run hpc-bridge partitions)"
+        if entry is None:  # a site's own node (or a stale name): not ours to change
+            plan.unknown.append(name)
             continue
         op = in_flight.get(name)
         if op is not None:
@@ -215,12 +216,13 @@ class ResumeReport:
     waiting: list[str] = field(default_factory=list)
     down: dict[str, str] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
     api_calls: int = 0
     scontrol_calls: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.down and not self.problems
+        return not self.down and not self.problems and not self.unknown
 
     def summary(self) -> str:
         return (f"resume {self.names} node(s): {len(self.created)} created, {len(self.started)} started, "
@@ -240,11 +242,13 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         return report
     requests_before = client.request_count
     calls_before = slurm.calls
+    ours = [n for n in names if n in nodemap]  # on a failure below, the others are still left alone
+    report.unknown = [n for n in names if n not in nodemap]
     try:
         cloud = index_by_name(client.get_nodes().nodes)
         status = client.get_status()
     except ApiError as err:
-        return _all_down(report, names, _api_reason(err), slurm, store, client.request_count - requests_before,
+        return _all_down(report, ours, _api_reason(err), slurm, store, client.request_count - requests_before,
                          calls_before)
     buckets = buckets_by_key(status)
     deadline = now() + cfg.resume.resume_timeout
@@ -261,10 +265,12 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     except StateError as err:
         # Nothing was sent: without a record no call may be made, so the nodes cannot come up.
         log.error("%s", err)
-        return _all_down(report, names, f"cannot record the request: {err}", slurm, None,
+        return _all_down(report, ours, f"cannot record the request: {err}", slurm, None,
                          client.request_count - requests_before, calls_before)
     log_per_message(log, logging.INFO, plan.waiting)
     log_per_message(log, logging.INFO, plan.running, "%s: cloud node already %s, nothing to create")
+    if plan.unknown:
+        log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(plan.unknown))
     send_recorded(store, client, calls, now)
 
     down = dict(plan.down)

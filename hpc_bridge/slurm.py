@@ -15,6 +15,7 @@ import functools
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -401,8 +402,30 @@ class Slurm:
     # -- changing ------------------------------------------------------------------------
 
     def reconfigure(self) -> None:
-        """``scontrol reconfigure``. Note: resets NodeAddr/NodeHostName set by update to slurm.conf's."""
+        """``scontrol reconfigure``. Note: resets NodeAddr/NodeHostName set by update to slurm.conf's.
+        Never after a change of the set of node names: 22.05's slurmctld then exits ("MaxNodeCount
+        has changed ... slurmctld must be restarted"); restart it instead (`restart_controller`)."""
         self.scontrol("reconfigure")
+
+    def restart_controller(self, argv: Sequence[str], wait: float = 60.0, poll: float = 0.5) -> None:
+        """Run the admin's restart command (argv, no shell; e.g. systemctl restart slurmctld),
+        then wait until slurmctld answers ``scontrol ping``. SlurmError when it does not."""
+        shown = " ".join(argv)
+        self.calls += 1
+        try:
+            proc = subprocess.run(list(argv), env=self._env(), stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=max(self.timeout, wait), check=False)
+        except subprocess.TimeoutExpired:
+            raise SlurmError(f"{shown}: did not finish within {max(self.timeout, wait):g} s") from None
+        except OSError as exc:
+            raise SlurmError(f"{shown}: {exc.strerror or exc}") from None
+        if proc.returncode != 0:
+            raise SlurmError(f"{shown} failed (exit {proc.returncode}): {_first_error_line(proc.stderr, proc.stdout)}")
+        deadline = time.monotonic() + wait
+        while not self.ping():
+            if time.monotonic() > deadline:
+                raise SlurmError(f"slurmctld does not answer scontrol ping {wait:g} s after {shown} (see its log)")
+            time.sleep(poll)
 
     def update_nodes(
         self,

@@ -95,6 +95,13 @@ class BridgeEnv:
         password.chmod(0o600)
         config_path = root / "config.toml"
         slurm_conf = f'slurm_conf = "{cluster.conf_path}"\n' if cluster is not None else ""
+        # Power saving is set per generated partition from the config: keep the cluster's times.
+        power = ""
+        if cluster is not None:
+            power = (f"[suspend]\nsuspend_time = {cluster.suspend_time}\n"
+                     f"suspend_timeout = {cluster.suspend_timeout}\n")
+            if "[resume]" not in config_extra:
+                power += f"[resume]\nresume_timeout = {cluster.resume_timeout}\n"
         config_path.write_text(
             "[cluster]\n"
             f'url = "{sim.url}"\nname = "{sim.cluster_name}"\nusername = "{sim.username}"\n'
@@ -103,7 +110,7 @@ class BridgeEnv:
             f'state_dir = "{state_dir}"\nlog_dir = "{log_dir}"\n'
             "[slurm]\n"
             f'conf_dir = "{conf_dir}"\n{slurm_conf}gpu_device_pattern = "{gpu_pattern}"\n'
-            f"{config_extra}"
+            f"{power}{config_extra}"
         )
         env = cls(root, sim, config_path, conf_dir, state_dir, log_dir)
         run = env.cli("partitions")

@@ -165,8 +165,8 @@ def test_shell_metacharacters_and_unknown_names(env, expr):
 
 
 def test_unknown_names_resume_documented_behaviour(env):
-    """Documented: resume marks unknown names DOWN at once. A name Slurm does not know either
-    cannot be marked: the hook fails with one line, and nothing is created or recorded."""
+    """Documented: resume leaves a name that is not in the node map as it is (a site's own node
+    is not ours to change): the hook fails with one line, nothing is created, recorded or marked."""
     before = snapshot(env)
     run = env.hook("resume", "nosuch-[1-3]")
     after = snapshot(env)

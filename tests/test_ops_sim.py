@@ -191,7 +191,8 @@ def test_install_hooks_print_write_check(capsys, config, tmp_path):
     common = ["--config", str(config), "install-hooks", "--slurm-conf-dir", str(conf_dir), "--hooks-dir", str(hooks),
               "--systemd-dir", str(units)]
     rc, out, _ = run(capsys, *common)
-    assert rc == 0 and "ResumeTimeout=900" in out and "nothing written" in out
+    assert rc == 0 and "PrivateData=cloud" in out and "nothing written" in out
+    assert "ResumeTimeout=" not in out and "SuspendTime=" not in out  # set per generated partition
     assert not hooks.exists()
 
     rc, out, _ = run(capsys, *common, "--write")
@@ -205,7 +206,7 @@ def test_install_hooks_print_write_check(capsys, config, tmp_path):
     # a slurm.conf without the include: --check lists everything, exit 1
     (conf_dir / "slurm.conf").write_text("ClusterName=x\nSlurmctldHost=localhost\n")
     rc, out, _ = run(capsys, *common, "--check")
-    assert rc == 1 and "missing: ResumeProgram is not set" in out and "fix: PrivateData=cloud" in out
+    assert rc == 1 and "problem: ResumeProgram is not set" in out and "fix: PrivateData=cloud" in out
     # with the include (and the generated partitions.conf present): nothing missing
     (conf_dir / "slurm.conf").write_text(f"ClusterName=x\nSlurmctldHost=localhost\ninclude {include}\n")
     (conf_dir / "partitions.conf").write_text("")

@@ -249,27 +249,72 @@ def test_generated_include_file_passes_the_check():
     cfg = cfg_of(resume={"resume_timeout": 900}, slurm={"address_mode": "registration", "conf_dir": "/etc/slurm"})
     settings = install.desired_settings(cfg, "/opt/hooks")
     text = install.include_file_text(cfg, settings, "/etc/hpc-bridge/config.toml")
-    assert "ResumeTimeout=900" in text and "SlurmctldParameters=idle_on_node_suspend,cloud_reg_addrs" in text
-    conf = parse("ClusterName=x\nPrivateData=jobs\ninclude /etc/slurm/hpc-bridge.conf\n",
+    assert "SlurmctldParameters=idle_on_node_suspend,cloud_reg_addrs" in text
+    assert not re.search(r"(?m)^(SuspendTime|SuspendTimeout|ResumeTimeout)=", text)  # per partition instead
+    conf = parse("ClusterName=x\ninclude /etc/slurm/hpc-bridge.conf\n",
                  {"/etc/slurm/hpc-bridge.conf": text, "/etc/slurm/partitions.conf": ""})
-    assert install.check_settings(conf, cfg, executable=lambda p: p.startswith("/opt/hooks/")) == []
+    ours = dict(runs_hook=lambda path, hook: True)
+    assert install.check_settings(conf, cfg, executable=lambda p: p.startswith("/opt/hooks/"), **ours) == []
     # without executables, the three programs are reported
-    keys = [p.key for p in install.check_settings(conf, cfg, executable=lambda p: False)]
+    keys = [p.key for p in install.check_settings(conf, cfg, executable=lambda p: False, **ours)]
     assert keys == ["ResumeProgram", "SuspendProgram", "ResumeFailProgram"]
+    # programs that exist but are not hpc-bridge's (SuspendProgram=/bin/true) are reported too
+    problems = install.check_settings(conf, cfg, executable=lambda p: True, runs_hook=lambda p, h: h != "suspend")
+    assert [p.key for p in problems] == ["SuspendProgram"] and "not hpc-bridge's suspend hook" in problems[0].message
+
+
+SITE = ("ClusterName=x\nPrivateData=jobs,usage\nSlurmctldParameters=enable_configless\nGresTypes=gpu\n"
+        "TreeWidth=65533\nResumeTimeout=120\nNodeName=adm-static CPUs=2\n")
+
+
+def test_include_merges_the_sites_list_values_and_leaves_out_what_it_has():
+    """The include carries the site's words plus ours for list-valued keys, and leaves out keys
+    the site already sets as needed, so slurm.conf never sets one twice."""
+    cfg = cfg_of(slurm={"conf_dir": "/etc/slurm"})
+    site = parse(SITE)
+    values = {s.key: s.value for s in install.desired_settings(cfg, "/opt/hooks", site)}
+    assert values["PrivateData"] == "jobs,usage,cloud"
+    assert values["SlurmctldParameters"] == "enable_configless,idle_on_node_suspend"
+    assert "GresTypes" not in values and "TreeWidth" not in values and "ResumeTimeout" not in values
+    text = install.include_file_text(cfg, install.desired_settings(cfg, "/opt/hooks", site), "/c.toml")
+    full = parse(SITE + "include /etc/slurm/hpc-bridge.conf\n",
+                 {"/etc/slurm/hpc-bridge.conf": text, "/etc/slurm/partitions.conf": ""})
+    problems = install.check_settings(full, cfg, executable=lambda p: True, runs_hook=lambda p, h: True,
+                                      hooks_dir="/opt/hooks")
+    # the site's PrivateData and SlurmctldParameters lines are now set twice: flagged, with the merged value
+    assert {p.key for p in problems} == {"PrivateData", "SlurmctldParameters"}
+    fix = {p.key: p.fix for p in problems}
+    assert fix["PrivateData"].startswith("set PrivateData=jobs,usage,cloud on the line at /etc/slurm/slurm.conf:2")
+    # once the site's own lines carry the words, the include leaves both keys out: nothing twice
+    site2 = parse(SITE.replace("jobs,usage", "jobs,usage,cloud").replace("enable_configless",
+                                                                        "enable_configless,idle_on_node_suspend"))
+    assert {s.key for s in install.desired_settings(cfg, "/opt/hooks", site2)} == {
+        "ResumeProgram", "SuspendProgram", "ResumeFailProgram", "ResumeRate", "SuspendRate", "TopologyPlugin"}
+
+
+def test_check_flags_duplicates_that_lose_the_sites_words():
+    cfg = cfg_of(slurm={"conf_dir": "/etc/slurm"})
+    conf = parse("ClusterName=x\nPrivateData=jobs,usage\ninclude /etc/slurm/hpc-bridge.conf\n",
+                 {"/etc/slurm/hpc-bridge.conf": "PrivateData=cloud\nTreeWidth=65533\nTreeWidth=65533\n"})
+    problems = {p.key: p for p in install.check_settings(conf, cfg, executable=lambda p: True)}
+    assert "jobs,usage are lost" in problems["PrivateData"].message
+    assert "/etc/slurm/slurm.conf:2 jobs,usage; /etc/slurm/hpc-bridge.conf:1 cloud" in problems["PrivateData"].message
+    assert "set more than once" in problems["TreeWidth"].message
 
 
 def test_check_reports_every_missing_setting():
     cfg = cfg_of(resume={"resume_timeout": 600})
-    conf = parse("ClusterName=x\nResumeProgram=relative/resume\nResumeTimeout=60\nPrivateData=jobs\n"
+    conf = parse("ClusterName=x\nResumeProgram=relative/resume\nSuspendTime=300\nPrivateData=jobs\n"
                  "SlurmctldParameters=enable_configless\nGresTypes=mps\n")
     problems = {p.key: p for p in install.check_settings(conf, cfg, executable=lambda p: True)}
-    assert set(problems) == {"ResumeProgram", "SuspendProgram", "ResumeFailProgram", "SuspendTime", "ResumeTimeout",
-                             "PrivateData", "SlurmctldParameters", "TreeWidth", "GresTypes", "TopologyPlugin", "include"}
+    assert set(problems) == {"ResumeProgram", "SuspendProgram", "ResumeFailProgram", "SuspendTime", "ResumeRate",
+                             "SuspendRate", "PrivateData", "SlurmctldParameters", "TreeWidth", "GresTypes",
+                             "TopologyPlugin", "include"}
     assert "absolute" in problems["ResumeProgram"].message
+    assert "the site's own too" in problems["SuspendTime"].message  # a global SuspendTime powers down every node
     assert problems["PrivateData"].fix == "PrivateData=jobs,cloud"
     assert problems["SlurmctldParameters"].fix == "SlurmctldParameters=enable_configless,idle_on_node_suspend"
     assert problems["GresTypes"].fix == "GresTypes=mps,gpu"
-    assert problems["ResumeTimeout"].fix.startswith("ResumeTimeout=600")
 
 
 def test_check_conf_dir_mismatch():
@@ -335,7 +380,7 @@ def test_doctor_all_good():
          "slurm.conf hook programs", "FAIL", "install-hooks --write"),
         (dict(conf_problems=[install.Problem("PrivateData", "PrivateData lacks cloud", "PrivateData=cloud")]),
          "slurm.conf PrivateData=cloud", "FAIL", "PrivateData=cloud"),
-        (dict(boot_times=[1700.0]), "ResumeTimeout longer than boot time", "FAIL", "ResumeTimeout=2610"),
+        (dict(boot_times=[1700.0]), "ResumeTimeout longer than boot time", "FAIL", "resume_timeout = 2610"),
         (dict(conf_problems=[install.Problem("include", "no include", "include /etc/slurm/partitions.conf")]),
          "slurm.conf includes generated files", "FAIL", "include /etc/slurm/partitions.conf"),
         (dict(conf_problems=[install.Problem("TreeWidth", "TreeWidth is 50", "TreeWidth=65533")]),
@@ -375,8 +420,7 @@ def test_doctor_tls_and_plain_http():
 
 
 def test_doctor_short_resume_timeout_without_observations_warns_only():
-    f = facts()
-    f.slurm_conf = parse("ResumeTimeout=60\n")
+    f = facts(cfg=cfg_of(slurm={"conf_dir": "/etc/slurm"}, resume={"resume_timeout": 60}))
     checks = doctor.run_checks(f)
     assert results(checks)["ResumeTimeout longer than boot time"] == "warn"
     assert not doctor.failed(checks)

@@ -137,7 +137,7 @@ def test_default_scenario_plan():
     parts = {p.name: p for p in plan.partitions}
     assert set(parts) == {"hpc", "htc", "gpu"}
     assert parts["hpc"].exclusive and not parts["htc"].exclusive and not parts["gpu"].exclusive
-    assert [p.name for p in plan.partitions if p.default] == ["htc"]  # cheapest nodes
+    assert not [p.name for p in plan.partitions if p.default]  # none unless the config asks: the site's stays
     assert parts["htc"].nodesets == ("htc-nodes",)
     ns = {n.name: n for n in plan.nodesets}
     assert ns["htc-nodes"].nodes == "htc-f2sv2-[1-8],htc-f4sv2-[1-8]"
@@ -258,7 +258,7 @@ def test_gpu_only_cluster():
     (g,) = plan.groups
     assert g.gpus == 8
     assert plan.gres[0].file == "/tmp/fake/nvidia[0-7]" and plan.gres[0].count == 8
-    assert plan.partitions[0].default and plan.partitions[0].exclusive
+    assert not plan.partitions[0].default and plan.partitions[0].exclusive
     assert "Gres=gpu:8" in render(plan)["partitions.conf"]
 
 
@@ -286,6 +286,33 @@ def test_unmanaged_and_renamed_partitions():
     assert g["Standard_F2s_v2"].partition == "batch"
     assert "Standard_NC24ads_A100_v4" not in g
     assert any("nodearray gpu: not managed" in c for c in plan.comments)
+
+
+def test_power_saving_is_set_on_each_generated_partition_only():
+    """SuspendTime & co go on the generated partitions (never global), so Slurm powers down
+    only the cloud nodes; from [suspend] and [resume] resume_timeout, in whole seconds."""
+    cfg = make_cfg(suspend={"suspend_time": 120, "suspend_timeout": 60.5}, resume={"resume_timeout": 900})
+    text = render(plan_partitions(default_status(), cfg))["partitions.conf"]
+    lines = [l for l in text.splitlines() if l.startswith("PartitionName=")]
+    assert len(lines) == 3
+    assert all(l.endswith(" SuspendTime=120 SuspendTimeout=61 ResumeTimeout=900") for l in lines), lines
+    assert not re.search(r"(?m)^Suspend", text)
+    assert all(" Default=NO " in l for l in lines)
+    cfg = make_cfg(partitions={"nodearrays": {"htc": {"default": True}}})
+    text = render(plan_partitions(default_status(), cfg))["partitions.conf"]
+    assert [l.split()[0] for l in text.splitlines() if " Default=YES " in l] == ["PartitionName=htc"]
+
+
+def test_site_nodes_get_a_leaf_switch_under_the_root():
+    """topology/tree schedules only nodes under a switch: the site's own nodes (from slurm.conf)
+    get one, generated names among them are not counted twice."""
+    status = make_status(array("htc", bucket("Standard_F2s_v2", 2, 4, max_count=2)))
+    plan = plan_partitions(status, make_cfg(), ["adm-static", "onprem-1", "onprem-2", "htc-f2sv2-1"])
+    sw = {s.name: s for s in plan.switches}
+    assert sw["site"].nodes == "adm-static,onprem-[1-2]"
+    assert sw["root"].switches == "htc-switch,site"
+    assert "SwitchName=site Nodes=adm-static,onprem-[1-2]" in render(plan)["topology.conf"]
+    assert "site" not in {s.name for s in plan_partitions(status, make_cfg(), ["htc-f2sv2-2"]).switches}
 
 
 def test_two_arrays_share_a_partition():
@@ -632,3 +659,19 @@ def test_growing_max_count_only_appends():
     assert set(s) < set(b)
     for g_small, g_big in zip(small.groups, big.groups):
         assert g_big.names()[: g_small.count] == g_small.names()
+
+
+@pytest.mark.parametrize("new, known, site, previous, added, removed", [
+    (["a-1", "a-2"], ["a-1", "a-2", "static"], ["static"], ["a-1", "a-2"], [], []),  # same names: reconfigure is fine
+    (["a-1"], ["a-1", "a-2", "static"], ["static"], ["a-1", "a-2"], [], ["a-2"]),  # max_nodes lowered
+    (["a-1", "a-2", "a-3"], ["a-1", "a-2", "static"], ["static"], [], ["a-3"], []),  # grown
+    (["a-1"], ["a-1", "a-2", "static"], ["static"], ["a-1"], [], ["a-2"]),  # map already rewritten: slurm.conf says
+    (["a-1"], ["a-1", "static"], [], ["a-1"], [], ["static"]),  # a name nobody claims counts as ours
+    ([], [], [], [], [], []),
+])
+def test_node_set_change(new, known, site, previous, added, removed):
+    from hpc_bridge.partitions import node_set_change
+
+    change = node_set_change(new, known, site, previous)
+    assert (change.added, change.removed) == (added, removed)
+    assert bool(change) == bool(added or removed)

@@ -146,7 +146,10 @@ def test_simulator_default_scenario_boots_slurmctld(slurm_cluster_factory, tmp_p
     assert topo["hpc-hb120rsv3-pg2"]["Nodes"] == "hpc-hb120rsv3-[5-8]"
     assert topo["hpc-switch"]["Level"] == "1" and topo["root"]["Level"] == "2"
     parts = show_partitions(c)
-    assert parts["hpc"]["OverSubscribe"] == "EXCLUSIVE" and parts["htc"]["Default"] == "YES"
+    assert parts["hpc"]["OverSubscribe"] == "EXCLUSIVE" and parts["htc"]["Default"] == "NO"
+    # power saving on each generated partition (the config's defaults), not globally
+    assert {(p["SuspendTime"], p["SuspendTimeout"], p["ResumeTimeout"]) for p in parts.values()} == {
+        ("600", "300", "1800")}
     # the node map written next to the files agrees with what Slurm knows
     nm = load_nodemap(out)
     assert set(nm.names()) == set(nodes)

@@ -86,9 +86,10 @@ def test_ready_node_gives_its_address():
     assert p.addresses == {"hpc-1": ("127.1.0.5", "ip-1")} and not p.create
 
 
-def test_unknown_name_goes_down():
+def test_unknown_name_is_left_alone():
+    """A name not in the node map is not ours (a site's own node): nothing is done to it."""
     p = plan(["nosuch-1", "hpc-1"])
-    assert "unknown node nosuch-1" in p.down["nosuch-1"] and [n for n, _ in p.create] == ["hpc-1"]
+    assert p.unknown == ["nosuch-1"] and "nosuch-1" not in p.down and [n for n, _ in p.create] == ["hpc-1"]
 
 
 def test_in_flight_operation_prevents_a_duplicate_create():
@@ -164,7 +165,7 @@ def test_every_name_gets_exactly_one_outcome_and_capacity_holds(names, statuses,
     cloud = [node(n, s) for n, s in statuses.items()]
     p = plan(names, cloud, bk=buckets(hpc=avail, f2=avail, f4=avail))
     created = [n for n, _ in p.create]
-    outcomes = [set(created), set(p.start), set(p.running), set(p.waiting), set(p.down)]
+    outcomes = [set(created), set(p.start), set(p.running), set(p.waiting), set(p.down), set(p.unknown)]
     for name in set(names):
         assert sum(name in o for o in outcomes) == 1, name
     assert len(created) == len(set(created))
