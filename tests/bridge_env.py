@@ -110,7 +110,7 @@ class BridgeEnv:
             f'state_dir = "{state_dir}"\nlog_dir = "{log_dir}"\n'
             "[slurm]\n"
             f'conf_dir = "{conf_dir}"\n{slurm_conf}gpu_device_pattern = "{gpu_pattern}"\n'
-            f"{power}{config_extra}"
+            f"{config_extra}{power}"  # config_extra may go on with [slurm] keys: new tables after it
         )
         env = cls(root, sim, config_path, conf_dir, state_dir, log_dir)
         run = env.cli("partitions")

@@ -31,13 +31,14 @@ def _require_slurm() -> None:
 def slurm_cluster_factory(tmp_path_factory):
     """Call it like SlurmCluster(...) minus the workdir; returns a *started* cluster, stopped at
     teardown (all of them, by PID). Pass ``start=False`` to get it unstarted (to add programs
-    with ``make_program`` first, then call ``.start()``)."""
+    with ``make_program`` first, then call ``.start()``), ``cluster_class=SiteCluster`` for a
+    site's own config that hpc-bridge joins through its include file."""
     _require_slurm()
     clusters: list[SlurmCluster] = []
 
-    def make(*args, start: bool = True, **kwargs) -> SlurmCluster:
+    def make(*args, start: bool = True, cluster_class: type[SlurmCluster] = SlurmCluster, **kwargs) -> SlurmCluster:
         workdir = tmp_path_factory.mktemp("slurm")
-        c = SlurmCluster(workdir, *args, **kwargs)
+        c = cluster_class(workdir, *args, **kwargs)
         clusters.append(c)
         if start:
             c.start()

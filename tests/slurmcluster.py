@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 SBIN = "/usr/sbin"
 BIN = "/usr/bin"
 
-__all__ = ["SlurmCluster", "slurm_available", "add_node_ports", "REPO"]
+__all__ = ["SlurmCluster", "SiteCluster", "slurm_available", "add_node_ports", "REPO"]
 
 
 def slurm_available(sbin_dir: str = SBIN, bin_dir: str = BIN) -> str | None:
@@ -761,6 +761,32 @@ class SlurmCluster:
             "munged": self._munged_pid,
             "slurmds": {n: p.pid for n, p in self._slurmds.items() if p.poll() is None},
         }
+
+
+class SiteCluster(SlurmCluster):
+    """A site's own cluster that hpc-bridge joins: the harness's daemons, ports and paths, but
+    none of the keys hpc-bridge's include file may set (the power-saving ones, PrivateData,
+    SlurmctldParameters, TreeWidth, GresTypes, TopologyPlugin: the site has its own values in
+    ``site_settings``, or none), then ``include <etc>/hpc-bridge.conf`` as the last line
+    (``with_bridge``), as README's admin install says."""
+
+    BRIDGE_KEYS = ("PrivateData=", "SlurmctldParameters=", "SuspendTime=", "SuspendTimeout=", "ResumeTimeout=",
+                   "ResumeRate=", "SuspendRate=", "TreeWidth=", "GresTypes=", "TopologyPlugin=", "ResumeProgram=",
+                   "SuspendProgram=", "ResumeFailProgram=")
+
+    def __init__(self, workdir, *args, site_settings: Sequence[str] = (), with_bridge: bool = True, **kwargs):
+        super().__init__(workdir, *args, **kwargs)
+        self.site_settings = list(site_settings)
+        self.with_bridge = with_bridge
+
+    def write_conf(self) -> Path:
+        path = super().write_conf()
+        lines = [line for line in path.read_text().splitlines() if not line.startswith(self.BRIDGE_KEYS)]
+        lines += self.site_settings
+        if self.with_bridge:
+            lines.append(f"include {self.etc / 'hpc-bridge.conf'}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
 
 # -- process helpers (by PID only) -----------------------------------------------------------

@@ -24,45 +24,21 @@ import pytest
 
 from bridge_env import REPO, BridgeEnv, _traversable, default_scenario
 from hpc_bridge.sim.server import SimServer
-from slurmcluster import SlurmCluster, slurm_available
+from slurmcluster import SiteCluster, SlurmCluster
 
 SUSPEND_TIME = 4
 RESUME_TIMEOUT = 30
 STATIC = "adm-static"
 
-# What hpc-bridge's include (or the harness) would set: the site has its own values or none.
-_NOT_THE_SITES = ("PrivateData=", "SlurmctldParameters=", "SuspendTime=", "SuspendTimeout=", "ResumeTimeout=",
-                  "ResumeRate=", "SuspendRate=", "TreeWidth=", "GresTypes=", "TopologyPlugin=", "ResumeProgram=",
-                  "SuspendProgram=", "ResumeFailProgram=")
 SITE_SETTINGS = ["PrivateData=jobs,usage", "SlurmctldParameters=enable_configless,power_save_interval=1",
                  "ResumeTimeout=90", "GresTypes=gpu"]
 
 
-class SiteCluster(SlurmCluster):
-    """The harness's cluster, with the site's own settings instead of the power-saving ones,
-    and `include hpc-bridge.conf` as the last line once hpc-bridge is installed."""
-
-    site_settings = SITE_SETTINGS
-    with_bridge = True
-
-    def write_conf(self) -> Path:
-        path = super().write_conf()
-        lines = [l for l in path.read_text().splitlines() if not l.startswith(_NOT_THE_SITES)]
-        lines += self.site_settings
-        if self.with_bridge:
-            lines.append(f"include {self.etc / 'hpc-bridge.conf'}")
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-
 @pytest.fixture
-def site(tmp_path):
-    why = slurm_available()
-    if why:
-        pytest.skip(why)
+def site(tmp_path, slurm_cluster_factory):
     root = tmp_path
-    cluster = SiteCluster(
-        root / "slurm",
+    cluster = slurm_cluster_factory(
+        start=False, cluster_class=SiteCluster, site_settings=SITE_SETTINGS,
         nodes_conf_text=(f"NodeName={STATIC} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=2 RealMemory=1000\n"
                          f"PartitionName=onprem Nodes={STATIC} Default=YES MaxTime=INFINITE State=UP\n"),
         resume_timeout=RESUME_TIMEOUT,
@@ -71,13 +47,10 @@ def site(tmp_path):
     scenario["hooks"] = {"on_ready": cluster.boot_hook_argv("start"), "on_stop": cluster.boot_hook_argv("stop"),
                          "env": cluster.hook_env()}
     sim = SimServer(scenario).start()
-    env = None
     try:
         cluster.write_conf()  # the site's slurm.conf exists before hpc-bridge is installed
-        env = install_bridge(root, sim, cluster)
-        yield env
+        yield install_bridge(root, sim, cluster)
     finally:
-        cluster.stop()
         sim.stop()
 
 
@@ -229,3 +202,48 @@ def test_node_count_change_asks_for_a_restart_and_slurmctld_stays_up(site):
     nodes = c.nodes()
     assert "htc-f2sv2-6" in nodes and "htc-f2sv2-7" not in nodes and STATIC in nodes
     assert "fatal" not in slurmctld_log(c)
+
+
+def test_vms_whose_slurmd_never_registers_hold_their_size_out_of_service(tmp_path, slurm_cluster_factory):
+    """A bad image: the VMs boot (cloud Ready) but slurmd never registers. resume-fail says so,
+    and after [resume] boot_failure_limit such VMs of one size the size is held out of service
+    (no new VM is billed for it) until `hpc-bridge clear-hold`; then repair puts it back."""
+    env = BridgeEnv.create(tmp_path, slurm_cluster_factory, bridge_hooks=True, boot_slurmd=False, resume_timeout=8,
+                           config_extra="[resume]\nresume_timeout = 8\nboot_failure_limit = 2\n"
+                                        "[repair]\ngrace = 0\n[state]\nkeep_closed = 60\n")
+    try:
+        c, key = env.cluster, "htc/Standard_F2s_v2"
+        env.sim.reset_stats()
+        c.scontrol("update", "NodeName=htc-f2sv2-[1-2]", "State=POWER_UP")
+        reason = "hpc-bridge: resume failed: VM Ready, slurmd did not register within ResumeTimeout"
+
+        def failed():
+            nodes = c.nodes()
+            return all(nodes[n].reason == reason and "DOWN" in nodes[n].state_flags for n in ("htc-f2sv2-1", "htc-f2sv2-2"))
+        c.wait_for(failed, 60, what="resume-fail with the real cause")
+        assert env.sim.stats()["creates"]["nodes_added"] == 2
+        # the second failure reached the limit: the size's other idle~ nodes are out of service too
+        nodes = c.nodes()
+        hold = f"hpc-bridge: {key} out of service until an admin clears it (hpc-bridge clear-hold {key})"
+        assert all(nodes[f"htc-f2sv2-{i}"].reason.startswith(hold) for i in range(3, 9)), nodes["htc-f2sv2-3"]
+        assert "DOWN" in nodes["htc-f2sv2-3"].state_flags and not nodes["htc-f4sv2-1"].reason
+        # repair keeps them out; a power-up asks for no new VM of that size
+        assert env.cli("repair").rc == 0
+        assert all("DOWN" in f for f in (c.node_flags(f"htc-f2sv2-{i}") for i in range(1, 9)))
+        run = env.hook("resume", "htc-f2sv2-1")
+        assert run.rc == 1 and "clear-hold" in run.stderr
+        assert env.sim.stats()["creates"]["nodes_added"] == 2
+        # one command clears it; repair puts every node of the size back to idle~
+        run = env.cli("clear-hold", key)
+        assert run.rc == 0 and "back in service" in run.stdout, run.stderr
+        assert env.cli("clear-hold", key).rc == 2  # nothing held any more: a usage error
+        for _ in range(3):
+            if env.cli("repair").rc == 0 and all({"IDLE", "POWERED_DOWN"} <= c.node_flags(f"htc-f2sv2-{i}")
+                                                 and "DOWN" not in c.node_flags(f"htc-f2sv2-{i}") for i in range(1, 9)):
+                break
+            time.sleep(1)
+        for i in range(1, 9):
+            flags = c.node_flags(f"htc-f2sv2-{i}")
+            assert {"IDLE", "POWERED_DOWN"} <= flags and "DOWN" not in flags, (i, flags)
+    finally:
+        env.close()

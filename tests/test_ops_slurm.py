@@ -14,6 +14,7 @@ import pytest
 from hpc_bridge import doctor
 from hpc_bridge.cli import main
 from hpc_bridge.sim.server import SimServer
+from slurmcluster import SiteCluster
 from test_ops_sim import write_config
 
 pytestmark = pytest.mark.slurm
@@ -37,10 +38,10 @@ def test_install_nodes_doctor_with_real_slurmctld(capsys, slurm_cluster_factory,
     monkeypatch.delenv("HPC_BRIDGE_PASSWORD", raising=False)
     with SimServer() as sim:
         sim.start()
-        c = slurm_cluster_factory(start=False, extra_conf="")
+        # a site's slurm.conf with none of hpc-bridge's keys; the include file comes last
+        c = slurm_cluster_factory(start=False, cluster_class=SiteCluster)
         c.etc.mkdir(parents=True, exist_ok=True)
         config = write_config(tmp_path, sim, conf_dir=str(c.etc))
-        c.extra_conf = f"include {c.etc / 'hpc-bridge.conf'}"  # at the end: its values win
         hooks, units = tmp_path / "hooks", tmp_path / "systemd"
         cfg = ["--config", str(config)]
 
@@ -59,7 +60,11 @@ def test_install_nodes_doctor_with_real_slurmctld(capsys, slurm_cluster_factory,
         # the live daemon took the generated settings (they come after the harness' own)
         config_lines = c.scontrol("show", "config")
         assert f"ResumeProgram           = {hooks / 'resume'}" in config_lines
-        assert "ResumeTimeout           = 900 sec" in config_lines
+        # power saving on the generated partitions ([resume] resume_timeout), not globally
+        partitions = c.scontrol("-o", "show", "partition").splitlines()
+        assert partitions and all(" ResumeTimeout=900 " in f"{p} " and " SuspendTime=600 " in f"{p} "
+                                  for p in partitions)
+        assert c.slurm().show_config()["SuspendTime"] in ("NONE", "INFINITE")
 
         rc, out, err = run(capsys, *cfg, "install-hooks", "--slurm-conf-dir", str(c.etc), "--check",
                            "--hooks-dir", str(hooks))
@@ -92,6 +97,9 @@ def test_install_nodes_doctor_with_real_slurmctld(capsys, slurm_cluster_factory,
         failed = [line for line in out.splitlines() if line.startswith("[FAIL]")]
         if not os.path.exists("/etc/systemd/system/hpc-bridge-repair.timer"):
             assert rc == 1 and failed == ["[FAIL] repair timer installed: no hpc-bridge-repair.timer unit"]
+        # ... and with the directory install-hooks wrote to, like install-hooks takes it, all pass
+        rc, out, _ = run(capsys, *cfg, "doctor", "--systemd-dir", str(units))
+        assert rc == 0 and "all checks passed" in out, out
 
         # a node Slurm has but the node map lacks is reported
         nodemap = c.etc / "nodemap.json"
