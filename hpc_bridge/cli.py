@@ -405,6 +405,39 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _cmd_clear_hold(args: argparse.Namespace) -> int:
+    import time
+
+    from hpc_bridge.nodeops import clear_hold
+    from hpc_bridge.state import StateStore
+
+    cfg = load_config_for(args)
+    nodes = clear_hold(StateStore.from_config(cfg), args.vm_size, time.time())
+    if wants_json(args):
+        emit_json({"cleared": args.vm_size, "nodes": nodes})
+        return 0
+    from hpc_bridge.hostlist import compress_sorted
+
+    print(f"{args.vm_size}: back in service; repair (its timer, or `hpc-bridge repair` now) puts "
+          f"{compress_sorted(nodes) if nodes else 'no nodes'} back to idle~")
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from hpc_bridge.hostlist import expand
+    from hpc_bridge.logs import log_files, matching_lines
+
+    wanted = set(expand(args.hostlist))
+    cfg = load_config_for(args)
+    rows = list(matching_lines(log_files(cfg.paths.log_dir), wanted))
+    if wants_json(args):
+        emit_json([{"command": c, "line": line} for c, line in rows])
+        return 0
+    for command, line in rows:
+        print(f"{command}: {line}")
+    return 0
+
+
 def _cmd_install_hooks(args: argparse.Namespace) -> int:
     from hpc_bridge.install import run_cli
 
@@ -455,6 +488,24 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits at most (default 1800)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between polls with --wait (default 5)")
     p = _add_command(
+        sub, "logs", _cmd_logs, "the lines of hpc-bridge's logs that name these nodes (hostlists included)",
+        description="Reads every command's log under [paths] log_dir (and rotated, uncompressed copies) and prints, "
+                    "in time order, the lines naming any of the nodes, also where a line names them inside a "
+                    "hostlist (htc-f2sv2-[1-40]).",
+        example="hpc-bridge logs htc-f2sv2-7",
+    )
+    p.add_argument("hostlist", help="Slurm hostlist of the nodes")
+    p = _add_command(
+        sub, "clear-hold", _cmd_clear_hold,
+        "put a VM size held out of service (its VMs booted but slurmd never registered) back in service",
+        description="After [resume] boot_failure_limit VMs of one size were Ready but their slurmd never registered "
+                    "within ResumeTimeout, resume-fail holds that size out of service (its nodes DOWN with the "
+                    "reason) until an admin has fixed the cause (image, network, munge key) and clears the hold. "
+                    "Repair then puts its nodes back to idle~.",
+        example="hpc-bridge clear-hold htc/Standard_F2s_v2",
+    )
+    p.add_argument("vm_size", metavar="NODEARRAY/VMSIZE", help="as in the hold's reason, e.g. htc/Standard_F2s_v2")
+    p = _add_command(
         sub, "install-hooks", _cmd_install_hooks,
         "print or write the slurm.conf lines, hook wrappers and repair timer; --check an existing slurm.conf",
         description="Without options: print the include file for slurm.conf, the three hook wrappers (python "
@@ -474,10 +525,12 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pythonpath", metavar="PATH", help="PYTHONPATH for the wrappers (default: the source tree when "
                    "hpc_bridge is not installed in site-packages)")
     p.add_argument("--user", help="user for the repair service (default: SlurmUser from slurm.conf, else slurm)")
-    _add_command(
+    p = _add_command(
         sub, "doctor", _cmd_doctor, "check the installation end to end; one line per check, a fix for each failure",
         example="hpc-bridge doctor --config /etc/hpc-bridge/config.toml",
     )
+    p.add_argument("--systemd-dir", metavar="DIR", help="where install-hooks wrote the repair timer (default: the "
+                   "system's unit directories)")
 
 
 # --------------------------------------------------------------------------- repair

@@ -224,6 +224,9 @@ class ResumeConfig(_Section):
     capacity_cooloff: float = Field(default=600.0, ge=0, le=YEAR)
     resume_timeout: float = Field(default=1800.0, gt=0, le=YEAR)  # keep equal to slurm.conf ResumeTimeout
     follower: bool = True  # start a detached follower that sets node addresses as they appear
+    # VMs of one size that were Ready but whose slurmd never registered (within [state]
+    # retention) before that size is held out of service until `hpc-bridge clear-hold`; 0: never
+    boot_failure_limit: int = Field(default=3, ge=0)
 
 
 class SuspendConfig(_Section):

@@ -499,7 +499,8 @@ def run_cli(args) -> int:
     from hpc_bridge.cli import emit_json, wants_json
     from hpc_bridge.log import setup_logging
 
-    facts = gather(getattr(args, "config", None))
+    systemd_dir = getattr(args, "systemd_dir", None)
+    facts = gather(getattr(args, "config", None), systemd_dirs=[systemd_dir] if systemd_dir else SYSTEMD_DIRS)
     if facts.cfg is not None:
         try:
             _, facts.log_problem = setup_logging(args.command, facts.cfg.paths.log_dir, getattr(args, "verbose", 0))

@@ -12,8 +12,9 @@ from typing import Any, Callable, Iterable, Mapping
 from hpc_bridge.api.client import ClusterClient, new_request_id
 from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
 from hpc_bridge.errors import ApiError
-from hpc_bridge.log import log_per_message
-from hpc_bridge.state import FAILED, PENDING, Operation, StateStore
+from hpc_bridge.log import log_per_message, node_names
+from hpc_bridge.errors import UsageError
+from hpc_bridge.state import FAILED, PENDING, Cooloff, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.nodeops")
 
@@ -187,3 +188,82 @@ def settle(op: Operation, call: Call, now: float) -> None:
         op.message = str(call.error)
     elif call.error is not None:
         op.close(FAILED, now, str(call.error))
+
+
+def take_out_of_service(slurm, nodemap, reasons: Mapping[str, str], exclude: set[str]
+                        ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The powered-down idle nodes of the VM sizes in `reasons` (bucket key -> reason) go DOWN
+    with that reason, so Slurm places jobs on other sizes; repair puts them back when the
+    cool-off ends. Returns (name -> reason, bucket key -> the names taken out of service)."""
+    nodes = slurm.show_nodes()
+    out: dict[str, str] = {}
+    per_key: dict[str, list[str]] = defaultdict(list)
+    for key, why in reasons.items():
+        array, machine_type = key.split("/", 1)
+        for name, node in nodes.items():
+            entry = nodemap.get(name)
+            if name in exclude or entry is None or (entry.nodearray, entry.machine_type) != (array, machine_type):
+                continue
+            if "POWERED_DOWN" in node.state_flags and node.state == "IDLE":
+                out[name] = why
+                per_key[key].append(name)
+    return out, dict(per_key)
+
+
+# A hold lasts until an admin clears it; `until` only has to be later than any clock we run under.
+HOLD_SECONDS = 100 * 365 * 86400.0
+NEVER_REGISTERED = "VM Ready, slurmd did not register within ResumeTimeout"
+
+
+def hold_reason(key: str, why: str) -> str:
+    return f"{key} out of service until an admin clears it (hpc-bridge clear-hold {key}): {why}"
+
+
+def count_boot_failures(store: StateStore, failed: Mapping[str, list[str]], limit: int, now: float
+                        ) -> dict[str, str]:
+    """Record VMs that were Ready but whose slurmd never registered (bucket key -> names).
+    A VM size reaching `limit` such failures (0: never) is held out of service until an admin
+    clears it: a bad image must not bill in a loop. Returns bucket key -> reason for the sizes
+    held from now on."""
+    held: dict[str, str] = {}
+    with store.transaction() as state:
+        for key, names in sorted(failed.items()):
+            times = state.boot_failures.setdefault(key, [])
+            times.extend([now] * len(names))
+            old = state.cooloffs.get(key)
+            if old is not None and old.until_cleared:
+                old.nodes = sorted(set(old.nodes) | set(names))
+            elif limit and len(times) >= limit:
+                why = f"{len(times)} VM(s) of this size were Ready but their slurmd never registered"
+                state.cooloffs[key] = Cooloff(until=now + HOLD_SECONDS, reason=why, nodes=sorted(names),
+                                              until_cleared=True)
+                held[key] = why
+    for key, why in held.items():
+        log.error("%s", hold_reason(key, why))
+    return held
+
+
+def hold_nodes(store: StateStore, taken: Mapping[str, list[str]]) -> None:
+    """Remember the nodes a hold took out of service, so that clearing it puts them back."""
+    if not taken:
+        return
+    with store.transaction() as state:
+        for key, names in taken.items():
+            if (c := state.cooloffs.get(key)) is not None:
+                c.nodes = sorted(set(c.nodes) | set(names))
+
+
+def clear_hold(store: StateStore, key: str, now: float) -> list[str]:
+    """End the hold of one VM size (`hpc-bridge clear-hold`) and forget its boot failures.
+    Returns the nodes it held out of service (repair puts them back to idle~)."""
+    with store.transaction() as state:
+        c = state.cooloffs.get(key)
+        if c is None or not c.until_cleared:
+            held = sorted(k for k, v in state.cooloffs.items() if v.until_cleared)
+            raise UsageError(f"{key!r} is not held out of service (held: {', '.join(held) or 'none'})")
+        c.until = now
+        c.until_cleared = False
+        state.boot_failures.pop(key, None)
+        nodes = list(c.nodes)
+    log.info("%s: hold cleared by an admin; %s go back in service", key, node_names(nodes) or "no nodes")
+    return nodes

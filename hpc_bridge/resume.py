@@ -31,12 +31,14 @@ from hpc_bridge.nodeops import (
     address_of,
     address_problem,
     bucket_key,
+    hold_reason,
     index_by_name,
     mark_down,
     record,
     record_and_send,
     remember_down,
     send_recorded,
+    take_out_of_service,
 )
 from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
 from hpc_bridge.state import FAILED, Cooloff, Operation, StateStore
@@ -83,6 +85,8 @@ def cooloff_reason(key: str, buckets: dict[str, Bucket], cooloffs: dict[str, Coo
                    now: float) -> str | None:
     """Why a bucket is out of service for a capacity cool-off, or None."""
     active = cooloffs.get(key)
+    if active and active.until_cleared:
+        return hold_reason(key, active.reason)
     if active and active.until > now:
         return f"capacity cool-off for {key} until {time.strftime('%H:%M:%S', time.localtime(active.until))} ({active.reason})"
     bucket = buckets.get(key)
@@ -244,6 +248,9 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     calls_before = slurm.calls
     ours = [n for n in names if n in nodemap]  # on a failure below, the others are still left alone
     report.unknown = [n for n in names if n not in nodemap]
+    if not ours:  # nothing of ours: no API call either
+        log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(report.unknown))
+        return report
     try:
         cloud = index_by_name(client.get_nodes().nodes)
         status = client.get_status()
@@ -315,7 +322,8 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         report.started = [n for n in report.started if n not in superseded]
     taken: dict[str, list[str]] = {}
     if capacity:
-        out_of_service, taken = _out_of_service(slurm, nodemap, capacity, exclude=set(names))
+        out_of_service, taken = take_out_of_service(
+            slurm, nodemap, {k: f"capacity cool-off for {k}: {m}" for k, m in capacity.items()}, exclude=set(names))
         down.update(out_of_service)
     # One transaction for what the failures leave behind (under an API outage every hook takes
     # this path at once): a call we marked down is closed, so repair does not re-send it; a
@@ -427,21 +435,3 @@ def _api_reason(err) -> str:
     return f"cluster API error: {err}"
 
 
-def _out_of_service(slurm, nodemap: NodeMap, capacity: dict[str, str], exclude: set[str]
-                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """The powered-down idle nodes of a bucket in capacity cool-off go DOWN with a reason, so
-    Slurm places jobs on other sizes; repair puts them back when the cool-off ends. Returns
-    (name -> reason, bucket key -> the names taken out of service)."""
-    nodes = slurm.show_nodes()
-    out: dict[str, str] = {}
-    per_key: dict[str, list[str]] = defaultdict(list)
-    for key, message in capacity.items():
-        array, machine_type = key.split("/", 1)
-        for name, node in nodes.items():
-            entry = nodemap.get(name)
-            if name in exclude or entry is None or (entry.nodearray, entry.machine_type) != (array, machine_type):
-                continue
-            if "POWERED_DOWN" in node.state_flags and node.state == "IDLE":
-                out[name] = f"capacity cool-off for {key}: {message}"
-                per_key[key].append(name)
-    return out, dict(per_key)

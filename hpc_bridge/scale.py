@@ -7,12 +7,15 @@ holds the given total; it never removes any. `--wait` then follows the operation
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from hpc_bridge.api.models import Node, NodeCreationResult
 from hpc_bridge.errors import UsageError
+
+log = logging.getLogger("hpc_bridge.scale")
 
 FAILED_STATUSES = frozenset({"Failed"})
 GONE_STATUSES = frozenset({"Terminated", "Terminating", "Off", "Deallocated", "Deallocating"})
@@ -112,10 +115,20 @@ def run_cli(args) -> int:
     check_target(args.nodes, args.cores)
     cfg = load_config_for(args)
     as_json = wants_json(args)
+    target = f"{args.nodes} nodes" if args.nodes is not None else f"{args.cores} cores"
+    log.info("scale %s to %s requested", args.nodearray, target)
     with client_for(cfg) as client:
         result = run_scale(client, args.nodearray, nodes=args.nodes, cores=args.cores)
-        target = f"{args.nodes} nodes" if args.nodes is not None else f"{args.cores} cores"
         messages = [s.message for s in result.sets if s.message]
+        log.info("scale %s to %s: added %d node(s), operation %s%s", args.nodearray, target, added(result),
+                 result.operation_id, "".join(f"; {m}" for m in messages))
+        if cfg.partitions.is_managed(args.nodearray):
+            warning = (f"nodearray {args.nodearray} is managed by hpc-bridge: the scale endpoint names its nodes "
+                       f"its own way, which Slurm does not know, and repair terminates them after [repair] grace "
+                       f"({cfg.repair.grace:g}s); to bring Slurm nodes up use scontrol update NodeName=... "
+                       "State=POWER_UP")
+            log.warning("%s", warning)
+            print(f"warning: {warning}", file=sys.stderr)
         if not as_json:
             print(f"scale {args.nodearray} to {target}: added {added(result)} node(s), operation {result.operation_id}")
             for m in messages:

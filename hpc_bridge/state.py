@@ -86,6 +86,7 @@ class Cooloff:
     until: float
     reason: str
     nodes: list[str] = field(default_factory=list)  # names we took out of service for it
+    until_cleared: bool = False  # held until an admin clears it (`until` is then far away)
 
 
 @dataclass
@@ -93,6 +94,8 @@ class State:
     operations: dict[str, Operation] = field(default_factory=dict)
     cooloffs: dict[str, Cooloff] = field(default_factory=dict)  # bucket key "array/machine type"
     down_reasons: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (when, why we downed it)
+    # bucket key -> when a VM of it was Ready but its slurmd never registered (resume-fail)
+    boot_failures: dict[str, list[float]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ queries (pure)
 
@@ -162,6 +165,12 @@ class State:
             del self.cooloffs[key]
         for name in [n for n, (at, _) in self.down_reasons.items() if at < now - retention]:
             del self.down_reasons[name]
+        for key, times in list(self.boot_failures.items()):
+            recent = [t for t in times if t >= now - retention]
+            if recent:
+                self.boot_failures[key] = recent
+            else:
+                del self.boot_failures[key]
         return old
 
     # ------------------------------------------------------------------ (de)serialise
@@ -174,6 +183,7 @@ class State:
             "operations": [op_record(op) for op in sorted(self.operations.values(), key=lambda o: o.started)],
             "cooloffs": {k: {**vars(c), "nodes": list(c.nodes)} for k, c in sorted(self.cooloffs.items())},
             "down_reasons": {n: list(v) for n, v in sorted(self.down_reasons.items())},
+            "boot_failures": {k: list(v) for k, v in sorted(self.boot_failures.items())},
         }
 
     @classmethod
@@ -197,10 +207,15 @@ class State:
                 raise ValueError(f"operation record of the wrong shape: {str(item)[:80]}")
             ops[op.request_id] = op
         cooloffs = {k: Cooloff(**_known(Cooloff, v)) for k, v in cooloff_items.items()}
-        if not all(isinstance(c.until, (int, float)) and isinstance(c.nodes, list) for c in cooloffs.values()):
+        if not all(isinstance(c.until, (int, float)) and isinstance(c.nodes, list) and isinstance(c.until_cleared, bool)
+                   for c in cooloffs.values()):
             raise ValueError("cool-off record of the wrong shape")
         down = {n: (float(at), str(why)) for n, (at, why) in down_items.items()}
-        return cls(operations=ops, cooloffs=cooloffs, down_reasons=down)
+        failures = data.get("boot_failures", {})
+        if not isinstance(failures, dict) or not all(isinstance(v, list) for v in failures.values()):
+            raise ValueError("boot_failures of the wrong type")
+        boot_failures = {str(k): [float(t) for t in v] for k, v in failures.items()}
+        return cls(operations=ops, cooloffs=cooloffs, down_reasons=down, boot_failures=boot_failures)
 
 
 # One encoder for every record: json.dumps(..., sort_keys=True) builds a new JSONEncoder per

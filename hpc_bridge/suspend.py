@@ -25,12 +25,19 @@ from hpc_bridge.nodeops import (
     DEALLOCATED,
     FAILED_STATUS,
     GONE,
+    NEVER_REGISTERED,
+    READY,
     TRANSITIONAL_DOWN,
     REASON_PREFIX,
     Call,
+    bucket_key,
+    count_boot_failures,
+    hold_nodes,
+    hold_reason,
     index_by_name,
     mark_down,
     record_and_send,
+    take_out_of_service,
 )
 from hpc_bridge.state import StateStore
 
@@ -157,6 +164,7 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
         if failing:
             recorded = store.read().failure_reasons(now(), 2 * cfg.resume.resume_timeout + 600)
             reasons = {n: fail_reason(cloud.get(n), recorded.get(n)) for n in names if n in nodemap}
+            reasons.update(_hold_failing_sizes(cfg, store, slurm, nodemap, cloud, names, now()))
             mark_down(slurm, reasons)
         if cfg.slurm.address_mode in ("ip", "hostname"):
             known = [n for n in names if n in nodemap]
@@ -216,7 +224,30 @@ def fail_reason(node: Node | None, recorded: str | None = None) -> str:
         return "resume failed: no cloud node (never created, or already gone)"
     if node.status == FAILED_STATUS:
         return f"resume failed: cloud node failed: {node.status_message or 'no message'}"
+    if node.status == READY:  # the VM booted; Slurm's ResumeTimeout is about slurmd registering
+        return f"resume failed: {NEVER_REGISTERED}"
     return f"resume failed: never became Ready (cloud status {node.status})"
+
+
+def _hold_failing_sizes(cfg: Config, store: StateStore, slurm, nodemap: NodeMap, cloud: dict[str, Node],
+                        names: list[str], now: float) -> dict[str, str]:
+    """Count the VMs that were Ready but never registered, per VM size; a size that reached
+    [resume] boot_failure_limit has its idle powered-down nodes taken out of service too.
+    Returns name -> reason for those nodes."""
+    never: dict[str, list[str]] = {}
+    for name in names:
+        node, entry = cloud.get(name), nodemap.get(name)
+        if entry is not None and node is not None and node.status == READY:
+            never.setdefault(bucket_key(entry.nodearray, entry.machine_type), []).append(name)
+    if not never:
+        return {}
+    held = count_boot_failures(store, never, cfg.resume.boot_failure_limit, now)
+    if not held:
+        return {}
+    out, taken = take_out_of_service(slurm, nodemap, {k: hold_reason(k, why) for k, why in held.items()},
+                                     exclude=set(names))
+    hold_nodes(store, taken)
+    return out
 
 
 def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from hpc_bridge.log import log_per_message
 
 
@@ -28,3 +30,37 @@ def test_names_slurm_takes_but_a_hostlist_cannot_hold_are_listed_plainly():
 
     assert node_names(["n-2", "n-1", "n-3"]) == "n-[1-3]"
     assert node_names(["htc-1-2]", "b", "b"]) == "b,htc-1-2]"
+
+
+@pytest.mark.parametrize("line, hit", [
+    ("... INFO hpc_bridge.resume: htc-f2sv2-[1-40]: create accepted (operation x)", True),
+    ("... INFO hpc_bridge.resume: htc-f2sv2-[1-6,8]: create accepted", False),
+    ("... slurm DOWN htc-f2sv2-7,hpc-1: capacity", True),
+    ("... INFO htc-f2sv2-70: created", False),
+    ("... INFO x-[1-2],htc-f2sv2-[5-9]: shutdown accepted", True),
+    ("... INFO htc-f2sv2-7: done", True),
+    ("... INFO bad-[9-1]: odd", False),
+])
+def test_a_node_is_found_inside_hostlists(line, hit):
+    from hpc_bridge.logs import mentions
+
+    assert mentions(line, {"htc-f2sv2-7"}) is hit
+
+
+def test_logs_command_merges_the_commands_logs_in_time_order(tmp_path, capsys):
+    from hpc_bridge.cli import main
+
+    logs = tmp_path / "log"
+    logs.mkdir()
+    (logs / "resume.log").write_text("2026-01-01 10:00:02,000 1 INFO r: htc-[1-3]: create accepted\n"
+                                     "2026-01-01 10:00:05,000 1 INFO r: htc-9: create accepted\n")
+    (logs / "suspend.log.1").write_text("2026-01-01 09:00:00,000 2 INFO s: htc-2: shutdown accepted\n")
+    (logs / "suspend.log").write_text("2026-01-01 10:00:03,000 2 INFO s: htc-[2,4]: shutdown accepted\n")
+    (logs / "repair.log.2.gz").write_bytes(b"\x1f\x8b")
+    config = tmp_path / "c.toml"
+    config.write_text('[cluster]\nurl = "http://127.0.0.1:1"\nname = "c"\nusername = "u"\n'
+                      f'[paths]\nlog_dir = "{logs}"\nstate_dir = "{tmp_path / "state"}"\n')
+    assert main(["--config", str(config), "logs", "htc-2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in out] == ["suspend:", "resume:", "suspend:"]
+    assert "09:00:00" in out[0] and "htc-[1-3]" in out[1] and "htc-[2,4]" in out[2]

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,8 +65,12 @@ def test_scale_wait_then_nodes_without_slurm(capsys, config, sim):
     rc, out, err = run(capsys, "--config", str(config), "scale", "htc", "--nodes", "2", "--wait", "--poll", "0.2",
                        "--timeout", "60")
     assert rc == 0, err
+    # htc is managed (the default: all nodearrays): its scaled nodes are not Slurm's, and it says so
+    assert err.count("warning: nodearray htc is managed by hpc-bridge") == 1
     lines = out.splitlines()
     assert lines[0].startswith("scale htc to 2 nodes: added 2 node(s), operation ")
+    scale_log = (Path(tomllib.loads(config.read_text())["paths"]["log_dir"]) / "scale.log").read_text()
+    assert "scale htc to 2 nodes: added 2 node(s), operation" in scale_log and "is managed" in scale_log
     op_id = lines[0].rsplit(" ", 1)[1]
     assert any("2/2 Ready" in line for line in lines)
     assert "htc-1" in out and "htc-2" in out

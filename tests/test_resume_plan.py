@@ -113,6 +113,14 @@ def test_invalid_bucket_and_missing_bucket():
     assert "no longer offered" in p.down["htc-f2sv2-1"]
 
 
+def test_a_size_held_until_cleared_takes_no_new_vm():
+    held = Cooloff(NOW - 5, "3 VM(s) of this size were Ready but their slurmd never registered", until_cleared=True)
+    p = plan(["htc-f2sv2-1", "htc-f4sv2-1"], cooloffs={bucket_key("htc", F2): held})
+    assert p.down["htc-f2sv2-1"].startswith(
+        "htc/Standard_F2s_v2 out of service until an admin clears it (hpc-bridge clear-hold htc/Standard_F2s_v2)")
+    assert [n for n, _ in p.create] == ["htc-f4sv2-1"]
+
+
 def test_capacity_cooloff_from_state_or_from_the_bucket():
     p = plan(["htc-f2sv2-1"], cooloffs={bucket_key("htc", F2): Cooloff(NOW + 60, "no capacity")})
     assert "capacity cool-off" in p.down["htc-f2sv2-1"]
@@ -216,6 +224,8 @@ def test_suspend_twice_and_keepalive_and_unknown():
 def test_fail_reason_keeps_the_cloud_message():
     assert "cloud node failed: boom" in fail_reason(node("a", "Failed", StatusMessage="boom"))
     assert "never became Ready (cloud status Preparing)" in fail_reason(node("a", "Preparing"))
+    # a VM that booted: what did not happen within ResumeTimeout is slurmd registering
+    assert fail_reason(node("a", "Ready")) == "resume failed: VM Ready, slurmd did not register within ResumeTimeout"
     assert "no cloud node" in fail_reason(None)
 
 

@@ -352,3 +352,31 @@ def test_lock_wait_is_bounded_outside_the_main_thread_too(tmp_path):
         t.start()
         t.join(30)
     assert len(errors) == 1 and "locked by another hpc-bridge process" in str(errors[0])
+
+def test_boot_failures_hold_a_size_at_the_limit_until_cleared(tmp_path):
+    from hpc_bridge.errors import UsageError
+    from hpc_bridge.nodeops import clear_hold, count_boot_failures, hold_nodes
+
+    st = store(tmp_path)
+    T = time.time()  # the store prunes by the real clock
+    key = "htc/Standard_F2s_v2"
+    assert count_boot_failures(st, {key: ["htc-f2sv2-1"]}, 3, T) == {}
+    assert count_boot_failures(st, {"htc/other": ["htc-other-1"]}, 3, T) == {}  # counted per size
+    held = count_boot_failures(st, {key: ["htc-f2sv2-2", "htc-f2sv2-3"]}, 3, T + 10)
+    assert held == {key: "3 VM(s) of this size were Ready but their slurmd never registered"}
+    hold_nodes(st, {key: ["htc-f2sv2-4"]})
+    assert count_boot_failures(st, {key: ["htc-f2sv2-5"]}, 3, T + 20) == {}  # already held: no second hold
+    state = st.read()  # and it all survives the file
+    c = state.cooloffs[key]
+    assert c.until_cleared and c.until > T + 1e9 and c.nodes == ["htc-f2sv2-2", "htc-f2sv2-3", "htc-f2sv2-4", "htc-f2sv2-5"]
+    assert state.active_cooloffs(T + 1e6) == {key: c} and len(state.boot_failures[key]) == 4
+    state.prune(T + 1e6, retention=10.0)
+    assert key in state.cooloffs  # a hold outlives retention; the counts do not
+    assert state.boot_failures == {}
+    with pytest.raises(UsageError, match="not held out of service \\(held: htc/Standard_F2s_v2\\)"):
+        clear_hold(st, "htc/other", T + 30)
+    assert clear_hold(st, key, T + 30) == c.nodes
+    state = st.read()
+    assert not state.cooloffs[key].until_cleared and state.cooloffs[key].until == T + 30
+    assert key not in state.boot_failures and state.active_cooloffs(T + 31) == {}
+    assert count_boot_failures(st, {key: ["x"]}, 0, T + 40) == {}  # limit 0: never held
