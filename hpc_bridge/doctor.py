@@ -68,6 +68,9 @@ class Facts:
     files: list["FileFacts"] = field(default_factory=list)  # state_dir, log_dir and what is in them
     files_error: str | None = None
     log_problem: str | None = None
+    hook_runs: dict[str, str | None] = field(default_factory=dict)  # slurm.conf key -> None (ran fine) or why not
+    running_config: dict[str, str] | None = None  # `scontrol show config` of the running slurmctld
+    running_config_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,12 +328,56 @@ def check_timer(f: Facts) -> list[Check]:
     return [Check(name, OK, f.timer_unit)]
 
 
+def check_hook_runs(f: Facts) -> list[Check]:
+    """The hooks as slurmctld runs them: as SlurmUser, with no PATH (an empty hostlist does
+    nothing but read the config): a wrapper whose interpreter or config SlurmUser cannot reach
+    fails here, not at the first job."""
+    name = f"hooks run as SlurmUser ({f.slurm_user})"
+    if not f.hook_runs:
+        return [Check(name, SKIP, "no hook program to run")]
+    bad = {k: why for k, why in f.hook_runs.items() if why}
+    if bad:
+        return [Check(name, FAIL, "; ".join(f"{k}: {why}" for k, why in bad.items()),
+                      f"make the interpreter, the hpc-bridge package and its config readable by {f.slurm_user} "
+                      "(e.g. a virtualenv outside root-only directories), then hpc-bridge install-hooks --write")]
+    return [Check(name, OK, ", ".join(f.hook_runs))]
+
+
+# What slurmctld must have read for hpc-bridge: slurm.conf key -> how `scontrol show config` names it.
+_RUNNING_KEYS = {"ResumeProgram": "ResumeProgram", "SuspendProgram": "SuspendProgram",
+                 "ResumeFailProgram": "ResumeFailProgram"}
+
+
+def check_running_config(f: Facts) -> list[Check]:
+    """The running slurmctld's settings, not only the files: an include added but not yet read
+    (no restart or reconfigure) passes every file check and still powers nothing up."""
+    name = "slurmctld runs with these settings"
+    if f.running_config is None:
+        return [Check(name, SKIP, f.running_config_error or "slurmctld not asked")]
+    problems = []
+    for key, shown in _RUNNING_KEYS.items():
+        want = f.slurm_conf.get(key) if f.slurm_conf else None
+        have = f.running_config.get(shown)
+        if want and have != want:
+            problems.append(f"{key} is {have or 'not set'} in slurmctld, {want} in slurm.conf")
+    if "cloud" not in {w.strip().lower() for w in (f.running_config.get("PrivateData") or "").split(",")}:
+        problems.append("PrivateData lacks cloud in slurmctld")
+    suspend_time = (f.running_config.get("SuspendTime") or "NONE").split()[0]
+    if suspend_time.upper() not in ("NONE", "INFINITE", "-1"):
+        problems.append(f"a global SuspendTime ({suspend_time}) in slurmctld powers down the site's nodes too")
+    if problems:
+        return [Check(name, FAIL, "; ".join(problems),
+                      "scontrol reconfigure (systemctl restart slurmctld after TreeWidth/TopologyPlugin changes); "
+                      "if slurm.conf itself is wrong: hpc-bridge install-hooks --check")]
+    return [Check(name, OK, "hook programs, PrivateData, no global SuspendTime")]
+
+
 def run_checks(f: Facts) -> list[Check]:
     out = check_config(f)
     if f.cfg is None:
         return out
-    for fn in (check_api, check_slurm_conf, check_generated, check_nodemap, check_state, check_ownership,
-               check_log, check_timer):
+    for fn in (check_api, check_slurm_conf, check_running_config, check_hook_runs, check_generated, check_nodemap,
+               check_state, check_ownership, check_log, check_timer):
         out.extend(fn(f))
     return out
 
@@ -423,9 +470,11 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
     try:
         from hpc_bridge.nodes_view import _slurm_for
 
-        f.slurm_nodes = (slurm or _slurm_for(cfg)).show_nodes()
+        slurm = slurm or _slurm_for(cfg)
+        f.slurm_nodes = slurm.show_nodes()
+        f.running_config = slurm.show_config()
     except BridgeError as err:
-        f.slurm_error = str(err)
+        f.slurm_error = f.running_config_error = str(err)
 
     # state file: readable, not corrupt, known schema
     from hpc_bridge.state import State, StateStore
@@ -454,7 +503,43 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
     f.slurm_user = (f.slurm_conf.get("SlurmUser") if f.slurm_conf else None) or "root"
     f.slurm_uid = uid_of(f.slurm_user)
     f.files, f.files_error = list_files(cfg.paths.state_dir, cfg.paths.log_dir)
+    if f.slurm_conf is not None:
+        f.hook_runs = run_hooks(f.slurm_conf, f.slurm_user, f.slurm_conf_path)
     return f
+
+
+def run_hooks(conf, user: str, slurm_conf: str, timeout: float = 60.0) -> dict[str, str | None]:
+    """Run each hook program of slurm.conf the way slurmctld does: as `user` (when we are root),
+    environment SLURM_CONF only (no PATH), cwd /, one argument: an empty hostlist. Returns
+    slurm.conf key -> None when it exited 0, else the exit status and its first stderr line."""
+    import pwd
+    import subprocess
+
+    out: dict[str, str | None] = {}
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0 and user != "root":
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            return {"SlurmUser": f"no user {user} on this host"}
+        as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    for key in _RUNNING_KEYS:
+        program = conf.get(key)
+        if not program or not os.path.isabs(program) or not os.access(program, os.X_OK):
+            continue  # the slurm.conf checks say what is wrong with it
+        try:
+            proc = subprocess.run([program, ""], env={"SLURM_CONF": slurm_conf}, cwd="/", stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, errors="replace", timeout=timeout, **as_user)
+        except subprocess.TimeoutExpired:
+            out[key] = f"{program} did not finish within {timeout:g} s"
+            continue
+        except OSError as err:
+            out[key] = f"{program}: {err.strerror or err}"
+            continue
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        out[key] = None if proc.returncode == 0 else \
+            f"{program} exited {proc.returncode}: {lines[0][:200] if lines else 'no message'}"
+    return out
 
 
 def uid_of(user: str) -> int | None:

@@ -25,6 +25,7 @@ import pytest
 from bridge_env import REPO, BridgeEnv, _traversable, default_scenario
 from hpc_bridge.sim.server import SimServer
 from slurmcluster import SiteCluster, SlurmCluster
+from test_hardening import slurm_user  # noqa: F401 (fixture: nobody, able to run this Python and tree)
 
 SUSPEND_TIME = 4
 RESUME_TIMEOUT = 30
@@ -247,3 +248,60 @@ def test_vms_whose_slurmd_never_registers_hold_their_size_out_of_service(tmp_pat
             assert {"IDLE", "POWERED_DOWN"} <= flags and "DOWN" not in flags, (i, flags)
     finally:
         env.close()
+
+
+def test_doctor_runs_each_hook_as_slurmuser_and_catches_what_it_cannot_reach(slurm_user):
+    """A wrapper whose interpreter sits under a root-only directory, or whose config SlurmUser
+    cannot read, passes every file check; doctor runs the hooks as SlurmUser with an empty
+    hostlist, as slurmctld would, and says why they fail."""
+    import os
+    import shutil
+    import tempfile
+
+    from hpc_bridge import doctor
+    from hpc_bridge.install import read_slurm_conf
+
+    root = Path(tempfile.mkdtemp(prefix="hb-doctor-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        log_dir, private = root / "log", root / "root-only"
+        log_dir.mkdir()
+        os.chown(log_dir, slurm_user.pw_uid, slurm_user.pw_gid)
+        private.mkdir(mode=0o700)
+        (private / "python3").symlink_to(sys.executable)
+        config_text = ('[cluster]\nurl = "http://127.0.0.1:1"\nname = "c"\nusername = "u"\n'
+                       f'[paths]\nlog_dir = "{log_dir}"\nstate_dir = "{root / "state"}"\n'
+                       f'[slurm]\nconf_dir = "{root}"\n')
+        good, hidden = root / "config.toml", private / "config.toml"
+        for path in (good, hidden):
+            path.write_text(config_text)
+            path.chmod(0o644)
+
+        def wrappers(where: str, python: str, config: Path) -> Path:
+            run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(good), "install-hooks",
+                                  "--slurm-conf-dir", str(root), "--hooks-dir", str(root / where), "--systemd-dir",
+                                  str(root / "systemd"), "--python", python, "--pythonpath", str(REPO), "--write"],
+                                 capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
+                                                                      "HPC_BRIDGE_CONFIG": str(config)}, cwd="/")
+            assert run.returncode == 0, run.stderr
+            return root / where
+
+        ok = wrappers("ok", sys.executable, good)
+        bad_python = wrappers("bad-python", str(private / "python3"), good)
+        (root / "slurm.conf").write_text(f"SlurmUser={slurm_user.pw_name}\nResumeProgram={ok}/resume\n"
+                                         f"SuspendProgram={bad_python}/suspend\nResumeFailProgram={ok}/resume-fail\n")
+        runs = doctor.run_hooks(read_slurm_conf(str(root / "slurm.conf")), slurm_user.pw_name, str(root / "slurm.conf"))
+        assert runs["ResumeProgram"] is None and runs["ResumeFailProgram"] is None, runs
+        assert "Permission denied" in runs["SuspendProgram"], runs
+        # a config SlurmUser cannot read: the wrapper's interpreter starts, the hook cannot
+        for hook in ("resume", "suspend", "resume-fail"):
+            text = (ok / hook).read_text().replace(str(good), str(hidden))
+            (ok / hook).write_text(text)
+        (root / "slurm.conf").write_text(f"ResumeProgram={ok}/resume\n")
+        runs = doctor.run_hooks(read_slurm_conf(str(root / "slurm.conf")), slurm_user.pw_name, str(root / "slurm.conf"))
+        assert runs["ResumeProgram"] and "exited 2" in runs["ResumeProgram"] and str(hidden) in runs["ResumeProgram"]
+        facts = doctor.Facts(cfg=object(), slurm_user=slurm_user.pw_name, hook_runs=runs)
+        (check,) = doctor.check_hook_runs(facts)
+        assert check.result == doctor.FAIL and f"readable by {slurm_user.pw_name}" in check.fix
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -346,7 +346,10 @@ def facts(**kw):
     conf = parse("ResumeTimeout=1800\nResumeProgram=/h/resume\nSuspendProgram=/h/suspend\nResumeFailProgram=/h/rf\n")
     base = dict(config_path="/c.toml", cfg=cfg, password_source="file", status=None, slurm_conf=conf,
                 conf_problems=[], partitions_changed=[], slurm_nodes={}, nodemap_names=set(),
-                timer_unit="/etc/systemd/system/hpc-bridge-repair.timer", timer_enabled=True)
+                timer_unit="/etc/systemd/system/hpc-bridge-repair.timer", timer_enabled=True,
+                hook_runs={"ResumeProgram": None, "SuspendProgram": None, "ResumeFailProgram": None},
+                running_config={"ResumeProgram": "/h/resume", "SuspendProgram": "/h/suspend",
+                                "ResumeFailProgram": "/h/rf", "PrivateData": "jobs,cloud", "SuspendTime": "NONE"})
     base.update(kw)
     return doctor.Facts(**base)
 
@@ -391,6 +394,11 @@ def test_doctor_all_good():
         (dict(slurm_error="scontrol: no answer"), "Slurm cloud nodes match the node map", "FAIL", "slurmctld"),
         (dict(state_error="cannot read /s/state.json: Permission denied"), "state file readable", "FAIL", "SlurmUser"),
         (dict(timer_unit=None), "repair timer installed", "FAIL", "enable --now"),
+        (dict(hook_runs={"ResumeProgram": "/h/resume exited 2: exec: /opt/v/bin/python3: Permission denied"}),
+         "hooks run as SlurmUser (root)", "FAIL", "readable by root"),
+        (dict(running_config={"ResumeProgram": "/old/resume", "SuspendProgram": "/h/suspend",
+                              "ResumeFailProgram": "/h/rf", "PrivateData": "jobs", "SuspendTime": "600 sec"}),
+         "slurmctld runs with these settings", "FAIL", "scontrol reconfigure"),
         (dict(timer_enabled=False), "repair timer installed", "FAIL", "enable --now"),
     ],
 )
