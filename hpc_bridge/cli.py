@@ -246,21 +246,19 @@ class HookContext:
             _freeze_imported_objects()
         return self._client
 
-    def spawn_follower(self, names: list[str], deadline: float, recreate: list[str]) -> None:
-        """Start the detached follower: own session, no stdin or stdout tied to slurmctld, mask
-        cleared in the child (hooks inherit slurmctld's blocked signals). It runs in `/`, so the
-        config path is made absolute first; its stderr goes to this hook's log file, so a
-        follower that cannot start says why where the hook's own lines are."""
+    def spawn_follower(self, now: float):
+        """Start the detached follower and return its lease (the caller records it in the state
+        file, under the lock): own session, no stdin or stdout tied to slurmctld, mask cleared
+        in the child (hooks inherit slurmctld's blocked signals). It runs in `/`, so the config
+        path is made absolute first; its stderr goes to this command's log file, so a follower
+        that cannot start says why where the hook's own lines are."""
         import os
         import subprocess
 
-        from hpc_bridge.hostlist import compress_sorted
+        from hpc_bridge.lease import HOST
+        from hpc_bridge.state import Lease
 
-        argv = [sys.executable, "-m", "hpc_bridge", "--config", os.path.abspath(self.config_path), "follow",
-                "--until", f"{deadline:.0f}"]
-        if recreate:
-            argv += ["--recreate", compress_sorted(recreate)]
-        argv.append(compress_sorted(names))
+        argv = [sys.executable, "-m", "hpc_bridge", "--config", os.path.abspath(self.config_path), "follow"]
         stderr = self._open_own_log()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -269,7 +267,8 @@ class HookContext:
         finally:
             if stderr is not None:
                 os.close(stderr)
-        log.info("follower started (pid %d) for %d node(s)", proc.pid, len(names))
+        log.info("follower started (pid %d)", proc.pid)
+        return Lease(host=HOST, pid=proc.pid, heartbeat=now, since=now)
 
     def _open_own_log(self) -> int | None:
         """This command's log file for appending (None when there is none or it cannot be opened)."""
@@ -365,22 +364,20 @@ def _shut_down_hook(args: argparse.Namespace, run, verb: str | None = None) -> i
 
 def _cmd_follow(args: argparse.Namespace) -> int:
     from hpc_bridge.follower import detach_signals, follow
-    from hpc_bridge.hostlist import compress, expand
+    from hpc_bridge.hostlist import compress
     from hpc_bridge.resume import run_resume
 
     detach_signals()
-    names = expand(args.hostlist)
-    recreate = expand(args.recreate) if args.recreate else []
     ctx = HookContext(args)
 
     def resume_again(gone: list[str]):
         return run_resume(ctx.cfg, compress(gone), [], client=ctx.client, slurm=ctx.slurm, store=ctx.store,
                           nodemap=ctx.nodemap)
 
-    report = follow(ctx.cfg, names, float(args.until), client=ctx.client, slurm=ctx.slurm, store=ctx.store,
-                    nodemap=ctx.nodemap, recreate=recreate, poll=args.poll, resume_fn=resume_again)
-    log.info("follower done after %d round(s): %d addressed, %d failed, %d recreated, %d unresolved",
-             report.rounds, len(report.addressed), len(report.failed), len(report.recreated), len(report.unresolved))
+    report = follow(ctx.cfg, client=ctx.client, slurm=ctx.slurm, store=ctx.store, resume_fn=resume_again)
+    log.info("follower done after %d round(s): %d addressed, %d failed, %d recreated, %d past their deadline%s",
+             report.rounds, len(report.addressed), len(report.failed), len(report.recreated), len(report.unresolved),
+             "; another follower holds the lease" if report.lost_lease else "")
     return 0 if not report.unresolved and not report.failed else 1
 
 
@@ -542,7 +539,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     ctx = HookContext(args)
     with ctx.client:
         report = run_repair(ctx.cfg, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap,
-                            dry_run=args.dry_run)
+                            dry_run=args.dry_run, spawn_follower=ctx.spawn_follower)
     if wants_json(args):
         emit_json(report.to_json())
         return 0 if report.ok else 1
@@ -648,10 +645,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hostlist", help="Slurm hostlist expression")
     p = sub.add_parser("follow", parents=[_common_options()])  # internal: started by resume, detached
     p.set_defaults(func=_cmd_follow, command="follow")
-    p.add_argument("--until", required=True, help="epoch seconds: give up then")
-    p.add_argument("--recreate", default="", help="hostlist of nodes to create once their old record is gone")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
-    p.add_argument("hostlist")
     _add_operator_commands(sub)
     _add_repair_command(sub)
 

@@ -227,6 +227,22 @@ class ResumeConfig(_Section):
     # VMs of one size that were Ready but whose slurmd never registered (within [state]
     # retention) before that size is held out of service until `hpc-bridge clear-hold`; 0: never
     boot_failure_limit: int = Field(default=3, ge=0)
+    # The one follower of a state directory: seconds between its GET nodes at the fastest, the
+    # most it waits while nothing changes (or the API throttles), and how long its lease holds
+    # without a heartbeat before another host may take over.
+    poll_interval: float = Field(default=2.0, gt=0, le=3600)
+    poll_max: float = Field(default=15.0, gt=0, le=3600)
+    follower_lease: float = Field(default=60.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _poll_bounds(self) -> "ResumeConfig":
+        if self.poll_max < self.poll_interval:
+            raise ValueError(f"poll_max ({self.poll_max:g}) must be at least poll_interval "
+                             f"({self.poll_interval:g})")
+        if self.follower_lease < 2 * self.poll_max:
+            raise ValueError(f"follower_lease ({self.follower_lease:g}) must be at least twice "
+                             f"poll_max ({self.poll_max:g}): a live follower renews it once per round")
+        return self
 
 
 class SuspendConfig(_Section):

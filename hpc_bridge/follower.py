@@ -1,23 +1,38 @@
-"""The follower: a detached process that resume starts so the hook itself never waits.
+"""The follower: one detached process per state directory, so that no hook ever waits for a VM.
 
-It polls GET nodes (one call per round) until every watched node is Ready or failed, or the
-resume deadline passes, and meanwhile:
+Resume puts the nodes it brings up in the state file's watch list (under the state lock, with
+their deadline) and starts a follower only when none holds the lease (`lease.py`). The follower
+polls the API for the whole watch list, one GET nodes per round, and meanwhile:
 - sets Slurm's NodeAddr/NodeHostName for nodes that became Ready (one scontrol call per round),
   so slurmctld never has to resolve a cloud node's name;
 - marks nodes whose VM failed DOWN at once with the cloud's StatusMessage, and terminates them;
-- creates nodes whose old cloud record was still terminating when resume ran.
-Repair is the safety net for anything it misses (it may be killed; it holds no state of its own).
+- creates nodes whose old cloud record was still terminating when resume ran;
+- drops a node from the list once it is done, failed, suspended, or past its deadline, and
+  exits when the list is empty.
+
+The API load is bounded by the follower, not by the number of hooks: rounds are at least
+`[resume] poll_interval` apart, and grow (x1.5, up to `poll_max`) while nothing changes and on
+errors such as 429. When the watched nodes all belong to one open operation it asks for that
+operation's nodes only (`GET nodes?operation=ID`), else for the full list. Between rounds it
+looks at the state file (a stat, no lock) and polls sooner when a hook added nodes.
+
+Everything it knows is in the state file: a killed follower is replaced by the next resume (or
+by repair), which finds the list where it was. Repair remains the safety net.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from hpc_bridge import hostlist
+from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError
+from hpc_bridge.lease import HOST, is_mine, lease_held
 from hpc_bridge.nodeops import (
     FAILED_STATUS,
     GONE,
@@ -29,8 +44,12 @@ from hpc_bridge.nodeops import (
     mark_down,
     record_and_send,
 )
+from hpc_bridge.state import DONE, RESUME_ACTIONS, SUSPEND_ACTIONS, Lease, State, Watch
 
 log = logging.getLogger("hpc_bridge.follower")
+
+BACKOFF = 1.5  # interval growth per round without change (and per failed round)
+WAKE_CHECK = 0.5  # seconds between looks at the state file while waiting
 
 
 def detach_signals() -> None:
@@ -40,6 +59,94 @@ def detach_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+# --------------------------------------------------------------------------- plan (pure)
+
+
+@dataclass
+class RoundPlan:
+    addresses: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (NodeAddr, NodeHostName)
+    ready: set[str] = field(default_factory=set)  # done: Ready, address set or none needed
+    failed: dict[str, str] = field(default_factory=dict)  # name -> reason
+    terminate: dict[str, str] = field(default_factory=dict)  # failed name -> node id
+    problems: dict[str, str] = field(default_factory=dict)  # Ready with an address we refuse: to repair
+    gone: list[str] = field(default_factory=list)  # deferred names whose old record is gone: create now
+
+    @property
+    def done(self) -> set[str]:
+        """Names that leave the watch list after this round (`gone` ones are re-watched by the
+        resume that creates them)."""
+        return self.ready | set(self.failed) | set(self.problems)
+
+
+def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str) -> RoundPlan:
+    plan = RoundPlan()
+    for name in sorted(watch):
+        node = cloud.get(name)
+        if watch[name].recreate:
+            if node is None or node.status in GONE:
+                plan.gone.append(name)
+            continue
+        if node is None or node.status in GONE:
+            continue  # not visible yet, or something else is handling it (repair)
+        if node.status == FAILED_STATUS:
+            plan.failed[name] = f"cloud node failed: {node.status_message or 'no message'}"
+            if node.node_id:
+                plan.terminate[name] = node.node_id
+        elif node.status == READY:
+            addr = address_of(node, mode)
+            if addr is None and (problem := address_problem(node, mode)):
+                plan.problems[name] = problem  # it will not get better by asking again
+            elif addr or mode not in ("ip", "hostname"):
+                if addr:
+                    plan.addresses[name] = addr
+                plan.ready.add(name)
+    return plan
+
+
+def nodes_query(state: State, names, now: float) -> dict[str, str]:
+    """GET nodes parameters for watching `names`: the one open operation all of them belong to
+    (its operation id, else its request id: both are documented filters), or the full list."""
+    if any(state.watch[n].recreate for n in names if n in state.watch):
+        return {}
+    in_flight = state.resume_in_flight(now)
+    ops = {id(op): op for n in names if (op := in_flight.get(n)) is not None}
+    if len(ops) != 1 or any(n not in in_flight for n in names):
+        return {}
+    op = next(iter(ops.values()))
+    return {"operation": op.operation_id} if op.operation_id else {"request_id": op.request_id}
+
+
+def suspended_since_watched(state: State, names) -> list[str]:
+    """Watched names whose latest recorded operation is a suspend that started after they were
+    put on the list: Slurm no longer wants them up."""
+    latest = state.latest_by_node()
+    return sorted(n for n in names if (op := latest.get(n)) is not None and op.action in SUSPEND_ACTIONS
+                  and op.started >= state.watch[n].since)
+
+
+def next_interval(current: float, changed: bool, failed: bool, poll_interval: float, poll_max: float) -> float:
+    if failed or not changed:
+        return min(max(current, poll_interval) * BACKOFF, poll_max)
+    return poll_interval
+
+
+def close_finished(state: State, ready: set[str], cloud: dict[str, Node], now: float) -> int:
+    """Close create/start records all of whose nodes are Ready (doctor measures boot times from
+    them; repair then has nothing left to resolve): those touching a node done this round, with
+    none of their nodes still watched."""
+    closed = 0
+    for op in state.open_operations():
+        if (op.action in RESUME_ACTIONS and op.nodes and not ready.isdisjoint(op.nodes)
+                and state.watch.keys().isdisjoint(op.nodes)
+                and all((c := cloud.get(n)) is not None and c.status == READY for n in op.nodes)):
+            op.close(DONE, now, "all nodes Ready")
+            closed += 1
+    return closed
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 @dataclass
 class FollowReport:
     addressed: list[str] = field(default_factory=list)
@@ -47,84 +154,120 @@ class FollowReport:
     recreated: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
     rounds: int = 0
+    lost_lease: bool = False
 
 
-def follow(cfg, names: list[str], deadline: float, *, client, slurm, store, nodemap, recreate: list[str] = (),
-           poll: float = 1.0, now=time.time, sleep=time.sleep, resume_fn=None) -> FollowReport:
+def follow(cfg, *, client, slurm, store, resume_fn=None, now: Callable[[], float] = time.time,
+           sleep: Callable[[float], None] = time.sleep, host: str = HOST, pid: int | None = None) -> FollowReport:
+    pid = os.getpid() if pid is None else pid
     report = FollowReport()
-    ready: set[str] = set()
-    pending = set(names)
-    deferred = set(recreate)
     mode = cfg.slurm.address_mode
-    while pending and now() < deadline:
+    poll_interval, poll_max, stale_after = cfg.resume.poll_interval, cfg.resume.poll_max, cfg.resume.follower_lease
+    interval = poll_interval
+    previous: dict[str, str | None] | None = None
+    while True:
+        with store.transaction() as state:
+            t = now()
+            if not _hold_lease(state, t, stale_after, host, pid):
+                report.lost_lease = True
+                break
+            expired = sorted(n for n, w in state.watch.items() if w.deadline <= t)
+            stopped = suspended_since_watched(state, state.watch)
+            state.drop_watch(expired + stopped)
+            if not state.watch:
+                state.follower = None  # nothing left: let go, the next resume starts a new one
+                break
+            watch = dict(state.watch)
+            query = nodes_query(state, watch, t)
+        if expired:
+            report.unresolved.extend(expired)
+            log.warning("follower: deadline reached with %d node(s) not Ready: %s (repair takes over)",
+                        len(expired), hostlist.compress(expired))
+        if stopped:
+            log.info("follower: %s suspended since; no longer watched", hostlist.compress(stopped))
         report.rounds += 1
+        polled = time.monotonic()
         try:
-            cloud = index_by_name(client.get_nodes().nodes)
+            cloud = index_by_name(client.get_nodes(**query).nodes)
         except ApiError as err:
-            log.warning("follower: %s; trying again", err)
-            sleep(poll)
+            interval = next_interval(interval, False, True, poll_interval, poll_max)
+            log.warning("follower: %s; trying again in %.0f s", err, interval)
+            _wait(store, watch, polled + interval, polled + poll_interval, sleep)
             continue
-        addresses: dict[str, tuple[str, str]] = {}
-        failed: dict[str, str] = {}
-        gone: list[str] = []
-        for name in sorted(pending):
-            node = cloud.get(name)
-            if name in deferred:
-                if node is None or node.status in GONE:
-                    gone.append(name)
-                continue
-            if node is None or node.status in GONE:
-                continue  # not visible yet, or something else is handling it (repair)
-            if node.status == FAILED_STATUS:
-                failed[name] = f"cloud node failed: {node.status_message or 'no message'}"
-            elif node.status == READY:
-                addr = address_of(node, mode)
-                if addr is None and (problem := address_problem(node, mode)):
-                    log.error("follower: %s; left to repair", problem)
-                    pending.discard(name)  # it will not get better by asking again
-                    continue
-                if addr or mode not in ("ip", "hostname"):
-                    if addr:
-                        addresses[name] = addr
-                    pending.discard(name)
-                    ready.add(name)
-        if addresses:
-            slurm.set_addresses(addresses)
-            report.addressed.extend(sorted(addresses))
-            log.info("follower: addresses set for %s", hostlist.compress(sorted(addresses)))
-        if failed:
-            mark_down(slurm, failed, store)
-            ids = {n: cloud[n].node_id for n in failed if cloud[n].node_id}
-            record_and_send(store, client, [Call("terminate", sorted(ids), {"ids": [ids[n] for n in sorted(ids)]},
-                                                 deadline)], now)
-            report.failed.update(failed)
-            pending.difference_update(failed)
-        if gone and resume_fn is not None:
-            deferred.difference_update(gone)
-            result = resume_fn(gone)
-            report.recreated.extend(result.created)
-            pending.difference_update(result.down)
-            log.info("follower: old records gone, created %s", ",".join(result.created) or "nothing")
-        if pending:
-            sleep(poll)
-    if ready:
-        close_finished(store, ready, now())
-    report.unresolved = sorted(pending)
-    if pending:
-        log.warning("follower: deadline reached with %d node(s) not Ready: %s (repair takes over)",
-                    len(pending), hostlist.compress(sorted(pending)))
+        plan = plan_round(watch, cloud, mode)
+        _apply(plan, watch, cloud, report, client=client, slurm=slurm, store=store, resume_fn=resume_fn, now=now)
+        statuses = {n: (c.status if (c := cloud.get(n)) else None) for n in watch}
+        interval = next_interval(interval, statuses != previous or bool(plan.done or plan.gone), False,
+                                 poll_interval, poll_max)
+        previous = statuses
+        _wait(store, watch, polled + interval, polled + poll_interval, sleep)
     return report
 
 
-def close_finished(store, ready: set[str], now: float) -> int:
-    """Close create/start records all of whose nodes reached Ready (doctor measures boot times
-    from them; repair then has nothing left to resolve)."""
-    from hpc_bridge.state import DONE, RESUME_ACTIONS
+def _hold_lease(state: State, now: float, stale_after: float, host: str, pid: int) -> bool:
+    """Renew our lease, or take over one that is no longer held; False when another follower
+    holds it (we then exit: two resumes racing to start one end with one)."""
+    lease = state.follower
+    if is_mine(lease, host, pid):
+        lease.heartbeat = now
+        return True
+    if lease_held(lease, now, stale_after, host):
+        log.info("follower: pid %d on %s holds the lease; exiting", lease.pid, lease.host)
+        return False
+    if lease is not None:
+        log.info("follower: taking over from pid %d on %s (last heartbeat %.0f s ago)", lease.pid, lease.host,
+                 now - lease.heartbeat)
+    state.follower = Lease(host=host, pid=pid, heartbeat=now, since=now)
+    return True
 
-    closed = 0
-    with store.transaction() as state:
-        for op in state.open_operations():
-            if op.action in RESUME_ACTIONS and op.nodes and set(op.nodes) <= ready:
-                op.close(DONE, now, "all nodes Ready")
-                closed += 1
-    return closed
+
+def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], report: FollowReport, *, client,
+           slurm, store, resume_fn, now) -> None:
+    if plan.addresses:
+        slurm.set_addresses(plan.addresses)
+        report.addressed.extend(sorted(plan.addresses))
+        log.info("follower: addresses set for %s", hostlist.compress(sorted(plan.addresses)))
+    for problem in plan.problems.values():
+        log.error("follower: %s; left to repair", problem)
+    if plan.failed:
+        mark_down(slurm, plan.failed, store)
+        ids = plan.terminate
+        deadline = max(watch[n].deadline for n in plan.failed)
+        record_and_send(store, client, [Call("terminate", sorted(ids), {"ids": [ids[n] for n in sorted(ids)]},
+                                             deadline)], now)
+        report.failed.update(plan.failed)
+    if plan.done:
+        with store.transaction() as state:
+            state.drop_watch(plan.done)
+            close_finished(state, plan.ready, cloud, now())
+    if plan.gone and resume_fn is not None:
+        # resume records the create and puts the names back on the list (or drops those it
+        # marks DOWN), in its own transactions
+        result = resume_fn(plan.gone)
+        report.recreated.extend(result.created)
+        log.info("follower: old records gone, created %s", ",".join(result.created) or "nothing")
+
+
+def _wait(store, watch: dict[str, Watch], until: float, earliest: float, sleep) -> None:
+    """Sleep until `until` (monotonic), or from `earliest` on as soon as a hook has added a node
+    to the watch list (seen by a stat of the state file, and a lock-free read when it changed)."""
+    seen = _file_signature(store)
+    while (left := until - time.monotonic()) > 0:
+        sleep(min(WAKE_CHECK, left))
+        signature = _file_signature(store)
+        if signature == seen:
+            continue
+        seen = signature
+        if not store.read().watch.keys() <= watch.keys():
+            # new work: poll at the first moment the interval allows
+            if (wait := earliest - time.monotonic()) > 0:
+                sleep(wait)
+            return
+
+
+def _file_signature(store) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(store.path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

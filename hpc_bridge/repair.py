@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,7 @@ import filelock
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, StateError
 from hpc_bridge.files import touch_owned
+from hpc_bridge.lease import pid_alive
 from hpc_bridge.log import node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import (
@@ -451,20 +451,6 @@ class RepairReport:
                 "apiCalls": self.api_calls, "scontrolCalls": self.scontrol_calls}
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def lock_path(store: StateStore):
     return store.path.with_name("repair.lock")
 
@@ -500,7 +486,8 @@ def gather(cfg, *, client, slurm, store: StateStore):
 
 
 def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_run: bool = False,
-               now: Callable[[], float] = time.time, is_alive: Callable[[int], bool] = pid_alive) -> RepairReport:
+               now: Callable[[], float] = time.time, is_alive: Callable[[int], bool] = pid_alive,
+               spawn_follower=None) -> RepairReport:
     report = RepairReport(dry_run=dry_run)
     requests_before, calls_before = client.request_count, slurm.calls
     lock = contextlib.nullcontext(True) if dry_run else singleton(store, cfg.repair.lock_timeout)
@@ -518,10 +505,21 @@ def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_r
                      a.cloud_state, a.reason)
         if not dry_run:
             _apply(cfg, report, state, client=client, slurm=slurm, store=store, now=now)
+            if cfg.resume.follower:
+                _step(report, "follower", lambda: _replace_follower(cfg, store, now, spawn_follower))
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     log.info("%s", report.summary())
     return report
+
+
+def _replace_follower(cfg, store: StateStore, now, spawn_follower) -> None:
+    """Nodes left on the watch list with no follower holding the lease (it was killed, or its
+    host is gone): start one, as the next resume would."""
+    from hpc_bridge.resume import ensure_follower
+
+    with store.transaction() as state:
+        ensure_follower(state, cfg, now(), spawn_follower)
 
 
 def _step(report: RepairReport, kind: str, fn: Callable[[], Any]) -> Any:

@@ -67,6 +67,12 @@ class ResumePlan:
     problems: dict[str, str] = field(default_factory=dict)  # name -> what the API sent that we refused
     cooloff_started: dict[str, str] = field(default_factory=dict)  # bucket key -> why
 
+    def to_watch(self) -> list[str]:
+        """What the follower watches: what is brought up or waited for, and what is up already
+        without an address yet."""
+        return sorted({n for n, _ in self.create} | set(self.start) | set(self.waiting)
+                      | (set(self.running) - set(self.addresses)))
+
     def create_sets(self) -> list[NodeCreationSet]:
         """One set per name (a literal nameFormat with count 1 gives exactly that name), ordered
         so that sets of one nodearray, VM size and placement group are together."""
@@ -261,7 +267,8 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     deadline = now() + cfg.resume.resume_timeout
 
     # Plan and record in one transaction: a concurrent resume sees these claims before it can
-    # plan the same names (no duplicate create, even between two hooks).
+    # plan the same names (no duplicate create, even between two hooks). The nodes to watch go
+    # on the follower's list in it too, and a follower is started when none holds the lease.
     try:
         with store.transaction() as state:
             t = now()
@@ -269,6 +276,9 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                                state.active_cooloffs(t), jobs, cfg, t)
             calls, create_call, start_call = _calls_for(plan, deadline)
             record(state, calls, t)
+            if cfg.resume.follower:
+                state.add_watch(plan.to_watch(), deadline, t, recreate=plan.deferred)
+                ensure_follower(state, cfg, t, spawn_follower)
     except StateError as err:
         # Nothing was sent: without a record no call may be made, so the nodes cannot come up.
         log.error("%s", err)
@@ -330,8 +340,9 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     # capacity failure starts a cool-off holding the nodes taken out of service; DOWN reasons
     # are remembered before Slurm is told.
     failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
-    if failed_calls or capacity or down:
+    if failed_calls or capacity or down or superseded:
         with store.transaction() as state:
+            state.drop_watch([*down, *superseded])  # nothing is coming up there
             t = now()
             for c in failed_calls:
                 op = state.operations.get(c.request_id)
@@ -351,10 +362,6 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
         slurm.set_addresses(plan.addresses)
 
-    watch = sorted(set(report.created) | set(report.started) | set(plan.waiting)
-                   | ((set(plan.running) | set(report.running)) - set(plan.addresses)))
-    if watch and spawn_follower is not None and cfg.resume.follower:
-        spawn_follower(watch, deadline, plan.deferred)
 
     report.running = sorted(set(plan.running) | set(report.running))
     report.problems = dict(plan.problems)
@@ -365,6 +372,17 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     return report
+
+
+def ensure_follower(state, cfg: Config, now: float, spawn_follower) -> None:
+    """Start the follower (in an open transaction) when there is something to watch and no
+    follower holds the lease; the lease names the new process at once, so a concurrent hook
+    sees it and starts none."""
+    from hpc_bridge.lease import lease_held
+
+    if spawn_follower is None or not state.watch or lease_held(state.follower, now, cfg.resume.follower_lease):
+        return
+    state.follower = spawn_follower(now)
 
 
 def _all_down(report: ResumeReport, names: list[str], why: str, slurm, store: StateStore | None, api_calls: int,

@@ -90,12 +90,33 @@ class Cooloff:
 
 
 @dataclass
+class Watch:
+    """A node the follower watches until it is Ready (address set), failed or past `deadline`."""
+    deadline: float
+    since: float
+    recreate: bool = False  # its old cloud record was still going: create it once that is gone
+
+
+@dataclass
+class Lease:
+    """Which process is the follower of this state directory. Host and heartbeat, not a PID
+    alone: a controller on another host sharing the directory can tell a live follower from a
+    dead one only by the time of its last heartbeat."""
+    host: str
+    pid: int
+    heartbeat: float
+    since: float
+
+
+@dataclass
 class State:
     operations: dict[str, Operation] = field(default_factory=dict)
     cooloffs: dict[str, Cooloff] = field(default_factory=dict)  # bucket key "array/machine type"
     down_reasons: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (when, why we downed it)
     # bucket key -> when a VM of it was Ready but its slurmd never registered (resume-fail)
     boot_failures: dict[str, list[float]] = field(default_factory=dict)
+    watch: dict[str, Watch] = field(default_factory=dict)  # what the follower watches, by node name
+    follower: Lease | None = None
 
     # ------------------------------------------------------------------ queries (pure)
 
@@ -123,6 +144,19 @@ class State:
     def remember_down(self, reasons: dict[str, str], now: float) -> None:
         for name, why in reasons.items():
             self.down_reasons[name] = (now, why)
+
+    def add_watch(self, names, deadline: float, now: float, recreate=()) -> None:
+        """Put nodes on the follower's list (again): `since` is this resume's time, so that a
+        suspend recorded before it no longer counts."""
+        recreate = set(recreate)
+        for name in names:
+            old = self.watch.get(name)
+            self.watch[name] = Watch(deadline=max(deadline, old.deadline) if old else deadline, since=now,
+                                     recreate=name in recreate)
+
+    def drop_watch(self, names) -> None:
+        for name in names:
+            self.watch.pop(name, None)
 
     def open_operations(self) -> list[Operation]:
         return [op for op in self.operations.values() if op.open]
@@ -184,6 +218,8 @@ class State:
             "cooloffs": {k: {**vars(c), "nodes": list(c.nodes)} for k, c in sorted(self.cooloffs.items())},
             "down_reasons": {n: list(v) for n, v in sorted(self.down_reasons.items())},
             "boot_failures": {k: list(v) for k, v in sorted(self.boot_failures.items())},
+            "watch": {n: vars(w) for n, w in sorted(self.watch.items())},
+            "follower": None if self.follower is None else vars(self.follower),
         }
 
     @classmethod
@@ -215,7 +251,18 @@ class State:
         if not isinstance(failures, dict) or not all(isinstance(v, list) for v in failures.values()):
             raise ValueError("boot_failures of the wrong type")
         boot_failures = {str(k): [float(t) for t in v] for k, v in failures.items()}
-        return cls(operations=ops, cooloffs=cooloffs, down_reasons=down, boot_failures=boot_failures)
+        watch_items, lease_item = data.get("watch", {}), data.get("follower")
+        if not isinstance(watch_items, dict) or not (lease_item is None or isinstance(lease_item, dict)):
+            raise ValueError("watch or follower of the wrong type")
+        watch = {n: Watch(**_known(Watch, w)) for n, w in watch_items.items()}
+        if not all(isinstance(w.deadline, (int, float)) and isinstance(w.since, (int, float)) for w in watch.values()):
+            raise ValueError("watch record of the wrong shape")
+        lease = None if lease_item is None else Lease(**_known(Lease, lease_item))
+        if lease is not None and not (isinstance(lease.host, str) and isinstance(lease.pid, int)
+                                      and isinstance(lease.heartbeat, (int, float))):
+            raise ValueError("follower lease of the wrong shape")
+        return cls(operations=ops, cooloffs=cooloffs, down_reasons=down, boot_failures=boot_failures, watch=watch,
+                   follower=lease)
 
 
 # One encoder for every record: json.dumps(..., sort_keys=True) builds a new JSONEncoder per
