@@ -274,11 +274,13 @@ class HookContext:
         """This command's log file for appending (None when there is none or it cannot be opened)."""
         import os
 
+        from hpc_bridge.files import open_owned
+
         if not self.cfg.paths.log_dir:
             return None
         try:
-            return os.open(os.path.join(self.cfg.paths.log_dir, f"{self.command}.log"),
-                           os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            return open_owned(os.path.join(self.cfg.paths.log_dir, f"{self.command}.log"),
+                              os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError:
             return None
 

@@ -272,7 +272,7 @@ def test_future_schema_state_file_is_refused_and_untouched(env):
         assert "schema version 99" in run.stderr and "upgrade hpc-bridge" in run.stderr, run.stderr
         for key in ("state", "cloud", "operations", "mutating_requests"):
             assert before[key] == after[key], key
-        assert set(after["state_files"]) <= {"state.json", "state.json.lock"}  # nothing moved aside
+        assert set(after["state_files"]) <= {"state.json", "state.json.lock", "state.json.lock.gate"}  # nothing moved aside
         node = env.cluster.slurm().show_nodes()["htc-f2sv2-7"]
         assert "DOWN" in node.state_flags and "schema version 99" in node.reason, node
         assert path.read_bytes() == future
