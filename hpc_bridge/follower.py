@@ -34,6 +34,7 @@ from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError
 from hpc_bridge.lease import HOST, is_mine, lease_held
 from hpc_bridge.nodeops import (
+    BOOTING,
     FAILED_STATUS,
     GONE,
     READY,
@@ -85,7 +86,10 @@ def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str) -> Ro
         if watch[name].recreate:
             if node is None or node.status in GONE:
                 plan.gone.append(name)
-            continue
+                continue
+            if node.status not in BOOTING and node.status not in (READY, FAILED_STATUS):
+                continue  # its old record is still going
+            # else a create in flight when resume read the cloud made it: followed as it is
         if node is None or node.status in GONE:
             continue  # not visible yet, or something else is handling it (repair)
         if node.status == FAILED_STATUS:

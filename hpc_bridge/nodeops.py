@@ -182,7 +182,8 @@ def settle(op: Operation, call: Call, now: float) -> None:
     from hpc_bridge.errors import ApiUnreachable
 
     if call.result is not None:
-        op.accept(call.result.operation_id, "recovered after 409" if getattr(call.result, "recovered", False) else None)
+        op.accept(call.result.operation_id, "recovered after 409" if getattr(call.result, "recovered", False) else None,
+                  now)
     elif isinstance(call.error, ApiUnreachable):
         op.outcome = PENDING
         op.message = str(call.error)

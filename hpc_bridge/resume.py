@@ -111,7 +111,11 @@ def plan_resume(
     jobs: list[Job],
     cfg: Config,
     now: float,
+    unseen: set[str] = frozenset(),
 ) -> ResumePlan:
+    """`unseen`: names a create/start may have brought up since `cloud` was read (see
+    State.brought_up_since); one that looks gone is not created now but left to the follower,
+    which creates it once a fresh read shows it gone."""
     plan = ResumePlan()
     mode = cfg.slurm.address_mode
     wanted: list[tuple[str, NodeMapEntry]] = []  # would be created, subject to capacity
@@ -127,7 +131,10 @@ def plan_resume(
             continue
         node = cloud.get(name)
         status = node.status if node else None
-        if node is None or status in GONE:
+        if (node is None or status in GONE) and name in unseen:
+            plan.waiting[name] = "a create/start was in flight when the cloud was read; created once it is gone"
+            plan.deferred.append(name)
+        elif node is None or status in GONE:
             wanted.append((name, entry))
         elif status in BOOTING or status == READY:
             plan.running[name] = status
@@ -257,6 +264,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     if not ours:  # nothing of ours: no API call either
         log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(report.unknown))
         return report
+    read_at = now()
     try:
         cloud = index_by_name(client.get_nodes().nodes)
         status = client.get_status()
@@ -273,7 +281,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         with store.transaction() as state:
             t = now()
             plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t),
-                               state.active_cooloffs(t), jobs, cfg, t)
+                               state.active_cooloffs(t), jobs, cfg, t, state.brought_up_since(names, read_at))
             calls, create_call, start_call = _calls_for(plan, deadline)
             record(state, calls, t)
             if cfg.resume.follower:
@@ -443,8 +451,9 @@ def _suspended_meanwhile(store: StateStore, calls: list[Call], names: list[str])
         return []
     started = min(op.started for op in mine)
     latest = state.latest_by_node()
+    # a resume that came after the suspend (it is on the watch list since then) wants it up
     return sorted(n for n in names if (op := latest.get(n)) is not None and op.action in SUSPEND_ACTIONS
-                  and op.started > started)
+                  and op.started > started and not ((w := state.watch.get(n)) and w.since > op.started))
 
 
 def _api_reason(err) -> str:

@@ -60,15 +60,17 @@ class Operation:
     message: str | None = None
     finished: float | None = None
     request: dict[str, Any] | None = None  # the body sent, so a killed call can be re-sent as is
+    answered: float | None = None  # when the API accepted it: its nodes exist from then on
 
     @property
     def open(self) -> bool:
         return self.outcome in OPEN
 
-    def accept(self, operation_id: str | None, message: str | None = None) -> None:
+    def accept(self, operation_id: str | None, message: str | None = None, now: float | None = None) -> None:
         """The API took the call: it is never sent again, so its request body goes (a 1,000-node
         create's body would otherwise be re-read and re-written by every hook while it boots)."""
         self.outcome = ACCEPTED
+        self.answered = now
         self.operation_id = operation_id or self.operation_id
         self.message = message
         self.request = None
@@ -135,6 +137,16 @@ class State:
             for name, op in self.latest_by_node().items()
             if op.action in RESUME_ACTIONS and op.open and now < op.deadline
         }
+
+    def brought_up_since(self, names, since: float) -> set[str]:
+        """Names a create/start may have brought up after `since` (a read of the cloud then
+        cannot show it): one not answered yet, or answered since. Also when a later suspend
+        superseded it: that call's node still appears."""
+        names = set(names)
+        return {n for op in self.operations.values()
+                if op.action in RESUME_ACTIONS and op.open and since < op.deadline
+                and (op.outcome == PENDING or (op.answered or 0) >= since)
+                for n in op.nodes if n in names}
 
     def failure_reasons(self, now: float, max_age: float) -> dict[str, str]:
         """Why we marked each node DOWN, if that was within `max_age` seconds: Slurm replaces our

@@ -158,3 +158,55 @@ def test_poll_settings_are_checked(resume, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict({"cluster": {"url": "http://127.0.0.1:1", "name": "demo", "username": "u"},
                           "resume": resume})
+
+
+# --------------------------------------------------------------------------- a create in flight, superseded
+
+def test_a_create_not_answered_or_answered_after_the_read_is_unseen():
+    state = State()
+    pending = state.begin("create", ["a"], "r1", NOW - 5, NOW + 600)
+    answered = state.begin("create", ["b"], "r2", NOW - 5, NOW + 600)
+    answered.accept("op-2", now=NOW - 1)
+    old = state.begin("create", ["c"], "r3", NOW - 500, NOW + 600)
+    old.accept("op-3", now=NOW - 400)
+    assert pending.outcome == "pending"
+    assert state.brought_up_since(["a", "b", "c", "d"], NOW - 2) == {"a", "b"}
+    assert state.brought_up_since(["a", "b", "c"], NOW) == {"a"}
+
+
+def test_resume_leaves_an_unseen_name_to_the_follower_instead_of_creating_it():
+    # the soak's race: a follower's create in flight, then resume-fail recorded a suspend for the
+    # name (so the create no longer counts as in flight), then a resume read the cloud before
+    # the create landed: it must not create the name a second time
+    from test_resume_plan import NODEMAP, buckets, cfg
+
+    from hpc_bridge.resume import plan_resume
+
+    plan = plan_resume(["htc-f2sv2-1", "htc-f2sv2-2"], NODEMAP, {}, buckets(), {}, {}, [], cfg(), NOW,
+                       unseen={"htc-f2sv2-1"})
+    assert [n for n, _ in plan.create] == ["htc-f2sv2-2"]
+    assert plan.deferred == ["htc-f2sv2-1"] and "htc-f2sv2-1" in plan.waiting
+    assert plan.to_watch() == ["htc-f2sv2-1", "htc-f2sv2-2"]
+
+
+def test_a_deferred_name_whose_node_came_up_after_all_is_followed_not_created():
+    cloud = {n.name: n for n in [node("a", "Acquiring"), node("b", "Ready", PrivateIp="10.0.0.2"),
+                                 node("c", "Terminating"), node("d", "Deallocated")]}
+    plan = plan_round(watching("a", "b", "c", "d", "e", recreate=("a", "b", "c", "d", "e")), cloud, "ip")
+    assert plan.gone == ["e"]
+    assert plan.ready == {"b"} and plan.addresses == {"b": ("10.0.0.2", "10.0.0.2")}
+    assert "a" not in plan.done and "c" not in plan.done and "d" not in plan.done
+
+
+def test_a_resume_after_the_suspend_keeps_the_node_the_earlier_create_made(tmp_path):
+    from hpc_bridge.nodeops import Call
+    from hpc_bridge.resume import _suspended_meanwhile
+    from hpc_bridge.state import StateStore
+
+    store = StateStore(tmp_path / "state.json")
+    call = Call("create", ["a", "b"], {"sets": []}, NOW + 600)
+    with store.transaction() as state:
+        state.begin("create", ["a", "b"], call.request_id, NOW - 10, NOW + 600)
+        state.begin("shutdown", ["a", "b"], "s1", NOW - 5, NOW - 5)  # resume-fail, nothing to stop yet
+        state.add_watch(["b"], NOW + 600, NOW - 1, recreate=["b"])  # then Slurm resumed b again
+    assert _suspended_meanwhile(store, [call], ["a", "b"]) == ["a"]
