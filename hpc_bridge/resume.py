@@ -388,9 +388,14 @@ def ensure_follower(state, cfg: Config, now: float, spawn_follower) -> None:
     sees it and starts none."""
     from hpc_bridge.lease import lease_held
 
-    if spawn_follower is None or not state.watch or lease_held(state.follower, now, cfg.resume.follower_lease):
+    if lease_held(state.follower, now, cfg.resume.follower_lease):
         return
-    state.follower = spawn_follower(now)
+    expired = sorted(n for n, w in state.watch.items() if w.deadline <= now)
+    if expired:  # left by a follower that died: nothing to start one for (repair has them)
+        state.drop_watch(expired)
+        log.warning("%s: past the deadline with no follower watching (repair takes over)", node_names(expired))
+    if spawn_follower is not None and state.watch:
+        state.follower = spawn_follower(now)
 
 
 def _all_down(report: ResumeReport, names: list[str], why: str, slurm, store: StateStore | None, api_calls: int,

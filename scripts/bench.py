@@ -8,7 +8,9 @@ Run by hand (not part of the test run), as root on a machine with the Debian Slu
 
 Prints the machine, then one table row per figure with the target it is judged by. Every
 figure is measured in this run, side by side with its baseline (absolute times drift on shared
-machines; ratios hold); times are medians over repeated runs. Exits 1 when a target is missed.
+machines; ratios hold); times are medians over repeated runs. A timed figure is judged only when
+the machine's 1-minute load average stayed at most 0.75 per core; above that the row says the
+load and "too high to judge" instead of a pass or a miss. Exits 1 when a target is missed.
 
 What is real here: the simulator (hpc_bridge.sim, real HTTP on loopback), the product's own
 code paths (the CLI as a subprocess for wall-time figures, `run_resume` / `run_suspend` /
@@ -84,9 +86,11 @@ def partitions_scenario(arrays: int = 100, buckets: int = 4, per_bucket: int = 2
 class Env:
     """A config directory bound to one simulator: config.toml, password file, state dir."""
 
-    def __init__(self, root: Path, sim: SimServer, conf_dir: Path, slurm_conf: str | None):
+    def __init__(self, root: Path, sim: SimServer, conf_dir: Path, slurm_conf: str | None, extra: str = "",
+                 code: Path = REPO):
         self.root = root
         self.sim = sim
+        self.code = code  # the hpc_bridge package that runs (a baseline release for side-by-side figures)
         root.mkdir(parents=True, exist_ok=True)
         pw = root / "password"
         pw.write_text(sim.password + "\n")
@@ -101,10 +105,11 @@ class Env:
             f'state_dir = "{root / "state"}"\nlog_dir = "{root / "log"}"\n'
             "[slurm]\n"
             f'conf_dir = "{conf_dir}"\n{slurm_line}'
+            f"{extra}"
         )
 
     def cli_env(self) -> dict[str, str]:
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(self.root)}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.code), "HOME": str(self.root)}
         return env
 
     def argv(self, *args: str) -> list[str]:
@@ -147,6 +152,22 @@ class Env:
                     pass
 
 
+def follower_pids(config: Path) -> list[int]:
+    marker = str(config).encode()
+    pids = []
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes()
+            zombie = (pid_dir / "stat").read_bytes().rsplit(b")", 1)[1][1:2] == b"Z"
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and b"follow" in cmd.split(b"\0") and not zombie:
+            pids.append(int(pid_dir.name))
+    return pids
+
+
 def requests_total(sim: SimServer) -> int:
     return sum(sim.stats()["requests"].values())
 
@@ -167,11 +188,33 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
 # --------------------------------------------------------------------------- figures
 
 
+# A timed figure is judged only when the machine was quiet enough to stand behind it: the
+# 1-minute load average, at the figure's start and at its end, at most this share of the cores
+# (the bench itself keeps about one core busy).
+MAX_LOAD_PER_CORE = 0.75
+
+
+def load_now() -> float:
+    return os.getloadavg()[0]
+
+
 class Table:
     def __init__(self):
         self.rows: list[tuple[str, str, str, bool | None]] = []
+        self.load_at_start = load_now()
 
-    def add(self, figure: str, measured: str, target: str, ok: bool | None) -> None:
+    def start_figure(self) -> None:
+        self.load_at_start = load_now()
+
+    def add(self, figure: str, measured: str, target: str, ok: bool | None, timed: bool = False) -> None:
+        if timed:
+            load = max(self.load_at_start, load_now())
+            limit = MAX_LOAD_PER_CORE * (os.cpu_count() or 1)
+            if load > limit:
+                measured += f" [load {load:.1f} > {limit:.1f}: too high to judge]"
+                ok = None
+            else:
+                measured += f" [load {load:.1f}]"
         self.rows.append((figure, measured, target, ok))
         mark = {True: "ok", False: "MISSED", None: "-"}[ok]
         print(f"  [{mark}] {figure}: {measured}  (target {target})", file=sys.stderr, flush=True)
@@ -260,9 +303,9 @@ def bench_hooks(work: Path, conf_dir: Path, slurm_conf: str | None, repeat: int,
     b, e, r = median(base_t), median(empty_t), median(resume_t)
     table.add("baseline: python -c 'import httpx, pydantic'", f"{b * 1000:.0f} ms", "", None)
     table.add("resume hook wall time, 1,000 new nodes (CLI)", f"{r * 1000:.0f} ms = {r / b:.2f}x baseline",
-              "<= 3x baseline", r <= 3 * b)
+              "<= 2x baseline", r <= 2 * b, timed=True)
     table.add("hook start-up: resume with an empty list (CLI)", f"{e * 1000:.0f} ms = {e / b:.2f}x baseline",
-              "<= 1.5x baseline", e <= 1.5 * b)
+              "<= 1.2x baseline", e <= 1.2 * b, timed=True)
 
 
 def bench_partitions(work: Path, repeat: int, table: Table) -> None:
@@ -293,9 +336,9 @@ def bench_partitions(work: Path, repeat: int, table: Table) -> None:
     if names != 100_000:
         raise RuntimeError(f"partitions made {names} names, expected 100,000")
     table.add("partitions, 100 nodearrays x 4 buckets (100,000 names): plan+render+write in-process",
-              f"{p * 1000:.0f} ms", "<= 1 s", p <= 1.0)
+              f"{p * 1000:.0f} ms", "<= 1 s", p <= 1.0, timed=True)
     table.add("partitions, same, whole CLI process (GET status + write)", f"{c * 1000:.0f} ms = {c / b:.2f}x baseline",
-              "<= 3x baseline", c <= 3 * b)
+              "<= 2.5x baseline", c <= 2.5 * b, timed=True)
 
 
 def bench_repair(work: Path, conf_dir: Path, slurm_conf: str | None, repeat: int, table: Table) -> None:
@@ -324,7 +367,8 @@ def bench_repair(work: Path, conf_dir: Path, slurm_conf: str | None, repeat: int
     t, g, c = median(times), max(gets), max(calls)
     ok = slurm_conf is not None and g <= 2 and c <= 1 and t <= 2.0
     table.add(f"repair planning, {SLURM_NAMES:,} Slurm nodes + 8,000 cloud records ({actions} actions)",
-              f"{g} GETs, {c} scontrol, {t * 1000:.0f} ms", "<= 2 GETs, 1 scontrol, <= 2 s", ok)
+              f"{g} GETs, {c} scontrol, {t * 1000:.0f} ms", "<= 2 GETs, 1 scontrol, <= 2 s", ok,
+              timed=g <= 2 and c <= 1)  # a count over its bound is a miss whatever the load
 
 
 def bench_hostlists(repeat: int, table: Table) -> None:
@@ -411,7 +455,167 @@ def bench_state(work: Path, table: Table, procs: int = 32, ops: int = 50) -> Non
     table.add(f"state file: {procs} concurrent processes x {ops} operations",
               f"{lost} lost of {procs * ops}, {failed} failed; lock wait p50 {median(waits) * 1000:.0f} ms, "
               f"p99 {p99 * 1000:.0f} ms; {elapsed:.1f} s in all ({elapsed / max(got, 1) * 1000:.1f} ms per transaction)",
-              "0 lost records, lock wait p99 <= 1 s", lost == 0 and failed == 0 and p99 <= 1.0)
+              "0 lost records, lock wait p99 <= 1 s", lost == 0 and failed == 0 and p99 <= 1.0, timed=True)
+    if lost or failed:  # a lost record is a failure whatever the load
+        table.rows[-1] = (*table.rows[-1][:3], False)
+
+
+# --------------------------------------------------------------------------- bursts
+
+# The last release with one follower per resume call (each polling the full GET nodes every
+# second until its own nodes are Ready): the side-by-side baseline of the burst figures.
+PER_RESUME_FOLLOWER_REV = "ce165fa1538795075c9a3b77785059396e54e0c7"
+BOOT = {"acquiring": 60, "preparing": 60}  # seconds, as on a real service
+
+
+def baseline_code(work: Path, scale: float) -> Path | None:
+    """The per-resume-follower release, extracted from git; its follower's fixed 1 s poll is put
+    on the simulator's clock (x scale) like every other time in the figure."""
+    dest = work / "baseline-code"
+    if not dest.exists():
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", PER_RESUME_FOLLOWER_REV, "hpc_bridge"],
+                                 capture_output=True)
+        if archive.returncode != 0:
+            return None
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        cli = dest / "hpc_bridge" / "cli.py"
+        text = cli.read_text()
+        old = 'p.add_argument("--poll", type=float, default=1.0,'
+        if old not in text:
+            return None
+        cli.write_text(text.replace(old, f'p.add_argument("--poll", type=float, default={1.0 * scale!r},'))
+    return dest
+
+
+def burst_scenario(count: int, scale: float) -> dict:
+    scenario = big_scenario(count)
+    scenario["timings"].update(BOOT, time_scale=scale)
+    return scenario
+
+
+def run_burst(env: Env, slurm, calls: int, per: int, first: int, gap: float, scale: float,
+              limit: float | None = None) -> dict:
+    """`calls` resume hooks of `per` new nodes each, one every `gap` simulated seconds; then wait
+    until every follower is gone (or `limit` simulated seconds). Counts at the simulator."""
+    sim = env.sim
+    sim.reset_stats()
+    t0 = sim.now()
+    hooks = []
+    for i in range(calls):
+        lo = first + i * per
+        # cwd: `python -m` looks there first, and the baseline must not pick up this checkout
+        hooks.append(subprocess.Popen(env.argv("resume", hostlist_of(lo, lo + per - 1)), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, env=env.cli_env(), cwd=env.root))
+        time.sleep(gap * scale)
+    failed = sum(1 for h in hooks if h.wait(timeout=600) != 0)
+    deadline = time.monotonic() + (limit if limit is not None else 1800) * scale + 60
+    while follower_pids(env.config) and time.monotonic() < deadline:
+        if limit is not None and sim.now() - t0 >= limit * scale:
+            break
+        time.sleep(0.2)
+    elapsed = (sim.now() - t0) / scale  # simulated seconds
+    stats = sim.stats()
+    env.kill_followers()
+    names = [f"{PREFIX}{i}" for i in range(first, first + calls * per)]
+    with sim._lock:
+        ips = {r.name: r.ip for r in sim.model.nodes.values() if r.status == "Ready"}
+    shown = slurm.show_nodes() if slurm is not None else {}
+    addressed = sum(1 for n in names if n in shown and ips.get(n) and shown[n].node_addr == ips[n])
+    if slurm is not None:  # back to plain names for the next run
+        for lo in range(0, len(names), 1000):
+            slurm.set_addresses({n: (n, n) for n in names[lo:lo + 1000]})
+    requests = stats["requests"]
+    return {"requests": sum(requests.values()), "gets": requests.get("nodes", 0), "hooks": calls,
+            "bytes": sum(stats["bytes"].values()), "seconds": elapsed, "addressed": addressed, "names": len(names),
+            "hook_failures": failed}
+
+
+def bench_burst(work: Path, conf_dir: Path, slurm_conf: str | None, table: Table, scale: float = 0.25,
+                big: bool = True) -> None:
+    """A burst of resume calls while the VMs boot for 120 s: every API request of the hooks and
+    the follower(s), counted at the simulator, with the per-resume follower side by side. Times
+    are simulated seconds: the simulator's clock runs `scale` x wall time, and so do the hooks'
+    spacing and the followers' poll intervals (the figures are the same at scale 1, in minutes)."""
+    from hpc_bridge.slurm import Slurm
+
+    slurm = Slurm(slurm_conf=slurm_conf) if slurm_conf else None
+    ours = (f"[resume]\npoll_interval = {2.0 * scale!r}\npoll_max = {15.0 * scale!r}\n"
+            f"follower_lease = {60.0 * scale!r}\n")
+    old_code = baseline_code(work, scale)
+
+    def fmt(r: dict) -> str:
+        return (f"{r['requests']} requests ({r['gets']} GET nodes), {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.0f} s; "
+                f"{r['addressed']}/{r['names']} addressed")
+
+    # 30 resume calls x 10 nodes, one every 2 s, on an otherwise empty cluster
+    results = {}
+    for label, code, extra in (("one follower", REPO, ours), ("per-resume followers", old_code, "")):
+        if code is None:
+            results[label] = None
+            continue
+        with SimServer(burst_scenario(SLURM_NAMES, scale)) as sim:
+            sim.start()
+            env = Env(work / f"burst-{label.split()[0]}", sim, conf_dir, slurm_conf, extra=extra, code=code)
+            results[label] = run_burst(env, slurm, calls=30, per=10, first=1, gap=2.0, scale=scale)
+    new, old = results["one follower"], results["per-resume followers"]
+    table.add("burst: 30 resume calls x 10 nodes, one every 2 s, 120 s boots (hooks + follower)", fmt(new),
+              "<= 200 requests, 300/300 addressed",
+              new["requests"] <= 200 and new["addressed"] == 300 and not new["hook_failures"])
+    table.add("  same burst, per-resume followers (the release before)",
+              fmt(old) if old else "baseline release not available (no git)", "", None)
+
+    if not big:
+        return
+    # 1,000 nodes (50 calls x 20) on a cluster of 10,000 (9,000 Ready already): per minute
+    rates = {}
+    for label, code, extra in (("one follower", REPO, ours), ("per-resume followers", old_code, "")):
+        if code is None:
+            rates[label] = None
+            continue
+        with SimServer(burst_scenario(SLURM_NAMES, scale)) as sim:
+            sim.start()
+            filler = Env(work / f"big-filler-{label.split()[0]}", sim, conf_dir, slurm_conf,
+                         extra="[resume]\nfollower = false\n")
+            cfg, client, _, store, nodemap = filler.parts()
+            from hpc_bridge.resume import run_resume
+
+            with client:
+                run_resume(cfg, hostlist_of(1001, SLURM_NAMES), [], client=client, slurm=_NoSlurm(), store=store,
+                           nodemap=nodemap)
+            sim.advance(sum(BOOT.values()) + 10)
+            env = Env(work / f"big-{label.split()[0]}", sim, conf_dir, slurm_conf, extra=extra, code=code)
+            # the baseline is stopped after 4 simulated minutes: its followers' full-list polls
+            # saturate the simulator long before the burst is over
+            limit = None if code is REPO else 240.0
+            rates[label] = run_burst(env, slurm, calls=50, per=20, first=1, gap=2.0, scale=scale, limit=limit)
+    new, old = rates["one follower"], rates["per-resume followers"]
+
+    def per_minute(r: dict) -> str:
+        minutes = r["seconds"] / 60
+        return (f"{r['requests'] / minutes:.0f} requests/min, {r['bytes'] / 1e6 / minutes:.0f} MB/min "
+                f"({r['requests']} requests, {r['bytes'] / 1e6:.0f} MB in {r['seconds']:.0f} s; "
+                f"{r['addressed']}/{r['names']} addressed)")
+
+    table.add("burst of 1,000 nodes (50 calls x 20) on a 10,000-node cluster, one follower", per_minute(new),
+              "1,000/1,000 addressed", new["addressed"] == 1000 and not new["hook_failures"])
+    table.add("  same, per-resume followers (stopped after 240 s: their full-list polls saturate the simulator, "
+              "so this is what it could serve, not what they asked for)",
+              per_minute(old) if old else "baseline release not available (no git)", "", None)
+
+
+class _NoSlurm:
+    """For filling the cluster in-process: the nodes it creates are not Slurm's business."""
+    calls = 0
+
+    def update_nodes(self, *a, **k) -> int:
+        return 0
+
+    def set_addresses(self, *a, **k) -> int:
+        return 0
+
+    def show_nodes(self):
+        return {}
 
 
 # --------------------------------------------------------------------------- main
@@ -443,10 +647,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (3 instead of 7)")
     parser.add_argument("--repeat", type=int, help="repeats per timed figure (median)")
     parser.add_argument("--only", action="append", choices=["counts", "hooks", "partitions", "repair", "hostlist",
-                                                            "state"], help="run only these figures")
+                                                            "state", "burst"], help="run only these figures")
+    parser.add_argument("--burst-scale", type=float, default=0.25,
+                        help="simulated clock speed of the burst figures (1: real time, 3+ minutes each)")
     args = parser.parse_args()
     repeat = args.repeat or (3 if args.quick else 7)
-    only = set(args.only or ["counts", "hooks", "partitions", "repair", "hostlist", "state"])
+    only = set(args.only or ["counts", "hooks", "partitions", "repair", "hostlist", "state", "burst"])
     print(machine())
     print(f"command: python scripts/bench.py{' --quick' if args.quick else ''}; medians of {repeat} runs")
     table = Table()
@@ -456,7 +662,7 @@ def main() -> int:
         conf_dir.mkdir()
         cluster = None
         try:
-            if only & {"counts", "hooks", "repair"}:
+            if only & {"counts", "hooks", "repair", "burst"}:
                 with SimServer(big_scenario()) as sim:
                     sim.start()
                     Env(work / "setup", sim, conf_dir, None).run_cli("partitions")
@@ -467,6 +673,7 @@ def main() -> int:
             def figure(name, fn, *a):
                 if name not in only:
                     return
+                table.start_figure()
                 try:
                     fn(*a)
                 except Exception as err:  # one broken figure is a miss, not the end of the run
@@ -476,6 +683,7 @@ def main() -> int:
             figure("counts", bench_counts, work, conf_dir, slurm_conf, table)
             figure("hooks", bench_hooks, work, conf_dir, slurm_conf, repeat, table)
             figure("repair", bench_repair, work, conf_dir, slurm_conf, repeat, table)
+            figure("burst", bench_burst, work, conf_dir, slurm_conf, table, args.burst_scale)
             if cluster is not None:
                 cluster.stop()
                 cluster = None
@@ -486,6 +694,8 @@ def main() -> int:
             if cluster is not None:
                 cluster.stop()
     table.print()
+    print(f"load average at the end: {load_now():.2f}; timed figures are judged only at a load of at most "
+          f"{MAX_LOAD_PER_CORE * (os.cpu_count() or 1):.1f} ({MAX_LOAD_PER_CORE} per core)")
     for fig in table.missed:
         print(f"TARGET MISSED: {fig}", file=sys.stderr)
     return 1 if table.missed else 0

@@ -6,7 +6,8 @@ every request also advances it first. The clock is wall time plus an offset that
 `advance(seconds)` / POST /_sim/advance moves forward (for usage tests).
 
 Control API (not part of the reference; same Basic auth):
-  GET  /_sim/stats        request counts per endpoint, statuses, injected faults, creates, nodes
+  GET  /_sim/stats        request counts and response bytes per endpoint, statuses, injected faults,
+                          creates, nodes
   POST /_sim/faults       partial update of the [faults] table; answers the full current faults
   POST /_sim/reset-stats  zero the counters
   POST /_sim/advance      {"seconds": N}: move the simulated clock forward
@@ -175,6 +176,7 @@ class SimServer:
                 "statuses": {},
                 "faults": {"500": 0, "429": 0, "drop": 0, "lost_response": 0},
                 "creates": {"calls": 0, "nodes_requested": 0, "nodes_added": 0},
+                "bytes": {},  # response body bytes per endpoint
                 "total": 0,
                 "unauthorized": 0,
             }
@@ -376,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ helpers
 
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> int:
         data = json.dumps(payload).encode("utf-8") if payload is not None else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -385,6 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+        return len(data)
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send_json(status, {"code": status, "message": message}, headers)
@@ -498,7 +501,9 @@ class _Handler(BaseHTTPRequestHandler):
                 sim._count("faults", "lost_response")
             self._drop()
             return
-        self._send_json(status, payload, headers)
+        sent = self._send_json(status, payload, headers)
+        with sim._lock:
+            sim._count("bytes", endpoint, sent)
 
 
 
