@@ -548,17 +548,22 @@ def bench_burst(work: Path, conf_dir: Path, slurm_conf: str | None, table: Table
         return (f"{r['requests']} requests ({r['gets']} GET nodes), {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.0f} s; "
                 f"{r['addressed']}/{r['names']} addressed")
 
+    def side_by_side(run_one) -> tuple[dict, dict | None]:
+        """run_one(sim, tag, code, extra) for this release and the baseline, each on a fresh simulator."""
+        out = []
+        for tag, code, extra in (("ours", REPO, ours), ("baseline", old_code, "")):
+            if code is None:
+                out.append(None)
+                continue
+            with SimServer(burst_scenario(SLURM_NAMES, scale)) as sim:
+                sim.start()
+                out.append(run_one(sim, tag, code, extra))
+        return out[0], out[1]
+
     # 30 resume calls x 10 nodes, one every 2 s, on an otherwise empty cluster
-    results = {}
-    for label, code, extra in (("one follower", REPO, ours), ("per-resume followers", old_code, "")):
-        if code is None:
-            results[label] = None
-            continue
-        with SimServer(burst_scenario(SLURM_NAMES, scale)) as sim:
-            sim.start()
-            env = Env(work / f"burst-{label.split()[0]}", sim, conf_dir, slurm_conf, extra=extra, code=code)
-            results[label] = run_burst(env, slurm, calls=30, per=10, first=1, gap=2.0, scale=scale)
-    new, old = results["one follower"], results["per-resume followers"]
+    new, old = side_by_side(lambda sim, tag, code, extra: run_burst(
+        Env(work / f"burst-{tag}", sim, conf_dir, slurm_conf, extra=extra, code=code), slurm,
+        calls=30, per=10, first=1, gap=2.0, scale=scale))
     table.add("burst: 30 resume calls x 10 nodes, one every 2 s, 120 s boots (hooks + follower)", fmt(new),
               "<= 200 requests, 300/300 addressed",
               new["requests"] <= 200 and new["addressed"] == 300 and not new["hook_failures"])
@@ -568,28 +573,21 @@ def bench_burst(work: Path, conf_dir: Path, slurm_conf: str | None, table: Table
     if not big:
         return
     # 1,000 nodes (50 calls x 20) on a cluster of 10,000 (9,000 Ready already): per minute
-    rates = {}
-    for label, code, extra in (("one follower", REPO, ours), ("per-resume followers", old_code, "")):
-        if code is None:
-            rates[label] = None
-            continue
-        with SimServer(burst_scenario(SLURM_NAMES, scale)) as sim:
-            sim.start()
-            filler = Env(work / f"big-filler-{label.split()[0]}", sim, conf_dir, slurm_conf,
-                         extra="[resume]\nfollower = false\n")
-            cfg, client, _, store, nodemap = filler.parts()
-            from hpc_bridge.resume import run_resume
+    def big_burst(sim, tag, code, extra):
+        from hpc_bridge.resume import run_resume
 
-            with client:
-                run_resume(cfg, hostlist_of(1001, SLURM_NAMES), [], client=client, slurm=_NoSlurm(), store=store,
-                           nodemap=nodemap)
-            sim.advance(sum(BOOT.values()) + 10)
-            env = Env(work / f"big-{label.split()[0]}", sim, conf_dir, slurm_conf, extra=extra, code=code)
-            # the baseline is stopped after 4 simulated minutes: its followers' full-list polls
-            # saturate the simulator long before the burst is over
-            limit = None if code is REPO else 240.0
-            rates[label] = run_burst(env, slurm, calls=50, per=20, first=1, gap=2.0, scale=scale, limit=limit)
-    new, old = rates["one follower"], rates["per-resume followers"]
+        filler = Env(work / f"big-filler-{tag}", sim, conf_dir, slurm_conf, extra="[resume]\nfollower = false\n")
+        cfg, client, _, store, nodemap = filler.parts()
+        with client:
+            run_resume(cfg, hostlist_of(1001, SLURM_NAMES), [], client=client, slurm=_NoSlurm(), store=store,
+                       nodemap=nodemap)
+        sim.advance(sum(BOOT.values()) + 10)
+        # the baseline is stopped after 4 simulated minutes: its followers' full-list polls
+        # saturate the simulator long before the burst is over
+        return run_burst(Env(work / f"big-{tag}", sim, conf_dir, slurm_conf, extra=extra, code=code), slurm,
+                         calls=50, per=20, first=1, gap=2.0, scale=scale, limit=None if code is REPO else 240.0)
+
+    new, old = side_by_side(big_burst)
 
     def per_minute(r: dict) -> str:
         minutes = r["seconds"] / 60

@@ -3,8 +3,10 @@ client cannot do: wrong credentials, raw malformed requests, dropped connections
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -454,3 +456,29 @@ def test_demo_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "summary" in r.stdout and "API calls" in r.stdout and "created" in r.stdout
     assert "Ready" in r.stdout
+
+
+def test_stats_count_response_bytes_per_endpoint(sim):
+    sim.reset_stats()
+    with httpx.Client(base_url=sim.url, auth=(sim.username, sim.password)) as http:
+        sizes = [len(http.get(f"/clusters/{sim.cluster_name}/nodes").content) for _ in range(2)]
+        status = len(http.get(f"/clusters/{sim.cluster_name}/status").content)
+    assert sim.stats()["bytes"] == {"nodes": sum(sizes), "status": status}
+
+
+def test_kept_alive_connection_answers_each_request_in_one_write(sim):
+    # headers and body in separate writes made every request on a kept-alive connection wait
+    # for the client's delayed ACK (~40 ms): the whole answer must arrive in one segment
+    token = base64.b64encode(f"{sim.username}:{sim.password}".encode()).decode()
+    host, port = sim.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        for _ in range(3):
+            conn.sendall(f"GET /clusters/{sim.cluster_name}/status HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Basic {token}\r\n\r\n".encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += conn.recv(65536)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            assert len(body) == length, "the body came in a write of its own"
