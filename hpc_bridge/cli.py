@@ -152,7 +152,9 @@ def _cmd_operations(args: argparse.Namespace) -> int:
     if wants_json(args):
         emit_json([op.to_wire() for op in ops])
         return 0
-    print(format_table(["operation", "action", "started"], ([op.operation_id, op.action, op.start_time] for op in ops)))
+    # The reference gives an operation only action and startTime; an id shows where a service adds one.
+    print(format_table(["operation", "action", "started"],
+                       ([op.to_wire().get("operationId") or "-", op.action, op.start_time] for op in ops)))
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, BridgeError, ConfigError
+from hpc_bridge.errors import ApiUnreachable, AuthError, BridgeError, ConfigError, NotFoundError, TlsError
 
 log = logging.getLogger("hpc_bridge.doctor")
 
@@ -120,7 +120,7 @@ def check_api(f: Facts) -> list[Check]:
     url = f.cfg.cluster.url
     name = f.cfg.cluster.name
     err = f.api_error
-    tls_fail = isinstance(err, ApiUnreachable) and "TLS" in str(err)
+    tls_fail = isinstance(err, TlsError)
     reach = Check("API reachable", OK, url)
     if isinstance(err, ApiUnreachable) and not tls_fail:
         return [Check("API reachable", FAIL, str(err),
@@ -153,7 +153,7 @@ def check_api(f: Facts) -> list[Check]:
     if f.password_error and err is None and f.status is None:
         out.append(Check("credentials accepted", SKIP, "no password"))
         return out
-    if isinstance(err, ApiError) and err.status == 404:
+    if isinstance(err, NotFoundError):
         out.append(Check("credentials accepted", OK))
         out.append(Check("cluster found", FAIL, str(err),
                          f"check [cluster] name ({name!r}) against the cluster's name in CycleCloud"))

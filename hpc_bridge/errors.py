@@ -35,7 +35,10 @@ class HostlistError(UsageError, ValueError):
 
 
 class ApiError(BridgeError):
-    """The cluster API answered with an error, or its answer could not be understood."""
+    """The cluster API answered with an error, or its answer could not be understood.
+
+    Callers decide on the subclass, never on the message or the status code: NotFoundError,
+    ThrottledError, ServerError, ConflictError, AuthError, ApiUnreachable (TlsError)."""
 
     def __init__(self, message: str, *, endpoint: str = "", status: int | None = None):
         self.endpoint = endpoint
@@ -44,11 +47,29 @@ class ApiError(BridgeError):
 
 
 class ApiUnreachable(ApiError):
-    """The cluster API could not be reached (connection refused, timeouts), retries exhausted."""
+    """The cluster API could not be reached (connection refused, timeouts), retries exhausted.
+    The request may have reached the server: a recorded call stays open to be re-sent."""
+
+
+class TlsError(ApiUnreachable):
+    """The server's certificate could not be verified (not retried: it will not change)."""
+
+
+class NotFoundError(ApiError):
+    """404: the cluster, the operation or the request id is unknown to the API."""
+
+
+class ThrottledError(ApiError):
+    """429 after every retry the budget allowed."""
+
+
+class ServerError(ApiError):
+    """5xx after every retry the budget allowed."""
 
 
 class ConflictError(ApiError):
-    """409 from the API: a duplicate requestId or an invalid request."""
+    """409: the API rejected the request (the reference: "Invalid input"). A 409 answering a
+    repeated requestId whose first call is found again is a success, never this error."""
 
 
 class AuthError(ApiError):

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import filelock
 
 from hpc_bridge.api.models import Node
-from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, StateError
+from hpc_bridge.errors import ApiError, BridgeError, NotFoundError, StateError
 from hpc_bridge.files import touch_owned
 from hpc_bridge.lease import pid_alive
 from hpc_bridge.log import node_names
@@ -583,19 +583,14 @@ def _apply(cfg, report: RepairReport, planned: State, *, client, slurm, store: S
             if op.operation_id:
                 client.get_operation(op.operation_id)
                 resolved[op.request_id] = (DONE, f"resolved by repair: operation {op.operation_id} known to the API")
+            elif client.find_request(op.request_id) is not None:
+                resolved[op.request_id] = (DONE, "resolved by repair: its request id is known to the API")
             else:
-                op_id, found = client.find_operation(op.request_id)
-                if op_id or found.nodes:
-                    resolved[op.request_id] = (DONE, f"resolved by repair by request id (operation {op_id or '?'})")
-                else:
-                    resolved[op.request_id] = (FAILED, "resolved by repair: the API has no trace of it")
-        except ApiUnreachable as err:
-            report.errors[f"{RESOLVE} {op.request_id}"] = str(err)  # stays open; next run
-        except ApiError as err:
-            if err.status == 404:
-                resolved[op.request_id] = (FAILED, "resolved by repair: operation unknown to the API (404)")
-            else:
-                report.errors[f"{RESOLVE} {op.request_id}"] = str(err)
+                resolved[op.request_id] = (FAILED, "resolved by repair: the API has no trace of it")
+        except NotFoundError:
+            resolved[op.request_id] = (FAILED, "resolved by repair: operation unknown to the API (404)")
+        except ApiError as err:  # unreachable included: stays open for the next run
+            report.errors[f"{RESOLVE} {op.request_id}"] = str(err)
 
     # 5. One state-file transaction for every record change.
     closes = {a.request_id: a.reason for a in by_kind[CLOSE]}

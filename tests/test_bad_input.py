@@ -371,7 +371,6 @@ HOSTILE_BODIES = [
     ("nodes missing list", lambda s: Reply(200, {"items": []}), "nodes"),
     ("nodes wrong type", lambda s: Reply(200, {"nodes": "all of them"}), "nodes"),
     ("nodes null", lambda s: Reply(200, "null"), "nodes"),
-    ("node entry a string", lambda s: Reply(200, {"nodes": ["htc-f2sv2-1"]}), "nodes"),
 ]
 
 
@@ -401,6 +400,31 @@ def test_api_body_not_understood(env, tmp_path, label, script, word, verb):
     if verb == "resume":
         # the names go DOWN with the cause, as for an unreachable API (documented); nothing else
         assert "cluster API" in run.stderr
+
+
+def test_unusable_node_records_are_skipped_with_one_warning_each(env, tmp_path):
+    """A record without a usable Name (a string, a nameless object) is skipped with a warning
+    naming it; the other records are used as usual (nothing fails, nothing is created)."""
+    status = status_body(env)
+    name = "htc-f2sv2-3"
+    nodes = ["htc-f2sv2-1", {"NodeId": "id-nameless", "Status": "Ready"},
+             node_body(name, CoreCount=2.5, PlacementGroupId=7, Memory=None, Extra={"deep": [{"x": None}]})]
+
+    def answer(seen):
+        if seen.path.endswith("/status"):
+            return Reply(200, status)
+        if seen.method == "POST":
+            return Reply(500, {"error": "no mutating call expected"})
+        return Reply(200, {"nodes": nodes})
+
+    with ScriptedServer(answer) as server:
+        cfg = scripted_config(env, tmp_path, server.url)
+        run = env.cli("--config", str(cfg), "resume", name)
+    assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
+    assert not [s for s in server.seen if s.method == "POST"]
+    warnings = [ln for ln in (env.log_dir / "resume.log").read_text().splitlines() if "without a usable Name" in ln]
+    assert len(warnings) == 2
+    assert "htc-f2sv2-1" in warnings[0] and "id-nameless" in warnings[1]
 
 
 @pytest.mark.parametrize("field,value", [

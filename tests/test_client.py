@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from hpc_bridge.api.client import ClusterClient
-from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, ConfigError, ConflictError
+from hpc_bridge.errors import (
+    ApiError,
+    ApiUnreachable,
+    AuthError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    ServerError,
+    ThrottledError,
+    TlsError,
+)
 from scripted_http import Reply, ScriptedServer, self_signed_cert
 
 PASSWORD = "s3cret-Pa55word"
@@ -98,9 +108,88 @@ def test_409_on_retry_is_recovered_not_reported():
             {"count": 1, "nodearray": "htc", "nameFormat": "htc-1"},
             {"count": 1, "nodearray": "gpu", "nameFormat": "gpu-1"},
         ])
-    assert result.recovered and result.operation_id == OP
+    # The operation's id was in the lost answer: never taken from OperationStatus (the reference
+    # documents only action and startTime there).
+    assert result.recovered and result.operation_id == ""
     assert [s.added for s in result.sets] == [1, 1, 0]
     assert sorted(result.created_names) == ["hpc-1", "htc-1"]
+
+
+def _after_500_then_409(nodes_reply: Reply, operations: list):
+    """POST answered 500 (processed or not), its retry 409 (empty body, as the reference says);
+    GET nodes?request_id answers nodes_reply, GET operations?request_id the list given."""
+    def script(seen):
+        if seen.method == "POST":
+            return Reply(500) if sum(s.method == "POST" for s in srv_seen) == 1 else Reply(409)
+        if seen.path.endswith("/nodes"):
+            assert seen.query["request_id"] == [srv_seen[0].body["requestId"]]
+            return nodes_reply
+        if seen.path == "/operations/":
+            assert seen.query["request_id"] == [srv_seen[0].body["requestId"]]
+            return Reply(200, operations)
+        raise AssertionError(seen.path)
+
+    srv = ScriptedServer(script)
+    srv_seen = srv.seen
+    return srv
+
+
+def test_409_on_retry_with_an_unknown_request_id_is_the_apis_rejection():
+    """500, then 409 on the retry, and the request id is found nowhere: nothing was created, and
+    the 409 is the API's "Invalid input", reported as such (not a recovery, not capacity)."""
+    with _after_500_then_409(Reply(404), []) as srv:
+        c, _ = client(srv.url)
+        with pytest.raises(ConflictError) as err:
+            c.create_nodes([{"count": 1, "nodearray": "hpc", "nameFormat": "hpc-1"}])
+    text = str(err.value)
+    assert "HTTP 409" in text and "invalid input" in text and "unknown to it" in text
+    assert "capacity" not in text
+    assert [s.method for s in srv.seen] == ["POST", "POST", "GET", "GET"]
+
+
+def test_409_on_retry_found_only_in_the_operations_list_is_a_success():
+    """A terminate whose node records are gone (the reference removes terminated nodes): GET
+    nodes?request_id has no nodes, but the operations list has it: found, so accepted."""
+    op = {"action": "terminate", "startTime": "2026-01-01T00:00:00Z"}
+    with _after_500_then_409(Reply(200, {"nodes": [], "operation": op}), [op]) as srv:
+        c, _ = client(srv.url)
+        result = c.terminate_nodes(names=["htc-1"])
+    assert result.recovered and result.nodes == [] and result.operation_id == ""
+
+
+def test_409_on_resend_of_an_unknown_request_id_is_a_rejection():
+    def script(seen):
+        if seen.method == "POST":
+            return Reply(409)
+        if seen.path.endswith("/nodes"):
+            return Reply(200, {"nodes": []})
+        return Reply(200, [])
+
+    with ScriptedServer(script) as srv:
+        c, _ = client(srv.url)
+        with pytest.raises(ConflictError, match="invalid input"):
+            c.start_nodes(ids=["n1"], request_id="r-1", resend=True)
+
+
+def test_operation_id_comes_from_the_202_body_else_its_location_header():
+    replies = [Reply(202, {"sets": [{"added": 1}]}, headers={"Location": "/operations/op%2F9"}),
+               Reply(202, {"nodes": []}, headers={"Location": "https://cc.example/operations/op-8"}),
+               Reply(202, {"operationId": "op-body", "sets": []}, headers={"Location": "/operations/op-loc"})]
+    with ScriptedServer(sequence(*replies)) as srv:
+        c, _ = client(srv.url)
+        assert c.create_nodes([{"count": 1, "nodearray": "hpc"}]).operation_id == "op/9"
+        assert c.terminate_nodes(names=["a"]).operation_id == "op-8"
+        assert c.scale("hpc", total_node_count=1).operation_id == "op-body"
+
+
+@pytest.mark.parametrize("status,cls", [(404, NotFoundError), (429, ThrottledError), (500, ServerError),
+                                        (503, ServerError), (409, ConflictError), (403, AuthError)])
+def test_errors_are_classes_callers_decide_on(status, cls):
+    with ScriptedServer(sequence(Reply(status))) as srv:
+        c, _ = client(srv.url, retries=1)
+        with pytest.raises(cls) as err:
+            c.get_status()
+    assert err.value.status == status and str(status) in str(err.value)
 
 
 def test_409_on_first_attempt_is_a_conflict():
@@ -206,7 +295,7 @@ def test_tls_self_signed_refused_by_default(tmp_path):
     with ScriptedServer(sequence(Reply(200, STATUS)), certfile=cert, keyfile=key) as srv:
         assert srv.url.startswith("https://")
         c, sleeps = client(srv.url)
-        with pytest.raises(ApiUnreachable, match="TLS verification failed"):
+        with pytest.raises(TlsError, match="TLS verification failed"):
             c.get_status()
         assert sleeps == []  # not retried
         ok, _ = client(srv.url, ca_bundle=cert)

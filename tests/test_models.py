@@ -38,6 +38,8 @@ CREATION_RESULT_SET = {"added": 1, "message": "string"}
 MANAGED_NODE = {"error": "This node must be terminated before it can be removed", "id": "id1", "name": "name1",
                 "status": "Error"}
 OPERATION = {"action": "string", "startTime": "2020-01-01T12:34:56Z"}
+# The reference's node placeholder is `{}`; a record without a Name is skipped, so a named one.
+NODE = {"Name": "execute-1", "NodeId": "00000000-0000-0000-0000-000000000001"}
 
 # Which model each example body of the reference is, and what its "object" placeholders stand for.
 PLACEHOLDERS = {
@@ -106,7 +108,9 @@ def _fill(body, model):
     if isinstance(body, dict):
         out = {}
         for key, value in body.items():
-            if value == ["object"]:
+            if key == "nodes" and value == [{}]:
+                value = [NODE]
+            elif value == ["object"]:
                 if key == "sets":
                     value = [CREATION_SET if model is m.NodeCreationRequest else CREATION_RESULT_SET]
                 else:
@@ -189,3 +193,66 @@ def test_missing_required_fields_are_rejected():
         m.NodeCreationResult.model_validate({"sets": []})
     with pytest.raises(Exception):
         m.Bucket.model_validate({"bucketId": "b"})  # no virtualMachine
+
+
+# --------------------------------------------------------------------------- tolerant reading
+
+
+def test_conditional_and_optional_bucket_fields_accept_null_and_absence():
+    """The reference's "required" is conditional for some fields: a valid bucket may well send
+    invalidReason null. Null reads as the documented default; absence of optional ones too."""
+    nulls = dict(BUCKET, invalidReason=None, lastCapacityFailure=None, placementGroups=None, definition=None,
+                 familyQuotaCount=None, regionalQuotaCount=None, activeNodes=None,
+                 virtualMachine=dict(VM, gpuCount=None, infiniband=None, pcpuCount=None, vcpuQuotaCount=None))
+    b = m.Bucket.model_validate(nulls)
+    assert b.invalid_reason is None and b.last_capacity_failure == -1.0 and not b.had_capacity_failure
+    assert b.placement_groups == [] and b.virtual_machine.gpu_count == 0 and b.virtual_machine.infiniband is False
+    optional = {"regionalConsumedCoreCount", "regionalQuotaCoreCount", "regionalQuotaCount", "familyQuotaCount",
+                "familyQuotaCoreCount", "familyConsumedCoreCount", "definition", "activeNodes"}
+    m.Bucket.model_validate({k: v for k, v in BUCKET.items() if k not in optional})
+    status = {"maxCoreCount": 16, "maxCount": 4, "nodes": None, "state": None,
+              "nodearrays": [dict(NODEARRAY, buckets=[nulls])]}
+    assert m.ClusterStatus.model_validate(status).nodearrays[0].buckets[0].valid
+
+
+def test_documented_required_fields_stay_required():
+    for key in ("bucketId", "virtualMachine"):
+        with pytest.raises(Exception):
+            m.Bucket.model_validate({k: v for k, v in BUCKET.items() if k != key})
+    with pytest.raises(Exception):
+        m.OperationStatus.model_validate({"action": "create"})
+
+
+def test_node_attributes_are_data_and_odd_values_never_fail():
+    odd = {"Name": "htc-1", "NodeId": "n1", "Status": "Ready", "CoreCount": 2.5, "PlacementGroupId": 7,
+           "PrivateIp": None, "Hostname": ["x"], "KeepAlive": "yes", "Memory": "8 GB", "MachineType": 3,
+           "Configuration": {"slurm": {"a": [1, {"b": None}]}}, "Fixed": None}
+    listing = m.NodeList.model_validate({"nodes": [odd, {"Name": "htc-2", "CoreCount": 4.0, "Memory": 8}]})
+    one, two = listing.nodes
+    assert (one.name, one.node_id, one.status) == ("htc-1", "n1", "Ready")
+    assert one.core_count is None and one.placement_group_id is None and one.private_ip is None
+    assert one.hostname is None and one.keep_alive is None and one.memory is None and one.machine_type is None
+    assert one.fixed is None and one.get("Configuration") == {"slurm": {"a": [1, {"b": None}]}}
+    assert one.to_wire() == odd  # kept exactly as sent
+    assert two.core_count == 4 and two.memory == 8.0
+
+
+def test_a_node_record_without_a_usable_name_is_skipped_with_one_warning(caplog):
+    records = [{"Name": "htc-1"}, {"NodeId": "id-no-name", "Status": "Ready"}, {"Name": None, "NodeId": 5},
+               {"Name": ""}, "not an object", {"Name": "htc-2"}]
+    with caplog.at_level("WARNING", logger="hpc_bridge.api"):
+        listing = m.NodeList.model_validate({"nodes": records})
+        status = m.ClusterStatus.model_validate({"maxCoreCount": 1, "maxCount": 1, "nodearrays": [],
+                                                 "nodes": records[:2]})
+    assert [n.name for n in listing.nodes] == ["htc-1", "htc-2"]
+    assert [n.name for n in status.nodes] == ["htc-1"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5 and all("without a usable Name" in ln and "\n" not in ln for ln in lines)
+    assert "id-no-name" in lines[0] and "not an object" in lines[3]
+
+
+def test_operation_status_is_read_as_documented():
+    op = m.OperationStatus.model_validate({"action": "create", "startTime": "2020-01-01T12:34:56Z",
+                                           "operationId": "extra", "requestId": "r"})
+    assert not hasattr(type(op), "operation_id")  # no field beyond the reference is relied on
+    assert op.to_wire()["operationId"] == "extra"  # but what a service adds is kept

@@ -15,7 +15,7 @@ import pytest
 from hpc_bridge import doctor, install, scale, usage
 from hpc_bridge.api.models import ClusterUsage, Node
 from hpc_bridge.config import config_from_dict
-from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, UsageError
+from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, NotFoundError, TlsError, UsageError
 from hpc_bridge.nodes_view import format_age, node_rows, slurm_state_short
 from hpc_bridge.slurm import parse_show_node_line
 from hpc_bridge.state import Operation
@@ -376,7 +376,7 @@ def test_doctor_all_good():
          "password file private", "FAIL", "chmod 600"),
         (dict(api_error=ApiUnreachable("GET /x: cluster API unreachable")), "API reachable", "FAIL", "[cluster] url"),
         (dict(api_error=AuthError("GET /x: HTTP 401", status=401)), "credentials accepted", "FAIL", "username"),
-        (dict(api_error=ApiError("GET /x: HTTP 404 Not Found", status=404)), "cluster found", "FAIL", "[cluster] name"),
+        (dict(api_error=NotFoundError("GET /x: HTTP 404 Not Found", status=404)), "cluster found", "FAIL", "[cluster] name"),
         (dict(slurm_conf_error="slurm.conf /etc/slurm/slurm.conf not found"), "slurm.conf readable", "FAIL", "conf_dir"),
         (dict(conf_problems=[install.Problem("ResumeProgram", "ResumeProgram=/h/resume is not an existing executable",
                                              "ResumeProgram=/h/resume")]),
@@ -418,8 +418,11 @@ def test_doctor_failures_have_fixes(kw, name, result, fix_has):
 
 def test_doctor_tls_and_plain_http():
     https = cfg_of(cluster={"url": "https://cc.example.com"})
-    r = results(doctor.run_checks(facts(cfg=https, api_error=ApiUnreachable("GET /x: TLS verification failed (x)"))))
+    r = results(doctor.run_checks(facts(cfg=https, api_error=TlsError("GET /x: certificate verify failed (x)"))))
     assert r["TLS verified"] == "FAIL" and r["API reachable"] == "ok"
+    # decided on the error's class, not on its words
+    r = results(doctor.run_checks(facts(cfg=https, api_error=ApiUnreachable("GET /x: TLS handshake timed out"))))
+    assert r["API reachable"] == "FAIL" and "TLS verified" not in r
     r = results(doctor.run_checks(facts(cfg=cfg_of(cluster={"url": "https://cc.example.com", "verify_tls": False}))))
     assert r["TLS verified"] == "FAIL"
     r = results(doctor.run_checks(facts(cfg=cfg_of(cluster={"url": "http://cc.example.com",

@@ -2,9 +2,10 @@
 
 Retries: connection errors, 5xx and 429 are retried with exponential backoff and full jitter
 (honouring Retry-After), bounded both in count and in total time. Every mutating call carries a
-requestId, reused by its retries, so a retry can never do the work twice: when the server
-answers a retry with 409 (the id was already seen), the first attempt was accepted, and the
-result is recovered through `GET /nodes?request_id=` and `GET /operations/?request_id=`.
+requestId, reused by its retries, so a retry can never do the work twice. The reference answers
+409 both for a repeated requestId and for invalid input, so a 409 on a retry is a success only
+when the request id is found again (`GET /nodes?request_id=` has nodes, or
+`GET /operations/?request_id=` is not empty); otherwise it is the API's rejection.
 
 Time and size are bounded whatever the server does: every attempt has a wall-clock deadline
 (`timeout`) that covers connecting, sending, the headers and the whole body, so a server that
@@ -12,8 +13,11 @@ trickles one byte at a time cannot hold a caller (httpx's own timeouts are per s
 retry budget is a hard limit on the whole call, retries and backoff included; an answer larger
 than `max_response_bytes` is refused as it streams in.
 
-Errors are typed (hpc_bridge.errors) and one line; they never contain the password or the
-Authorization header.
+Only documented fields are relied on: an operation's id comes from the 202 answer (its
+`operationId`, else its `Location` header), never from an OperationStatus.
+
+Errors are typed (hpc_bridge.errors: callers decide on the class) and one line; they never
+contain the password or the Authorization header.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import threading
 import time
 import uuid
 from typing import Any, Callable, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import httpcore
 import httpx
@@ -46,7 +51,17 @@ from hpc_bridge.api.models import (
     OperationStatus,
 )
 from hpc_bridge.config import USERINFO_REFUSED, has_userinfo, is_loopback_url
-from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, ConfigError, ConflictError
+from hpc_bridge.errors import (
+    ApiError,
+    ApiUnreachable,
+    AuthError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    ServerError,
+    ThrottledError,
+    TlsError,
+)
 
 log = logging.getLogger("hpc_bridge.api")
 
@@ -249,7 +264,7 @@ class ClusterClient:
                 cause = _transport_cause(err)
                 if _is_tls_failure(err):
                     # Not transient: retrying an untrusted certificate only delays the error.
-                    raise ApiUnreachable(f"{endpoint}: {cause}", endpoint=endpoint) from None
+                    raise TlsError(f"{endpoint}: {cause}", endpoint=endpoint) from None
                 if isinstance(err, httpx.TimeoutException):
                     cause = f"no complete answer within {min(self.timeout, self.retry_budget):g} s ({type(err).__name__})"
                 log.debug("%s: attempt %d failed: %s", endpoint, attempt + 1, cause)
@@ -269,7 +284,8 @@ class ClusterClient:
                         f"{endpoint}: cluster API unreachable at {self.url} after {attempt} attempt(s): {cause}",
                         endpoint=endpoint,
                     )
-                raise ApiError(
+                exhausted = ThrottledError if response.status_code == 429 else ServerError
+                raise exhausted(
                     f"{endpoint}: {_status_text(response)} after {attempt} attempt(s){self._body_hint(response)}",
                     endpoint=endpoint,
                     status=response.status_code,
@@ -323,9 +339,10 @@ class ClusterClient:
                 status=status,
             )
         if status == 409:
-            raise ConflictError(f"{endpoint}: {_status_text(response)}{hint}", endpoint=endpoint, status=status)
+            raise ConflictError(f"{endpoint}: {_status_text(response)}: the API rejected the request "
+                                f"(invalid input){hint}", endpoint=endpoint, status=status)
         if status == 404:
-            raise ApiError(
+            raise NotFoundError(
                 f"{endpoint}: {_status_text(response)} (is the cluster name {self.cluster!r} right?){hint}",
                 endpoint=endpoint,
                 status=status,
@@ -337,6 +354,11 @@ class ClusterClient:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ApiError(f"{endpoint}: response is not JSON{self._body_hint(response)}", endpoint=endpoint) from None
+        if response.status_code == 202 and isinstance(data, dict) and not data.get("operationId"):
+            # The reference: a 202 carries the operation's URL in Location (and its id in the body).
+            op_id = _operation_id_from_location(response.headers.get("Location"))
+            if op_id:
+                data = {**data, "operationId": op_id}
         try:
             return model.model_validate(data)
         except ValidationError as err:
@@ -383,7 +405,7 @@ class ClusterClient:
         self, sets: list[NodeCreationSet | dict], request_id: str | None = None, *, resend: bool = False
     ) -> NodeCreationResult:
         """Create nodes. `resend=True`: this requestId may already have reached the server (a
-        recorded call being finished), so a 409 means "already done" and is recovered."""
+        recorded call being finished), so a 409 is looked up by request id like a retry's."""
         request = NodeCreationRequest(
             sets=[s if isinstance(s, NodeCreationSet) else NodeCreationSet.model_validate(s) for s in sets],
             request_id=request_id or new_request_id(),
@@ -392,7 +414,7 @@ class ClusterClient:
         endpoint = f"POST {path}"
         attempted = self._send("POST", path, body=request.to_wire())
         if attempted.response.status_code == 409 and (attempted.retried or resend):
-            return self._recover_create(request)
+            return self._recover_create(endpoint, attempted.response, request)
         self._check(endpoint, attempted.response)
         result = self._parse(endpoint, attempted.response, NodeCreationResult)
         result._request_id = request.request_id
@@ -436,7 +458,7 @@ class ClusterClient:
         endpoint = f"POST {path}"
         attempted = self._send("POST", path, body=request.to_wire())
         if attempted.response.status_code == 409 and (attempted.retried or resend):
-            return self._recover_management(request)
+            return self._recover_management(endpoint, attempted.response, request)
         self._check(endpoint, attempted.response)
         result = self._parse(endpoint, attempted.response, NodeManagementResult)
         result._request_id = request.request_id
@@ -459,40 +481,50 @@ class ClusterClient:
 
     # ------------------------------------------------------------------ 409 recovery
 
-    def find_operation(self, request_id: str) -> tuple[str | None, NodeList]:
-        """What the call with this requestId did: (operation id or None, its nodes).
-        (None, no nodes) when the server never saw the id (it answers 404 for an unknown id)."""
+    def find_request(self, request_id: str) -> NodeList | None:
+        """What the call with this requestId did: its nodes (possibly none: an operation whose
+        nodes are gone, or that added none), or None when the API has no trace of the id."""
         try:
-            nodes = self.get_nodes(request_id=request_id)
-        except ApiError as err:
-            if err.status != 404:
-                raise
-            ops = self.list_operations(request_id=request_id)
-            return (ops[0].operation_id if ops else None), NodeList(nodes=[])
-        op_id = nodes.operation.operation_id if nodes.operation else None
-        if op_id is None:
-            ops = self.list_operations(request_id=request_id)
-            if ops:
-                op_id = ops[0].operation_id
-        return op_id, nodes
+            found = self.get_nodes(request_id=request_id)
+        except NotFoundError:
+            found = NodeList(nodes=[])
+        if found.nodes:
+            return found
+        try:
+            return found if self.list_operations(request_id=request_id) else None
+        except NotFoundError:
+            return None
 
-    def _recover_create(self, request: NodeCreationRequest) -> NodeCreationResult:
-        op_id, found = self.find_operation(request.request_id or "")
-        log.info("create %s: 409 on retry, first attempt was accepted (operation %s)", request.request_id, op_id)
+    def _found_or_rejected(self, endpoint: str, response: httpx.Response, request_id: str) -> NodeList:
+        found = self.find_request(request_id)
+        if found is None:
+            raise ConflictError(
+                f"{endpoint}: {_status_text(response)}: the API rejected the request (invalid input); "
+                f"request id {request_id} is unknown to it, so nothing was done{self._body_hint(response)}",
+                endpoint=endpoint, status=response.status_code,
+            )
+        log.info("%s: 409 for request id %s, which the API knows: the first attempt was accepted",
+                 endpoint, request_id)
+        return found
+
+    def _recover_create(self, endpoint: str, response: httpx.Response,
+                        request: NodeCreationRequest) -> NodeCreationResult:
+        found = self._found_or_rejected(endpoint, response, request.request_id or "")
         names = [n.name for n in found.nodes if n.name]
+        # The operation's id was in the answer that was lost; the reference offers no other source.
         result = NodeCreationResult(
-            operation_id=op_id or "", sets=[NodeCreationResultSet(added=n) for n in _attribute_created(request.sets, found)]
+            operation_id="", sets=[NodeCreationResultSet(added=n) for n in _attribute_created(request.sets, found)]
         )
         result._request_id = request.request_id
         result._recovered = True
         result._created_names = names
         return result
 
-    def _recover_management(self, request: NodeManagementRequest) -> NodeManagementResult:
-        op_id, found = self.find_operation(request.request_id or "")
-        log.info("%s: 409 on retry, first attempt was accepted (operation %s)", request.request_id, op_id)
+    def _recover_management(self, endpoint: str, response: httpx.Response,
+                            request: NodeManagementRequest) -> NodeManagementResult:
+        found = self._found_or_rejected(endpoint, response, request.request_id or "")
         result = NodeManagementResult(
-            operation_id=op_id or "",
+            operation_id="",
             nodes=[ManagedNode(id=n.node_id or "", name=n.name or "", status="OK") for n in found.nodes],
         )
         result._request_id = request.request_id
@@ -551,8 +583,24 @@ def _status_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
 
 
-def _is_tls_failure(err: httpx.TransportError) -> bool:
-    return isinstance(err, httpx.ConnectError) and ("SSL" in str(err) or "CERTIFICATE" in str(err))
+def _is_tls_failure(err: BaseException) -> bool:
+    """A certificate or TLS handshake failure anywhere in the exception's chain of causes."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _operation_id_from_location(location: str | None) -> str | None:
+    """The operation id at the end of a Location header ("/operations/ID" or a full URL)."""
+    if not location:
+        return None
+    segments = [unquote(p) for p in urlsplit(location).path.split("/") if p]
+    return segments[-1] if len(segments) >= 2 and segments[-2] == "operations" else None
 
 
 def _transport_cause(err: httpx.TransportError) -> str:

@@ -4,17 +4,29 @@ Wire names are kept exactly (camelCase for API resources, PascalCase for node re
 Unknown fields are kept, never rejected: the real API returns far more than the reference
 documents, and a field we do not know today must survive a read-modify-write.
 
+Tolerant where the reference is: a documented required field is required, but a null for a
+field that has a default reads as that default (the reference's "required" often means
+"present when it applies": a valid bucket may send `invalidReason: null`). A node record is
+"type object" in the reference, so its attributes are data, read through typed accessors that
+give None for a value of another type; a record without a usable Name is skipped with one
+warning line instead of failing the whole response.
+
 `to_wire()` gives back the JSON that was parsed (fields that were not present stay absent),
 so a parsed body serialises to the same JSON.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import datetime, timezone
-from typing import Any, Literal
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
-from pydantic.alias_generators import to_camel, to_pascal
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic.alias_generators import to_camel
+
+log = logging.getLogger("hpc_bridge.api")
 
 
 class WireModel(BaseModel):
@@ -28,6 +40,24 @@ class WireModel(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_reads_as_default(cls, data: Any) -> Any:
+        """A null for a field with a non-null default reads as that default (left unset)."""
+        if isinstance(data, dict) and None in data.values():
+            defaulted = _defaulted_aliases(cls)
+            data = {k: v for k, v in data.items() if v is not None or k not in defaulted}
+        return data
+
+
+@cache
+def _defaulted_aliases(model: type[BaseModel]) -> frozenset[str]:
+    out: set[str] = set()
+    for name, f in model.model_fields.items():
+        if not f.is_required() and (f.default is not None or f.default_factory is not None):
+            out.update({name, f.alias or name})
+    return frozenset(out)
 
 
 def parse_epoch(text: Any) -> float | None:
@@ -53,54 +83,164 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
 class Node(BaseModel):
     """A node record: a flat dict of PascalCase attributes (Name, NodeId, Status, ...).
 
-    The typed attributes below are the ones hpc-bridge reads; everything else the API sends
-    is kept as extra fields and reachable through `get()`.
+    The reference types a node only as "object", so every attribute is kept as data exactly as
+    sent; the accessors below read the ones hpc-bridge uses and give None for an absent or null
+    value, or one of another type (a real service may add or reshape attributes at any time).
     """
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_pascal, defer_build=True)
-
-    name: str | None = None
-    node_id: str | None = None
-    template: str | None = None
-    machine_type: str | list[str] | None = None  # a nodearray record may list several sizes
-    status: str | None = None
-    state: str | None = None
-    target_state: str | None = None
-    private_ip: str | None = None
-    hostname: str | None = None
-    placement_group_id: str | None = None
-    keep_alive: bool | None = None
-    shutdown_policy: str | None = None
-    fixed: bool | None = None
-    instance_id: str | None = None
-    request_id: str | None = None
-    status_message: str | None = None
-    region: str | None = None
-    subnet_id: str | None = None
-    core_count: int | None = None
-    memory: float | None = None
-    infiniband: bool | None = None
-    interruptible: bool | None = None
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return dict(self.__pydantic_extra__ or {})
 
     def get(self, key: str, default: Any = None) -> Any:
-        """Any attribute by its wire name, typed or not (e.g. node.get("Configuration"))."""
-        wire = self.to_wire()
-        return wire.get(key, default)
+        """Any attribute by its wire name (e.g. node.get("Configuration"))."""
+        return (self.__pydantic_extra__ or {}).get(key, default)
+
+    def _text(self, key: str) -> str | None:
+        value = self.get(key)
+        return value if isinstance(value, str) else None
+
+    def _flag(self, key: str) -> bool | None:
+        value = self.get(key)
+        return value if isinstance(value, bool) else None
+
+    def _number(self, key: str) -> float | None:
+        value = self.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def name(self) -> str | None:
+        return self._text("Name")
+
+    @property
+    def node_id(self) -> str | None:
+        return self._text("NodeId")
+
+    @property
+    def template(self) -> str | None:
+        return self._text("Template")
+
+    @property
+    def machine_type(self) -> str | list[str] | None:
+        value = self.get("MachineType")  # a nodearray record may list several sizes
+        if isinstance(value, list):
+            return [v for v in value if isinstance(v, str)]
+        return value if isinstance(value, str) else None
+
+    @property
+    def status(self) -> str | None:
+        return self._text("Status")
+
+    @property
+    def state(self) -> str | None:
+        return self._text("State")
+
+    @property
+    def target_state(self) -> str | None:
+        return self._text("TargetState")
+
+    @property
+    def private_ip(self) -> str | None:
+        return self._text("PrivateIp")
+
+    @property
+    def hostname(self) -> str | None:
+        return self._text("Hostname")
+
+    @property
+    def placement_group_id(self) -> str | None:
+        return self._text("PlacementGroupId")
+
+    @property
+    def keep_alive(self) -> bool | None:
+        return self._flag("KeepAlive")
+
+    @property
+    def shutdown_policy(self) -> str | None:
+        return self._text("ShutdownPolicy")
+
+    @property
+    def fixed(self) -> bool | None:
+        return self._flag("Fixed")
+
+    @property
+    def instance_id(self) -> str | None:
+        return self._text("InstanceId")
+
+    @property
+    def request_id(self) -> str | None:
+        return self._text("RequestId")
+
+    @property
+    def status_message(self) -> str | None:
+        return self._text("StatusMessage")
+
+    @property
+    def region(self) -> str | None:
+        return self._text("Region")
+
+    @property
+    def subnet_id(self) -> str | None:
+        return self._text("SubnetId")
+
+    @property
+    def core_count(self) -> int | None:
+        value = self._number("CoreCount")
+        return int(value) if value is not None and value.is_integer() else None
+
+    @property
+    def memory(self) -> float | None:
+        return self._number("Memory")
+
+    @property
+    def infiniband(self) -> bool | None:
+        return self._flag("Infiniband")
+
+    @property
+    def interruptible(self) -> bool | None:
+        return self._flag("Interruptible")
 
     def epoch(self, key: str) -> float | None:
         """A timestamp attribute the reference leaves untyped (CreateTime, StatusTime) as epoch
         seconds; None when absent or unreadable. A time without zone is UTC."""
-        return parse_epoch((self.model_extra or {}).get(key))
+        return parse_epoch(self.get(key))
+
+
+def _usable_records(records: Any) -> Any:
+    """Node records without a usable Name are skipped, each with one warning line naming it:
+    one odd record must not fail the response every hook depends on."""
+    if not isinstance(records, list):
+        return records
+    usable = []
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get("Name"), str) and record["Name"]:
+            usable.append(record)
+            continue
+        log.warning("cluster API sent a node record without a usable Name; skipped: %s", _describe(record))
+    return usable
+
+
+def _describe(record: Any) -> str:
+    if isinstance(record, dict) and isinstance(record.get("NodeId"), str):
+        return f"NodeId {record['NodeId']!r}"
+    try:
+        text = json.dumps(record, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(record)
+    text = " ".join(text.split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+NodeRecords = Annotated[list[Node], BeforeValidator(_usable_records)]
 
 
 class OperationStatus(WireModel):
+    """Documented with `action` and `startTime` only: an operation's id is never read from here
+    (it comes from the 202 answer); anything else a service adds is kept as data."""
+
     action: str
     start_time: str
-    # Fields seen on real operations beyond the reference; optional so the reference example parses.
-    operation_id: str | None = Field(default=None, alias="operationId")
 
     @property
     def started(self) -> datetime | None:
@@ -111,7 +251,7 @@ class OperationStatus(WireModel):
 
 
 class NodeList(WireModel):
-    nodes: list[Node]
+    nodes: NodeRecords
     operation: OperationStatus | None = None
 
 
@@ -146,7 +286,7 @@ class Bucket(WireModel):
     definition: BucketDefinition | None = None
     virtual_machine: VirtualMachine
     valid: bool = True
-    invalid_reason: str = ""
+    invalid_reason: str | None = None  # documented: present when valid is false
     active_count: int = 0
     active_core_count: int = 0
     active_nodes: list[str] | None = None
@@ -166,7 +306,7 @@ class Bucket(WireModel):
     regional_consumed_core_count: int | None = None
     regional_quota_core_count: int | None = None
     regional_quota_count: int | None = None
-    last_capacity_failure: float = -1.0
+    last_capacity_failure: float = -1.0  # seconds since; negative (or null) means never
 
     @property
     def machine_type(self) -> str:
@@ -193,7 +333,7 @@ class ClusterStatus(WireModel):
     max_core_count: int
     max_count: int
     nodearrays: list[NodearrayStatus]
-    nodes: list[Node] | None = None
+    nodes: NodeRecords | None = None
     state: str | None = None
     target_state: str | None = None
 
