@@ -183,8 +183,7 @@ def plan_repair(
 
     cooling = {k for k, c in state.cooloffs.items() if c.until > now}
     for key, b in (buckets or {}).items():
-        lcf = getattr(b, "last_capacity_failure", -1.0)
-        if lcf is not None and 0 <= lcf < cfg.resume.capacity_cooloff:
+        if b.capacity_failure_within(cfg.resume.capacity_cooloff):
             cooling.add(key)
     held = {n for k, c in state.cooloffs.items() if c.until > now for n in c.nodes}
     expired = {k: c for k, c in sorted(state.cooloffs.items()) if c.until <= now and c.nodes and k not in cooling}

@@ -96,9 +96,45 @@ def cooloff_reason(key: str, buckets: dict[str, Bucket], cooloffs: dict[str, Coo
     if active and active.until > now:
         return f"capacity cool-off for {key} until {time.strftime('%H:%M:%S', time.localtime(active.until))} ({active.reason})"
     bucket = buckets.get(key)
-    if bucket is not None and 0 <= bucket.last_capacity_failure < cooloff_seconds:
+    if bucket is not None and bucket.capacity_failure_within(cooloff_seconds):
         return f"capacity cool-off for {key}: capacity failure {bucket.last_capacity_failure:.0f}s ago"
     return None
+
+
+@dataclass
+class Refusals:
+    """What became of the names a create call did not add (see classify_refusals)."""
+
+    down: dict[str, str] = field(default_factory=dict)  # name -> reason
+    capacity: dict[str, str] = field(default_factory=dict)  # bucket key -> cause of its cool-off
+    running: list[str] = field(default_factory=list)  # created meanwhile by someone else: not DOWN
+
+
+def classify_refusals(refused: dict[str, str | None], nodemap: NodeMap, cloud: dict[str, Node] | None,
+                      buckets: dict[str, Bucket] | None, cooloff_seconds: float) -> Refusals:
+    """Why each name a create did not add (name -> the API's message, if any) cannot come up,
+    decided on documented data from the status read just after the create, never on the
+    message's wording: the bucket now reports a capacity failure (`lastCapacityFailure`) -> a
+    capacity failure and a cool-off; no room left (`availableCount`) -> quota or max count;
+    the name is live in the cloud -> someone else created it. The message is only shown.
+    `cloud` / `buckets`: None when that status could not be read."""
+    out = Refusals()
+    for name, message in refused.items():
+        entry = nodemap[name]
+        key = bucket_key(entry.nodearray, entry.machine_type)
+        node = (cloud or {}).get(name)
+        bucket = (buckets or {}).get(key)
+        said = f" ({message})" if message else ""
+        if node is not None and (node.status in BOOTING or node.status == READY):
+            out.running.append(name)
+        elif bucket is not None and bucket.capacity_failure_within(cooloff_seconds):
+            out.capacity[key] = message or f"the API reports a capacity failure for {key}"
+            out.down[name] = f"create refused: capacity failure for {key}{said}"
+        elif bucket is not None and bucket.available_count < 1:
+            out.down[name] = f"create refused: {key}: no capacity left (quota or max count reached){said}"
+        else:
+            out.down[name] = f"create refused: {message or 'not created (no reason given)'}"
+    return out
 
 
 def plan_resume(
@@ -247,10 +283,6 @@ class ResumeReport:
                 f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
 
 
-def is_capacity_message(message: str | None) -> bool:
-    return bool(message) and "capacity" in message.lower()
-
-
 def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store: StateStore, nodemap: NodeMap,
                now=time.time, spawn_follower=None) -> ResumeReport:
     names = hostlist.expand(expr)
@@ -305,19 +337,22 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
             why = _api_reason(create_call.error)
             down.update({n: why for n in create_call.nodes})
         else:
+            refused: dict[str, str | None] = {}
             for name, result_set in zip(create_call.nodes, create_call.result.sets):
                 if result_set.added >= 1:
                     report.created.append(name)
-                    continue
-                message = result_set.message or "not created (no reason given)"
-                down[name] = f"create refused: {message}"
-                if is_capacity_message(message):
-                    e = nodemap[name]
-                    capacity[bucket_key(e.nodearray, e.machine_type)] = message
+                else:
+                    refused[name] = result_set.message
             if report.created:
                 log.info("%s: create accepted (operation %s)", node_names(report.created),
-                         create_call.result.operation_id)
-            _spare_live_nodes(client, down, create_call.nodes, report)
+                         create_call.result.operation_id or "id unknown")
+            if refused:
+                outcome = classify_refusals(refused, nodemap, *_status_after(client), cfg.resume.capacity_cooloff)
+                for name in outcome.running:
+                    log.info("%s: create refused but the node exists: created by someone else, not DOWN", name)
+                report.running.extend(outcome.running)
+                down.update(outcome.down)
+                capacity.update(outcome.capacity)
     if start_call is not None:
         if start_call.result is None:
             why = _api_reason(start_call.error)
@@ -409,23 +444,15 @@ def _all_down(report: ResumeReport, names: list[str], why: str, slurm, store: St
     return report
 
 
-def _spare_live_nodes(client, down: dict[str, str], created: list[str], report: ResumeReport) -> None:
-    """A create refused because the name exists: another hook (or an admin) created it since our
-    GET nodes. Look once more; a live node is not a failure and must not go DOWN."""
-    refused = [n for n in created if n in down and "create refused" in down[n]]
-    if not refused:
-        return
+def _status_after(client) -> tuple[dict[str, Node] | None, dict[str, Bucket] | None]:
+    """Cloud nodes and buckets as the API reports them right after a create (one GET status
+    with its nodes), or (None, None) when it cannot be read."""
     try:
-        cloud = index_by_name(client.get_nodes().nodes)
-    except ApiError:
-        return
-    for name in refused:
-        node = cloud.get(name)
-        if node is not None and (node.status in BOOTING or node.status == READY):
-            log.info("%s: create refused but the node exists (%s): created by someone else, not DOWN", name,
-                     node.status)
-            del down[name]
-            report.running.append(name)
+        status = client.get_status(nodes=True)
+    except ApiError as err:
+        log.warning("cannot read the cluster status after the create: %s", err)
+        return None, None
+    return index_by_name(status.nodes or []), buckets_by_key(status)
 
 
 def _calls_for(plan: ResumePlan, deadline: float) -> tuple[list[Call], Call | None, Call | None]:

@@ -237,7 +237,8 @@ def test_resume_fail_restores_our_reason_after_slurm_replaced_it(env):
     run = env.hook("resume-fail", "htc-f2sv2-1")
     assert run.rc == 0, run.stderr
     node = slurm_node(env, "htc-f2sv2-1")
-    assert node.reason.startswith("hpc-bridge: resume failed: create refused: Capacity failure"), node.reason
+    assert node.reason.startswith("hpc-bridge: resume failed: create refused: capacity failure for htc/Standard_F2s_v2"), \
+        node.reason
 
 
 def test_suspend_during_a_create_in_flight_leaves_no_vm(env):

@@ -10,7 +10,7 @@ from hpc_bridge.api.models import Bucket, Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import BridgeError
 from hpc_bridge.nodemap import NodeMap, NodeRange
-from hpc_bridge.resume import Job, bucket_key, parse_resume_file, plan_resume
+from hpc_bridge.resume import Job, bucket_key, classify_refusals, parse_resume_file, plan_resume
 from hpc_bridge.state import Cooloff, Operation
 from hpc_bridge.suspend import fail_reason, plan_suspend
 
@@ -54,6 +54,43 @@ def node(name, status, **kw):
 def plan(names, cloud=(), bk=None, in_flight=None, cooloffs=None, jobs=(), config=None):
     return plan_resume(names, NODEMAP, {n.name: n for n in cloud}, bk or buckets(), in_flight or {},
                        cooloffs or {}, list(jobs), config or cfg(), NOW)
+
+
+# --------------------------------------------------------------------------- create refusals
+
+
+F2_KEY = bucket_key("htc", F2)
+
+
+@pytest.mark.parametrize("message,after,cloud,want_down,want_cooloff", [
+    # the bucket reports a capacity failure just after the create: cool-off, whatever the words
+    ("AllocationFailed: SKU not available in zone", bucket(F2, 5, last_failure=0.4), None,
+     "create refused: capacity failure for htc/Standard_F2s_v2 (AllocationFailed", True),
+    (None, bucket(F2, 5, last_failure=2.0), None, "create refused: capacity failure for htc/Standard_F2s_v2", True),
+    # the word "capacity" in a message decides nothing
+    ("capacity-pool nodearray reached its maxCount", bucket(F2, 5), None,
+     "create refused: capacity-pool nodearray reached its maxCount", False),
+    # no room left: quota or max count, not a capacity failure
+    ("Capacity failure (their words)", bucket(F2, 0), None,
+     "create refused: htc/Standard_F2s_v2: no capacity left (quota or max count reached)", False),
+    # an old failure, beyond the cool-off window, is not this create's
+    ("x", bucket(F2, 5, last_failure=900.0), None, "create refused: x", False),
+    # the status could not be read: the message is shown, nothing is inferred
+    ("Capacity failure", None, None, "create refused: Capacity failure", False),
+    (None, None, None, "create refused: not created (no reason given)", False),
+])
+def test_create_refusals_are_decided_on_documented_data(message, after, cloud, want_down, want_cooloff):
+    bk = None if after is None else {F2_KEY: after}
+    out = classify_refusals({"htc-f2sv2-1": message}, NODEMAP, cloud, bk, 600.0)
+    assert out.down["htc-f2sv2-1"].startswith(want_down), out.down
+    assert (F2_KEY in out.capacity) == want_cooloff and not out.running
+
+
+def test_a_refused_name_that_is_live_in_the_cloud_is_not_down():
+    cloud = {"htc-f2sv2-1": node("htc-f2sv2-1", "Acquiring"), "htc-f2sv2-2": node("htc-f2sv2-2", "Failed")}
+    out = classify_refusals({"htc-f2sv2-1": "name exists", "htc-f2sv2-2": "name exists"}, NODEMAP, cloud,
+                            {F2_KEY: bucket(F2, 5)}, 600.0)
+    assert out.running == ["htc-f2sv2-1"] and list(out.down) == ["htc-f2sv2-2"] and not out.capacity
 
 
 # --------------------------------------------------------------------------- classification table

@@ -320,6 +320,10 @@ class Bucket(WireModel):
     def had_capacity_failure(self) -> bool:
         return self.last_capacity_failure >= 0
 
+    def capacity_failure_within(self, seconds: float) -> bool:
+        """The API reports a capacity failure in this bucket less than `seconds` ago."""
+        return 0 <= self.last_capacity_failure < seconds
+
 
 class NodearrayStatus(WireModel):
     name: str
