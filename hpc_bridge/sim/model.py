@@ -12,7 +12,8 @@ Rules (see also the scenario documentation):
   ("ip-7F01XXYY") and InstanceId are assigned on entering Preparing; billing starts there.
   An injected boot failure turns Preparing into Failed with a StatusMessage (still billed: the
   VM exists until it is terminated).
-- terminate: -> Terminating -> Terminated (record kept, InstanceId cleared, billing stops).
+- terminate: -> Terminating -> Terminated (record kept, InstanceId cleared, billing stops);
+  under `strict_reference` the record is then removed unless Fixed (the reference's default).
   deallocate: -> Deallocating -> Deallocated (record, IP and InstanceId kept, billing stops).
   shutdown: per node ShutdownPolicy (nodearray default, or nodeAttributes.ShutdownPolicy).
   remove: terminates, and deletes the record once Terminated; Fixed nodes -> Error.
@@ -155,6 +156,7 @@ class _Usage:
         self.family_count: Counter = Counter()
         self.slots = 0
         self.cores = 0
+        self.vm_cores = 0  # every family: the region's consumption
         for r in records:
             if r.holds_slot:
                 self._slot(r.nodearray, r.bucket, r.placement_group)
@@ -172,6 +174,7 @@ class _Usage:
     def _vm(self, b) -> None:
         self.family_cores[b.machine_type] += b.vcpu_count
         self.family_count[b.machine_type] += 1
+        self.vm_cores += b.vcpu_count
 
     def add(self, na, b, pg) -> None:
         """One more node (or pending slot) holding a slot and a VM."""
@@ -278,7 +281,7 @@ class ClusterModel:
             rec.instance_id = None
             rec.target_state = "Terminated"
             self._set(rec, "Terminated", at)
-            if rec.remove_when_terminated:
+            if rec.remove_when_terminated or (self.scenario.strict_reference and not rec.fixed):
                 del self.nodes[rec.node_id]
         elif rec.status == "Deallocating":
             self._stop_billing(rec, at)
@@ -316,17 +319,33 @@ class ClusterModel:
                 "Infiniband": b.infiniband,
                 "Interruptible": bool(out.get("Interruptible", False)),
                 "Region": self.scenario.region,
-                "SubnetId": f"/subscriptions/sim/subnets/{self.scenario.cluster_name}",
+                "SubnetId": self._subnet_id(),
                 "CreateTime": iso(rec.created),
                 "StatusTime": iso(rec.since),
             }
         )
+        unset_as_null = self.scenario.strict_reference or self.scenario.quirks
         for key, value in (("PrivateIp", rec.ip), ("Hostname", rec.hostname), ("InstanceId", rec.instance_id),
                            ("PlacementGroupId", rec.placement_group), ("StatusMessage", rec.status_message),
                            ("RequestId", rec.request_id)):
             if value is not None:
                 out[key] = value
+            elif unset_as_null:
+                out[key] = None
+        if self.scenario.quirks:
+            for key in ("CoreCount", "Memory", "GpuCount"):
+                out[key] = float(out[key])
+            out.update(_quirk_attributes(rec.name, rec.nodearray.name, self.scenario.region))
         return out
+
+    def _operation_wire(self, op_id: str) -> dict[str, Any]:
+        op = self.operations[op_id]
+        if self.scenario.strict_reference:  # the reference's OperationStatus: nothing else
+            return {"action": op["action"], "startTime": op["startTime"]}
+        return dict(op)
+
+    def _subnet_id(self) -> str:
+        return f"/subscriptions/sim/subnets/{self.scenario.cluster_name}"
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -355,6 +374,8 @@ class ClusterModel:
             ((self.scenario.max_core_count - usage.cores) // vcpu, f"cluster reached its maxCoreCount {self.scenario.max_core_count}"),
             ((b.quota_core_count - family_cores) // vcpu, f"quota exceeded for {b.machine_type}: quotaCoreCount {b.quota_core_count}"),
             (b.quota_count - family_count, f"quota exceeded for {b.machine_type}: quotaCount {b.quota_count}"),
+            ((self.scenario.regional_quota_core_count - self._regional_consumed(usage)) // vcpu,
+             f"regional quota exceeded: regionalQuotaCoreCount {self.scenario.regional_quota_core_count}"),
         ]
         if pg is not None:
             in_pg = usage.pg[id(na), id(b), pg]
@@ -363,11 +384,19 @@ class ClusterModel:
         n, why = min(bounds, key=lambda x: x[0])
         return max(0, n), why
 
+    def _regional_consumed(self, usage: "_Usage") -> int:
+        """Cores in use in the region: our VMs plus what the buckets say other clusters use."""
+        baseline = {b.machine_type: b.consumed_core_count for na in self.scenario.nodearrays for b in na.buckets}
+        return usage.vm_cores + sum(baseline.values())
+
     def _capacity_failed(self, na: NodearraySpec, b: BucketSpec) -> bool:
         targets = self.faults.get("capacity_failure", [])
         return f"{na.name}/{b.machine_type}" in targets or b.machine_type in targets
 
     def _capacity_message(self, b: BucketSpec) -> str:
+        if self.scenario.quirks:  # a real service's own words: nothing to match on
+            return (f"SkuNotAvailable: the requested size {b.machine_type} is currently not available in "
+                    f"location {self.scenario.region} (simulated)")
         return f"Capacity failure: no capacity for {b.machine_type} in region {self.scenario.region} (simulated)"
 
     def _record_operation(self, action: str, request_id: str | None, node_ids: list[str], extra: dict | None = None) -> dict:
@@ -664,6 +693,9 @@ class ClusterModel:
     def get_nodes(self, now: float, operation: str | None = None, request_id: str | None = None) -> dict[str, Any]:
         """GET nodes: {"nodes": [...]} or, with operation / request_id, that operation's nodes + "operation"."""
         self.advance(now)
+        if self.scenario.strict_reference and ((operation is not None and request_id is not None)
+                                               or operation == "" or request_id == ""):
+            raise SimError(400, "invalid specification: give one non-empty operation or request_id")
         if operation is None and request_id is None:
             return {"nodes": [self.node_wire(r) for r in self.nodes.values()]}
         if operation is not None and request_id is not None:
@@ -676,20 +708,20 @@ class ClusterModel:
             raise SimError(404, f"no operation {op_id}")
         ids = self.op_nodes[op_id]
         nodes = [self.node_wire(self.nodes[i]) for i in ids if i in self.nodes]
-        return {"nodes": nodes, "operation": dict(self.operations[op_id])}
+        return {"nodes": nodes, "operation": self._operation_wire(op_id)}
 
     def list_operations(self, now: float, request_id: str | None = None) -> list[dict[str, Any]]:
         self.advance(now)
         if request_id is not None:
             op_id = self.by_request_id.get(request_id)
-            return [dict(self.operations[op_id])] if op_id else []
-        return [dict(op) for op in self.operations.values()]
+            return [self._operation_wire(op_id)] if op_id else []
+        return [self._operation_wire(op_id) for op_id in self.operations]
 
     def get_operation(self, op_id: str, now: float) -> dict[str, Any]:
         self.advance(now)
         if op_id not in self.operations:
             raise SimError(404, f"no operation {op_id}")
-        return dict(self.operations[op_id])
+        return self._operation_wire(op_id)
 
     def status(self, now: float, nodes: bool = False) -> dict[str, Any]:
         self.advance(now)
@@ -699,8 +731,10 @@ class ClusterModel:
                 "name": na.name,
                 "maxCount": min(na.max_count, self.scenario.max_count),
                 "maxCoreCount": min(na.max_core_count, self.scenario.max_core_count),
-                "nodearray": {**na.attributes, "Name": na.name, "Template": na.name, "ShutdownPolicy": na.shutdown_policy,
-                              "Region": self.scenario.region, "MachineType": ", ".join(b.machine_type for b in na.buckets)},
+                "nodearray": {"Configuration": {"slurm": {"autoscale": True}}, **na.attributes, "Name": na.name,
+                              "Template": na.name, "ShutdownPolicy": na.shutdown_policy,
+                              "Region": self.scenario.region, "SubnetId": self._subnet_id(),
+                              "MachineType": ", ".join(b.machine_type for b in na.buckets)},
                 "buckets": [self._bucket_status(na, b, nodes) for b in na.buckets],
             })
         out: dict[str, Any] = {
@@ -728,13 +762,16 @@ class ClusterModel:
             if r.placement_group and r.holds_slot:
                 groups.setdefault(r.placement_group, []).append(r)
         last = self.last_capacity_failure.get(b.bucket_id)
+        usage = _Usage(self.nodes.values())
+        regional_quota = self.scenario.regional_quota_core_count
         out: dict[str, Any] = {
             "bucketId": b.bucket_id,
             "definition": {"machineType": b.machine_type},
             "virtualMachine": {"vcpuCount": vcpu, "pcpuCount": b.pcpu_count, "memory": b.memory,
                                "gpuCount": b.gpu_count, "infiniband": b.infiniband, "vcpuQuotaCount": b.vcpu_quota_count},
             "valid": b.valid,
-            "invalidReason": b.invalid_reason,
+            # "If valid is false, this will contain the reason": null otherwise, in the strict form
+            "invalidReason": None if b.valid and self.scenario.strict_reference else b.invalid_reason,
             "activeCount": len(active),
             "activeCoreCount": len(active) * vcpu,
             "availableCount": available,
@@ -754,10 +791,21 @@ class ClusterModel:
             "familyConsumedCoreCount": consumed,
             "familyQuotaCount": b.quota_count,
             "familyQuotaCoreCount": b.quota_core_count,
+            "regionalConsumedCoreCount": self._regional_consumed(usage),
+            "regionalQuotaCoreCount": regional_quota,
+            "regionalQuotaCount": regional_quota // vcpu,
             "lastCapacityFailure": round(self.now - last, 3) if last is not None else -1.0,
         }
         if with_nodes:
             out["activeNodes"] = [r.name for r in active]
+        if self.scenario.quirks:
+            if last is None:
+                out["lastCapacityFailure"] = None  # "never", said with a null
+            for key, value in out.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    out[key] = float(value)
+            out["virtualMachine"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                                     for k, v in out["virtualMachine"].items()}
         return out
 
     # ------------------------------------------------------------------ usage
@@ -835,6 +883,25 @@ class ClusterModel:
         if priced:
             total["cost"] = round(total_cost, 6)
         return {"start": iso(start), "end": iso(end), "total": total, "breakdown": breakdown}
+
+
+def _quirk_attributes(name: str, nodearray: str, region: str) -> dict[str, Any]:
+    """Undocumented attributes of the kind a real service sends: big, nested, of every type."""
+    return {
+        "Configuration": {
+            "cyclecloud": {"cluster": {"autoscale": {"idle_time_after_jobs": 300.0, "stop_enabled": True}},
+                           "mounts": {"sched": {"type": "nfs", "export_path": "/sched", "options": None},
+                                      "shared": {"type": "nfs", "export_path": "/shared", "options": ["noatime"]}},
+                           "node": {"prevent_metadata_access": True, "name": name}},
+            "slurm": {"autoscale": True, "hpc": nodearray == "hpc", "use_nodename_as_hostname": True},
+        },
+        "Instance": {"Region": region, "Zones": None, "Disks": [{"Lun": 0.0, "SizeGB": 128.0, "Caching": "ReadOnly"}],
+                     "Tags": {"ClusterName": "sim", "Nodearray": nodearray}},
+        "Software": [{"Name": "cyclecloud-jetpack", "Version": "8.6.0"}, {"Name": "slurm", "Version": "22.05"}],
+        "Credentials": None,
+        "EphemeralOSDisk": False,
+        "LastAccessTime": 1.7e9,
+    }
 
 
 def _floor(ts: float, step: int) -> float:

@@ -1,7 +1,16 @@
 """Scenario files for the simulator: TOML -> validated plain data.
 
 A scenario describes one cluster: credentials, nodearrays with their buckets (using the API's
-own field names), timings, prices, fault knobs and boot hooks. `load_scenario()` accepts None
+own field names), timings, prices, fault knobs and boot hooks.
+
+Two [cluster] switches choose what the simulator serves beyond the model itself:
+- `strict_reference = true`: exactly the reference's contract, nothing of ours: OperationStatus
+  with `action` and `startTime` only; null for unset optional values; terminate removes node
+  records unless Fixed; 400 for an invalid GET nodes specification; empty bodies for the
+  errors the reference answers with "No Content".
+- `quirks = true`: what a real service may add: big nested undocumented node attributes, null
+  for values not known yet (PrivateIp while Acquiring), numbers as floats, error messages
+  worded its own way. `load_scenario()` accepts None
 (the default scenario shipped in the package), a path, or an already-parsed dict, and raises
 `ScenarioError` (a ConfigError) with a one-line message naming the offending key.
 """
@@ -97,6 +106,9 @@ class Scenario:
     on_ready: list[str]
     on_stop: list[str]
     hook_env: dict[str, str]
+    strict_reference: bool = False
+    quirks: bool = False
+    regional_quota_core_count: int = 0
     source: str = "<dict>"
 
     def nodearray(self, name: str) -> NodearraySpec | None:
@@ -322,7 +334,8 @@ def _parse(data: Any) -> Scenario:
     cluster = _table(data.get("cluster"), "[cluster]") if "cluster" in data else None
     if cluster is None:
         raise _Bad("[cluster] table with name, username, password is required")
-    _no_unknown(cluster, {"name", "username", "password", "region", "maxCount", "maxCoreCount"}, "cluster")
+    _no_unknown(cluster, {"name", "username", "password", "region", "maxCount", "maxCoreCount", "strict_reference",
+                          "quirks", "regionalQuotaCoreCount"}, "cluster")
     name = _str(cluster, "name", "cluster")
     raw_arrays = data.get("nodearrays")
     if not isinstance(raw_arrays, list) or not raw_arrays:
@@ -367,6 +380,11 @@ def _parse(data: Any) -> Scenario:
         on_ready=_argv(hooks.get("on_ready"), "hooks.on_ready"),
         on_stop=_argv(hooks.get("on_stop"), "hooks.on_stop"),
         hook_env=dict(env),
+        strict_reference=_bool(cluster, "strict_reference", "cluster", False),
+        quirks=_bool(cluster, "quirks", "cluster", False),
+        # The region's vCPU quota over every family; by default the sum of the families' quotas.
+        regional_quota_core_count=_int(cluster, "regionalQuotaCoreCount", "cluster", default=sum(
+            {b.machine_type: b.quota_core_count for na in nodearrays for b in na.buckets}.values())),
     )
 
 

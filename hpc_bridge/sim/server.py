@@ -36,6 +36,8 @@ from hpc_bridge.sim.scenario import REQUEST_FAULT_KEYS, Scenario, faults_error, 
 
 TICK_SECONDS = 0.05
 MAX_BODY = 4 * 1024 * 1024
+# Error answers the reference documents as "No Content" (400 invalid, 404 not found, 409 invalid input).
+NO_CONTENT_ERRORS = frozenset({400, 404, 409})
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -206,12 +208,12 @@ class SimServer:
             env = dict(os.environ)
             env.update(self.scenario.hook_env)
             env.update({
-                "HPC_BRIDGE_NODE_NAME": node.get("Name", ""),
-                "HPC_BRIDGE_NODE_ID": node.get("NodeId", ""),
-                "HPC_BRIDGE_NODE_IP": node.get("PrivateIp", ""),
-                "HPC_BRIDGE_NODE_HOSTNAME": node.get("Hostname", ""),
-                "HPC_BRIDGE_NODEARRAY": node.get("Template", ""),
-                "HPC_BRIDGE_NODE_STATUS": node.get("Status", ""),
+                "HPC_BRIDGE_NODE_NAME": node.get("Name") or "",
+                "HPC_BRIDGE_NODE_ID": node.get("NodeId") or "",
+                "HPC_BRIDGE_NODE_IP": node.get("PrivateIp") or "",
+                "HPC_BRIDGE_NODE_HOSTNAME": node.get("Hostname") or "",
+                "HPC_BRIDGE_NODEARRAY": node.get("Template") or "",
+                "HPC_BRIDGE_NODE_STATUS": node.get("Status") or "",
                 "HPC_BRIDGE_HOOK": "on_ready" if kind == "ready" else "on_stop",
             })
             try:
@@ -493,6 +495,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status, payload, headers = sim.handle(method, path, query, body)
             except SimError as err:
                 status, payload, headers = err.status, {"code": err.status, "message": err.message}, {}
+                if sim.scenario.strict_reference and status in NO_CONTENT_ERRORS:
+                    payload = None  # the reference: these answers are "No Content"
             sim._count("statuses", str(status))
             events = sim._drain()
         sim._run_hooks(events)

@@ -1,0 +1,142 @@
+"""The simulator's strict reference form and its quirks form, over real HTTP: what each serves,
+and that hpc-bridge's client reads every form."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpc_bridge.api.models import NodeList
+from hpc_bridge.errors import ConflictError, NotFoundError
+from hpc_bridge.sim.server import SimServer
+from test_sim_server import client_for, fast_scenario, raw, wait_for
+
+CREATE = {"sets": [{"count": 1, "nodearray": "htc", "nameFormat": "htc-1",
+                    "definition": {"machineType": "Standard_F2s_v2"}},
+                   {"count": 1, "nodearray": "htc", "nameFormat": "htc-fixed",
+                    "definition": {"machineType": "Standard_F2s_v2"}, "nodeAttributes": {"Fixed": True}}]}
+
+
+def form_scenario(**switches) -> dict:
+    data = fast_scenario()
+    data["cluster"].update(switches)
+    return data
+
+
+@pytest.fixture
+def strict():
+    with SimServer(form_scenario(strict_reference=True)) as server:
+        yield server
+
+
+@pytest.fixture
+def quirks():
+    with SimServer(form_scenario(strict_reference=True, quirks=True)) as server:
+        yield server
+
+
+def nodes_by_name(sim) -> dict:
+    return {n["Name"]: n for n in raw(sim, "GET", "/clusters/demo/nodes").json()["nodes"]}
+
+
+def test_strict_operation_status_has_only_the_documented_fields(strict):
+    r = raw(strict, "POST", "/clusters/demo/nodes/create", json={**CREATE, "requestId": "rq-1"})
+    assert r.status_code == 202
+    op_id = r.json()["operationId"]
+    assert r.headers["Location"] == f"/operations/{op_id}"
+    documented = {"action", "startTime"}
+    assert set(raw(strict, "GET", "/operations/", params={"request_id": "rq-1"}).json()[0]) == documented
+    assert set(raw(strict, "GET", f"/operations/{op_id}").json()) == documented
+    assert all(set(op) == documented for op in raw(strict, "GET", "/operations/").json())
+    by_op = raw(strict, "GET", "/clusters/demo/nodes", params={"operation": op_id}).json()
+    assert set(by_op["operation"]) == documented and len(by_op["nodes"]) == 2
+
+
+@pytest.mark.parametrize("params,status", [
+    ({"operation": "x", "request_id": "y"}, 400), ({"request_id": ""}, 400), ({"operation": ""}, 400),
+    ({"request_id": "never-sent"}, 404), ({"operation": "no-such-op"}, 404),
+])
+def test_strict_get_nodes_specification_errors_have_no_content(strict, params, status):
+    r = raw(strict, "GET", "/clusters/demo/nodes", params=params)
+    assert r.status_code == status and r.content == b""
+
+
+def test_strict_409_and_404_have_no_content_and_the_client_still_says_what_happened(strict):
+    body = {**CREATE, "requestId": "rq-dup"}
+    assert raw(strict, "POST", "/clusters/demo/nodes/create", json=body).status_code == 202
+    r = raw(strict, "POST", "/clusters/demo/nodes/create", json=body)
+    assert r.status_code == 409 and r.content == b""
+    assert raw(strict, "GET", "/operations/nope").content == b""
+    with client_for(strict) as c:
+        with pytest.raises(ConflictError, match="409.*invalid input"):
+            c.terminate_nodes(names=["htc-1"], request_id="rq-dup")
+        with pytest.raises(NotFoundError):
+            c.get_operation("nope")
+
+
+def test_strict_status_nulls_and_what_the_vendors_client_expects(strict):
+    status = raw(strict, "GET", "/clusters/demo/status").json()
+    for na in status["nodearrays"]:
+        assert na["nodearray"]["SubnetId"] and isinstance(na["nodearray"]["Configuration"], dict)
+        for b in na["buckets"]:
+            assert b["valid"] and b["invalidReason"] is None
+            assert {"regionalConsumedCoreCount", "regionalQuotaCoreCount", "regionalQuotaCount"} <= set(b)
+    with client_for(strict) as c:
+        st = c.get_status()
+    assert all(b.invalid_reason is None for na in st.nodearrays for b in na.buckets)
+
+
+def test_regional_quota_is_served_and_enforced():
+    data = fast_scenario()
+    data["cluster"]["regionalQuotaCoreCount"] = 6
+    with SimServer(data) as sim:
+        r = raw(sim, "POST", "/clusters/demo/nodes/create", json={"sets": [
+            {"count": 4, "nodearray": "htc", "definition": {"machineType": "Standard_F2s_v2"}}]})
+        assert r.json()["sets"][0]["added"] == 3 and "regional quota" in r.json()["sets"][0]["message"]
+        f2 = raw(sim, "GET", "/clusters/demo/status").json()["nodearrays"][1]["buckets"][0]
+    assert (f2["regionalQuotaCoreCount"], f2["regionalQuotaCount"], f2["regionalConsumedCoreCount"]) == (6, 3, 6)
+    assert f2["availableCount"] == 0
+
+
+def test_strict_terminate_removes_the_record_unless_fixed(strict):
+    raw(strict, "POST", "/clusters/demo/nodes/create", json=CREATE)
+    wait_for(lambda: {n["Status"] for n in nodes_by_name(strict).values()} == {"Ready"})
+    r = raw(strict, "POST", "/clusters/demo/nodes/terminate", json={"names": ["htc-1", "htc-fixed"]})
+    assert [n["status"] for n in r.json()["nodes"]] == ["OK", "OK"]
+    wait_for(lambda: "htc-1" not in nodes_by_name(strict))
+    assert nodes_by_name(strict)["htc-fixed"]["Status"] == "Terminated"  # Fixed: kept
+    r = raw(strict, "POST", "/clusters/demo/nodes/remove", json={"names": ["htc-fixed"]})
+    assert r.json()["nodes"][0]["status"] == "Error"  # Fixed nodes are not removed either
+
+
+def test_default_form_keeps_terminated_records():
+    with SimServer(fast_scenario()) as sim:
+        raw(sim, "POST", "/clusters/demo/nodes/create", json=CREATE)
+        wait_for(lambda: nodes_by_name(sim).get("htc-1", {}).get("Status") == "Ready")
+        raw(sim, "POST", "/clusters/demo/nodes/terminate", json={"names": ["htc-1"]})
+        wait_for(lambda: nodes_by_name(sim)["htc-1"]["Status"] == "Terminated")
+
+
+def test_quirks_nested_attributes_nulls_and_floats_are_read(quirks):
+    raw(quirks, "POST", "/clusters/demo/nodes/create", json=CREATE)
+    first = nodes_by_name(quirks)["htc-1"]
+    assert first["Status"] in ("Off", "Acquiring") and first["PrivateIp"] is None and first["InstanceId"] is None
+    assert isinstance(first["CoreCount"], float) and isinstance(first["Configuration"]["cyclecloud"], dict)
+    status = raw(quirks, "GET", "/clusters/demo/status").json()
+    bucket = status["nodearrays"][0]["buckets"][0]
+    assert bucket["lastCapacityFailure"] is None and isinstance(bucket["availableCount"], float)
+    node = NodeList.model_validate({"nodes": [first]}).nodes[0]
+    assert node.private_ip is None and node.core_count == 2 and node.get("Software")
+    with client_for(quirks) as c:
+        st = c.get_status()
+        assert st.nodearray("hpc").buckets[0].available_count == 16 and not st.nodearray("hpc").buckets[0].had_capacity_failure
+        wait_for(lambda: {n.name: n for n in c.get_nodes().nodes}["htc-1"].private_ip)
+
+
+def test_quirks_capacity_message_is_worded_its_own_way(quirks):
+    quirks.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
+    r = raw(quirks, "POST", "/clusters/demo/nodes/create", json=CREATE)
+    message = r.json()["sets"][0]["message"]
+    assert r.json()["sets"][0]["added"] == 0 and "capacity" not in message.lower()
+    with client_for(quirks) as c:
+        bucket = c.get_status().nodearray("htc").buckets[0]
+    assert bucket.capacity_failure_within(60)  # the documented signal
