@@ -21,10 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from hpc_bridge.sim.scenario import default_scenario_text
 from hpc_bridge.sim.server import SimServer
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The simulator's forms the bridge is tested against: ours, the reference's strict contract, and
+# the strict contract plus what a real service adds ([cluster] switches of the scenario).
+FORMS = {
+    "default": {},
+    "strict": {"strict_reference": True},
+    "quirks": {"strict_reference": True, "quirks": True},
+}
+# Mark a test (or a module, as pytestmark) to run once per form; its `api_form` fixture says which.
+all_forms = pytest.mark.parametrize("api_form", list(FORMS))
 
 
 def default_scenario(**changes: Any) -> dict:
@@ -75,9 +87,10 @@ class BridgeEnv:
     @classmethod
     def create(cls, root: Path, slurm_factory: Callable | None = None, *, scenario: dict | None = None,
                config_extra: str = "", bridge_hooks: bool = False, boot_slurmd: bool = False,
-               **cluster_kwargs: Any) -> "BridgeEnv":
+               form: str = "default", **cluster_kwargs: Any) -> "BridgeEnv":
         root = Path(root)
         scenario = copy.deepcopy(scenario or default_scenario())
+        scenario.setdefault("cluster", {}).update(FORMS[form])
         conf_dir, state_dir, log_dir = root / "conf", root / "state", root / "log"
         conf_dir.mkdir(parents=True, exist_ok=True)
         gpu_pattern = fake_gpu_devices(root / "dev")
@@ -113,6 +126,7 @@ class BridgeEnv:
             f"{config_extra}{power}"  # config_extra may go on with [slurm] keys: new tables after it
         )
         env = cls(root, sim, config_path, conf_dir, state_dir, log_dir)
+        env.form = form
         run = env.cli("partitions")
         assert run.rc == 0, run.stderr
         if cluster is not None:

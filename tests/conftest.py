@@ -18,6 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slurmcluster import SlurmCluster, slurm_available  # noqa: E402
 
 
+@pytest.fixture
+def api_form() -> str:
+    """The simulator form a BridgeEnv serves (tests/bridge_env.py FORMS). "default" unless a
+    test or module is marked with bridge_env.all_forms (then once per form)."""
+    return "default"
+
+
 def _require_slurm() -> None:
     why = slurm_available()
     if why is None:
