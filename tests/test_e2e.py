@@ -11,25 +11,33 @@ import time
 
 import pytest
 
-from bridge_env import BridgeEnv, default_scenario
+from bridge_env import BridgeEnv, all_forms, default_scenario
 
 pytestmark = pytest.mark.slurm
+
+# Every scenario runs against at least one form that follows the reference (strict, or quirks:
+# strict plus what a real service adds), the cheapest against every form; the slower ones are
+# not multiplied (the hook and repair tests cover every form for the same paths). All of them
+# pass in every form.
+strict_form = pytest.mark.parametrize("api_form", ["strict"])
+quirks_form = pytest.mark.parametrize("api_form", ["quirks"])
+default_and_quirks = pytest.mark.parametrize("api_form", ["default", "quirks"])
 
 RESUME_TIMEOUT = 25
 
 
-def make_env(tmp_path, factory, scenario=None, config_extra="", **kw):
+def make_env(tmp_path, factory, scenario=None, config_extra="", form="default", **kw):
     kw.setdefault("suspend_time", 4)
     kw.setdefault("resume_timeout", RESUME_TIMEOUT)
     return BridgeEnv.create(
         tmp_path, factory, scenario=scenario, bridge_hooks=True, boot_slurmd=True,
-        config_extra="[resume]\n" f"resume_timeout = {kw['resume_timeout']}\n" + config_extra, **kw,
+        config_extra="[resume]\n" f"resume_timeout = {kw['resume_timeout']}\n" + config_extra, form=form, **kw,
     )
 
 
 @pytest.fixture
-def env(tmp_path, slurm_cluster_factory):
-    e = make_env(tmp_path, slurm_cluster_factory)
+def env(tmp_path, slurm_cluster_factory, api_form):
+    e = make_env(tmp_path, slurm_cluster_factory, form=api_form)
     yield e
     e.close()
 
@@ -68,6 +76,7 @@ def powered_down(env, names, timeout=60):
                  timeout=timeout, what=f"{names} back to idle~")
 
 
+@default_and_quirks
 def test_hpc_job_runs_on_two_new_nodes_in_one_placement_group(env):
     env.sim.reset_stats()
     job = submit(env, "-p", "hpc", "-N2", "--wrap", "srun printenv SLURMD_NODENAME")
@@ -86,6 +95,7 @@ def test_hpc_job_runs_on_two_new_nodes_in_one_placement_group(env):
                  what="hpc VMs deallocated")
 
 
+@all_forms
 def test_each_vm_size_and_gpu(env):
     f2 = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
     f4 = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-n", "4", "--wrap", "srun -n1 printenv SLURMD_NODENAME")
@@ -100,10 +110,11 @@ def test_each_vm_size_and_gpu(env):
     assert machine["htc-f2sv2-1"] == "Standard_F2s_v2" and machine["htc-f4sv2-1"] == "Standard_F4s_v2"
 
 
-def test_quota_exhausted_fails_fast_and_leaves_nothing_running(tmp_path, slurm_cluster_factory):
+@all_forms
+def test_quota_exhausted_fails_fast_and_leaves_nothing_running(tmp_path, slurm_cluster_factory, api_form):
     scenario = default_scenario()
     scenario["nodearrays"][1]["buckets"][1]["quotaCount"] = 2  # F4s_v2: only 2 may exist
-    env = make_env(tmp_path, slurm_cluster_factory, scenario=scenario)
+    env = make_env(tmp_path, slurm_cluster_factory, scenario=scenario, form=api_form)
     try:
         job = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-N3", "--wrap", "hostname")
         # DOWN with the quota reason well before ResumeTimeout
@@ -119,6 +130,7 @@ def test_quota_exhausted_fails_fast_and_leaves_nothing_running(tmp_path, slurm_c
         env.close()
 
 
+@strict_form
 def test_deallocate_policy_restarts_the_same_vms(env):
     job = submit(env, "-p", "gpu", "--gres=gpu:1", "--wrap", "hostname")
     wait_job(env, job)
@@ -142,6 +154,7 @@ def live_vms(env) -> dict[str, str]:
     return {n: r["Status"] for n, r in env.cloud_nodes().items() if r["Status"] not in ("Terminated", "Deallocated")}
 
 
+@strict_form
 def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
     env.sim.set_faults(boot_failure_rate=1.0)
     job = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
@@ -171,8 +184,9 @@ def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
     env.wait_for(lambda: not live_vms(env), what="no VM left running")
 
 
-def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_path, slurm_cluster_factory):
-    env = make_env(tmp_path, slurm_cluster_factory, config_extra="capacity_cooloff = 10\n")
+@quirks_form  # the API words its capacity failure its own way there
+def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_path, slurm_cluster_factory, api_form):
+    env = make_env(tmp_path, slurm_cluster_factory, config_extra="capacity_cooloff = 10\n", form=api_form)
     try:
         env.sim.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
         job = submit(env, "-p", "htc", "--wrap", "srun printenv SLURMD_NODENAME")  # F2 is preferred (cheaper)
@@ -194,6 +208,7 @@ def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_pa
         env.close()
 
 
+@default_and_quirks
 def test_killed_hook_and_flaky_api_end_consistent_after_repair(env):
     import os
     import signal

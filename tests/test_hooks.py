@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from bridge_env import BridgeEnv, default_scenario
+from bridge_env import BridgeEnv, all_forms, default_scenario
 
 
 @pytest.fixture
-def env(tmp_path, slurm_cluster_factory):
-    e = BridgeEnv.create(tmp_path, slurm_cluster_factory)
+def env(tmp_path, slurm_cluster_factory, api_form):
+    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, form=api_form)
     yield e
     e.close()
 
@@ -31,6 +31,7 @@ def creates(env) -> int:
     return env.sim.stats()["endpoints"].get("POST nodes/create", 0) if "endpoints" in env.sim.stats() else None
 
 
+@all_forms
 def test_resume_creates_exact_names_in_one_call_and_sets_addresses(env):
     env.sim.reset_stats()
     run = env.hook("resume", "hpc-hb120rsv3-[1-2],htc-f2sv2-1")
@@ -79,10 +80,11 @@ def test_concurrent_resumes_of_overlapping_hostlists(env):
     assert sorted(created) == sorted(set(created))
 
 
-def test_quota_exhausted_goes_down_at_once_with_reason(tmp_path, slurm_cluster_factory):
+@all_forms
+def test_quota_exhausted_goes_down_at_once_with_reason(tmp_path, slurm_cluster_factory, api_form):
     scenario = default_scenario()
     scenario["nodearrays"][1]["buckets"][0]["quotaCount"] = 3  # F2s_v2: 8 names, quota for 3
-    env = BridgeEnv.create(tmp_path, slurm_cluster_factory, scenario=scenario)
+    env = BridgeEnv.create(tmp_path, slurm_cluster_factory, scenario=scenario, form=api_form)
     try:
         env.sim.reset_stats()
         run = env.hook("resume", "htc-f2sv2-[1-5]")
@@ -129,6 +131,7 @@ def test_malformed_hostlist_changes_nothing(env):
     assert env.state() == {} and not env.all_cloud_records()
 
 
+@all_forms
 def test_faults_500_429_and_dropped_connections_still_create_once(env):
     # one of each fault, deterministically: a 500 on GET nodes, a 429 on GET status, a dropped
     # connection and then a lost answer on the create (processed, answer never sent)
@@ -155,6 +158,7 @@ def test_faults_500_429_and_dropped_connections_still_create_once(env):
     assert create["outcome"] == "accepted" and create["message"] == "recovered after 409"
 
 
+@all_forms
 def test_capacity_failure_starts_cooloff_and_takes_bucket_out_of_service(env):
     env.sim.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
     run = env.hook("resume", "htc-f2sv2-1")
@@ -174,6 +178,7 @@ def test_capacity_failure_starts_cooloff_and_takes_bucket_out_of_service(env):
     assert run.rc == 1 and "cool-off" in run.stderr
 
 
+@all_forms
 def test_suspend_applies_policy_and_is_idempotent(env):
     assert env.hook("resume", "hpc-hb120rsv3-1,htc-f2sv2-1").rc == 0
     env.wait_for(lambda: env.cloud_nodes()["hpc-hb120rsv3-1"]["Status"] == "Ready", what="hpc-1 Ready")
@@ -197,6 +202,7 @@ def test_suspend_applies_policy_and_is_idempotent(env):
     assert [op["action"] for op in env.state()["operations"]][-1] == "start"
 
 
+@all_forms
 def test_resume_fail_terminates_and_keeps_the_cloud_reason(env):
     env.sim.set_faults(boot_failure_rate=1.0)
     assert env.hook("resume", "htc-f4sv2-1").rc == 0
@@ -212,6 +218,7 @@ def test_resume_fail_terminates_and_keeps_the_cloud_reason(env):
                  what="failed VM terminated")
 
 
+@all_forms
 def test_killed_resume_never_duplicates(env):
     env.sim.set_faults(latency=1.5)
     proc = env.popen_hook("resume", "htc-f2sv2-[1-3]")
@@ -228,6 +235,34 @@ def test_killed_resume_never_duplicates(env):
     assert ops[0]["outcome"] == "pending" and ops[0]["request"]["sets"]
 
 
+@pytest.mark.parametrize("api_form", ["strict", "quirks"])
+def test_a_terminated_node_record_is_gone_and_every_path_copes(env):
+    """Under the reference a terminated node's record is removed (unless Fixed): suspend and
+    resume take "no record" as "gone", and the name comes back as a new node."""
+    assert env.hook("resume", "htc-f2sv2-[1-2]").rc == 0
+    env.wait_for(lambda: all(env.cloud_nodes().get(n, {}).get("Status") == "Ready" for n in
+                             ("htc-f2sv2-1", "htc-f2sv2-2")), what="both Ready")
+    first_id = env.cloud_nodes()["htc-f2sv2-1"]["NodeId"]
+    run = env.hook("suspend", "htc-f2sv2-1")  # htc: ShutdownPolicy Terminate
+    assert run.rc == 0, run.stderr
+    env.wait_for(lambda: "htc-f2sv2-1" not in {r["Name"] for r in env.all_cloud_records()},
+                 what="the terminated node's record removed")
+    again = env.hook("suspend", "htc-f2sv2-1")
+    assert again.rc == 0 and "1 with nothing to do" in again.stdout, again.stdout
+    assert "htc-f2sv2-1: no cloud node" in (env.log_dir / "suspend.log").read_text()
+    run = env.hook("resume", "htc-f2sv2-1")
+    assert run.rc == 0 and "1 created" in run.stdout, run.stdout + run.stderr
+    node = env.wait_for(lambda: (n := env.cloud_nodes().get("htc-f2sv2-1")) and n["Status"] == "Ready" and n,
+                        what="htc-f2sv2-1 Ready again")
+    assert node["NodeId"] != first_id
+    env.wait_for(lambda: slurm_node(env, "htc-f2sv2-1").node_addr == node["PrivateIp"], what="its new address")
+    view = env.cli("--json", "nodes", "htc-f2sv2-[1-2]")
+    assert view.rc == 0, view.stderr
+    rows = {r["name"]: r for r in json.loads(view.stdout)}
+    assert rows["htc-f2sv2-1"]["status"] == "Ready" and rows["htc-f2sv2-2"]["status"] == "Ready"
+
+
+@all_forms
 def test_resume_fail_restores_our_reason_after_slurm_replaced_it(env):
     env.sim.set_faults(capacity_failure=["htc/Standard_F2s_v2"])
     assert env.hook("resume", "htc-f2sv2-1").rc == 1
@@ -241,6 +276,7 @@ def test_resume_fail_restores_our_reason_after_slurm_replaced_it(env):
         node.reason
 
 
+@all_forms
 def test_suspend_during_a_create_in_flight_leaves_no_vm(env):
     """Slurm powers a node down (POWER_DOWN_FORCE) while resume's create is still in flight:
     the suspend finds no VM yet; resume, once its create returns, terminates what it made."""

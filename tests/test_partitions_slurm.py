@@ -21,6 +21,7 @@ from hpc_bridge.hostlist import expand
 from hpc_bridge.nodemap import load_nodemap
 from hpc_bridge.partitions import plan_partitions, render, write_outputs
 from hpc_bridge.sim.model import ClusterModel
+from bridge_env import FORMS, all_forms
 from test_partitions_plan import array, bucket, make_cfg, make_status
 
 pytestmark = pytest.mark.slurm
@@ -129,8 +130,11 @@ def check_cluster_matches_plan(c, plan) -> None:
 # --------------------------------------------------------------------------- cases
 
 
-def test_simulator_default_scenario_boots_slurmctld(slurm_cluster_factory, tmp_path):
-    status = ClusterStatus.model_validate(ClusterModel(str(DEFAULT_SCENARIO)).status(0.0))
+@all_forms
+def test_simulator_default_scenario_boots_slurmctld(slurm_cluster_factory, tmp_path, api_form):
+    scenario = tomllib.loads(DEFAULT_SCENARIO.read_text())
+    scenario["cluster"].update(FORMS[api_form])
+    status = ClusterStatus.model_validate(ClusterModel(scenario).status(0.0))
     c, plan, out = boot(slurm_cluster_factory, tmp_path, status)
     check_cluster_matches_plan(c, plan)
     nodes = show_nodes(c)

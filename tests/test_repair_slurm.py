@@ -16,7 +16,7 @@ import time
 import filelock
 import pytest
 
-from bridge_env import BridgeEnv
+from bridge_env import BridgeEnv, all_forms
 from hpc_bridge.api.client import ClusterClient
 from hpc_bridge.api.models import NodeCreationSet
 from hpc_bridge.state import ACCEPTED, PENDING, Cooloff, Operation, StateStore
@@ -33,11 +33,11 @@ CONFIG_EXTRA = (
 )
 
 
-def make_env(tmp_path, factory) -> BridgeEnv:
+def make_env(tmp_path, factory, form="default") -> BridgeEnv:
     # /bin/true as Resume/SuspendProgram: Slurm's power saving runs, nothing else touches the
     # cloud; SuspendTime long so nodes whose slurmd registered stay up during the test.
     return BridgeEnv.create(tmp_path, factory, config_extra=CONFIG_EXTRA, resume_program="/bin/true",
-                            suspend_program="/bin/true", suspend_time=600, resume_timeout=90)
+                            suspend_program="/bin/true", suspend_time=600, resume_timeout=90, form=form)
 
 
 def client(env) -> ClusterClient:
@@ -92,6 +92,11 @@ def build_drift(env) -> dict:
     create(env, "htc-f2sv2-6", "htc", F2, KeepAlive=True)  # 10: KeepAlive, Slurm idle~
     rid_409 = RID_409
     create(env, "htc-f4sv2-4", "htc", F4, request_id=rid_409)  # killed hook whose call had gone through
+    # 8: a terminate accepted without an operation id (recovered after a 409), past its deadline;
+    # under the reference its node record is gone once terminated: found by request id all the same
+    create(env, "htc-f2sv2-8", "htc", F2)
+    with client(env) as c:
+        c.terminate_nodes(names=["htc-f2sv2-8"], request_id="gone-terminate")
     # 7: resume hook (follower off) creates htc-f2sv2-2 while Slurm powers it up; address never set
     scontrol(env, "update", "NodeName=htc-f2sv2-2,htc-f2sv2-3,htc-f4sv2-3,htc-f4sv2-4", "State=POWER_UP")
     run = env.hook("resume", "htc-f2sv2-2")
@@ -99,6 +104,9 @@ def build_drift(env) -> dict:
     env.wait_for(lambda: all(statuses(env).get(n) == "Ready" for n in
                              ("htc-f2sv2-1", "htc-ghost-1", "gpu-ghost-1", "htc-f2sv2-6", "htc-f4sv2-4", "htc-f2sv2-2")),
                  timeout=30, what="healthy VMs Ready")
+    gone_after_terminate = (None,) if env.form != "default" else ("Terminated",)
+    env.wait_for(lambda: statuses(env).get("htc-f2sv2-8") in gone_after_terminate, timeout=30,
+                 what="htc-f2sv2-8 terminated (its record removed, under the reference)")
     # 2: boot failures, for a node Slurm has up (a real slurmd) and one Slurm has powered down
     env.sim.set_faults(boot_failure_rate=1.0)
     create(env, "htc-f4sv2-1", "htc", F4)
@@ -139,6 +147,8 @@ def build_drift(env) -> dict:
                       request=create_request("htc-f4sv2-3", "htc", F4)),
             Operation(rid_409, "create", ["htc-f4sv2-4"], now - 5, now + 80, pid=pid, outcome=PENDING,
                       request=create_request("htc-f4sv2-4", "htc", F4)),
+            Operation("gone-terminate", "terminate", ["htc-f2sv2-8"], now - 1000, now - 10, pid=pid,
+                      outcome=ACCEPTED, request={"names": ["htc-f2sv2-8"]}),
         ):
             state.operations[o.request_id] = o
         state.cooloffs[f"hpc/{HB}"] = Cooloff(until=now - 1, reason="no capacity",
@@ -147,8 +157,9 @@ def build_drift(env) -> dict:
     return facts
 
 
-def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory):
-    env = make_env(tmp_path, slurm_cluster_factory)
+@all_forms
+def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, api_form):
+    env = make_env(tmp_path, slurm_cluster_factory, api_form)
     try:
         facts = build_drift(env)
         before_slurm = {n: (s.state_flags, s.reason, s.node_addr) for n, s in slurm_nodes(env).items()}
@@ -173,7 +184,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory):
                     ("htc-f2sv2-2", "set_address"), ("hpc-hb120rsv3-5", "resume"), ("hpc-hb120rsv3-6", "resume"),
                     (f"hpc/{HB}", "end_cooloff"), ("htc-f4sv2-3", "resend_operation"),
                     ("htc-f4sv2-4", "resend_operation"), ("htc-f2sv2-1", "resolve_operation"),
-                    ("htc-f2sv2-3", "resolve_operation")]:
+                    ("htc-f2sv2-3", "resolve_operation"), ("htc-f2sv2-8", "resolve_operation")]:
             assert row in planned, (row, sorted(planned))
         assert not {n for n, _ in planned} & {"hpc-hb120rsv3-7", "htc-f2sv2-6"}  # case 10
 
@@ -201,6 +212,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory):
         assert s["htc-f2sv2-2"].node_addr == ip  # 7
         ops = {o["request_id"]: o for o in env.state()["operations"]}
         assert ops["leak-create"]["outcome"] == "done" and ops["lost-create"]["outcome"] == "failed"  # 8
+        assert ops["gone-terminate"]["outcome"] == "done", ops["gone-terminate"]
         assert ops["killed-create"]["outcome"] == "accepted" and "htc-f4sv2-3" in cloud
         assert ops[RID_409]["outcome"] == "accepted" and ops[RID_409]["message"] == "recovered after 409"
         assert [r["Name"] for r in env.all_cloud_records()].count("htc-f4sv2-4") == 1
@@ -209,7 +221,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory):
         assert env.state()["cooloffs"][f"hpc/{HB}"]["nodes"] == []
         assert "DOWN" in s["hpc-hb120rsv3-7"].state_flags and s["hpc-hb120rsv3-7"].reason == "bad DIMM ticket 42"
         assert cloud["htc-f2sv2-6"] == "Ready"  # 10: KeepAlive left running
-        terminate = [o for o in ops.values() if o["action"] == "terminate"]
+        terminate = [o for o in ops.values() if o["action"] == "terminate" and o["request_id"] != "gone-terminate"]
         assert len(terminate) == 1 and terminate[0]["outcome"] == "accepted"  # recorded before it was sent
         log = (env.log_dir / "repair.log").read_text()
         assert "terminate htc-ghost-1" in log and "Slurm does not know" in log

@@ -7,6 +7,7 @@ import pytest
 
 from hpc_bridge.api.models import NodeList
 from hpc_bridge.errors import ConflictError, NotFoundError
+from bridge_env import FORMS
 from hpc_bridge.sim.server import SimServer
 from test_sim_server import client_for, fast_scenario, raw, wait_for
 
@@ -140,3 +141,19 @@ def test_quirks_capacity_message_is_worded_its_own_way(quirks):
     with client_for(quirks) as c:
         bucket = c.get_status().nodearray("htc").buckets[0]
     assert bucket.capacity_failure_within(60)  # the documented signal
+
+
+def test_partitions_are_the_same_whatever_the_form():
+    """The generated Slurm config depends on documented bucket data only: nulls, floats and
+    undocumented attributes of the other forms change nothing."""
+    from hpc_bridge.api.models import ClusterStatus
+    from hpc_bridge.partitions import plan_partitions, render
+    from hpc_bridge.sim.model import ClusterModel
+    from test_partitions_plan import make_cfg
+
+    rendered = {}
+    for form, switches in FORMS.items():
+        model = ClusterModel(form_scenario(**switches), now=0.0)
+        status = ClusterStatus.model_validate(model.status(0.0, nodes=True))
+        rendered[form] = render(plan_partitions(status, make_cfg()))
+    assert rendered["strict"] == rendered["default"] and rendered["quirks"] == rendered["default"]
