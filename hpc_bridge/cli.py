@@ -296,11 +296,14 @@ def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = 
         emit_json({k: v for k, v in asdict(report).items()} | {"ok": ok})
     else:
         print(line)
-    problems = {**(getattr(report, "down", None) or getattr(report, "failed", None) or {}),
-                **(getattr(report, "problems", None) or {})}
+    errors = getattr(report, "errors", [])
+    for error in errors:  # the hook could not finish a step: that, in one line (the log has the rest)
+        print(f"hpc-bridge {args.command}: error: {error}", file=sys.stderr)
+    problems = {} if errors else {**(getattr(report, "down", None) or getattr(report, "failed", None) or {}),
+                                  **(getattr(report, "problems", None) or {})}
     for name, why in sorted(problems.items())[:20]:
         print(f"  {name}: {why}", file=sys.stderr)
-    for name in getattr(report, "unknown", [])[:20]:
+    for name in [] if errors else getattr(report, "unknown", [])[:20]:
         print(f"  {name}: unknown node (not in nodemap.json, no cloud node)", file=sys.stderr)
     return 0 if ok else 1
 

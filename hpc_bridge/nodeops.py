@@ -11,9 +11,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from hpc_bridge.api.client import ClusterClient, new_request_id
 from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
-from hpc_bridge.errors import ApiError
-from hpc_bridge.log import log_per_message, node_names
-from hpc_bridge.errors import UsageError
+from hpc_bridge.errors import ApiError, SlurmError, StateError, UsageError
+from hpc_bridge.log import escape_controls, log_per_message, node_names
 from hpc_bridge.state import FAILED, PENDING, Cooloff, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.nodeops")
@@ -36,8 +35,9 @@ def bucket_key(nodearray: str, machine_type: str) -> str:
 
 
 def reason(text: str) -> str:
-    """A Slurm Reason of ours: prefixed, one line, no characters scontrol would choke on."""
-    clean = " ".join(str(text).replace("=", ":").split())[:200]
+    """A Slurm Reason of ours: prefixed, one line, no characters scontrol would choke on (an
+    API message may carry ESC, BEL or NUL: they are written escaped)."""
+    clean = escape_controls(" ".join(str(text).replace("=", ":").split()))[:200]
     return clean if clean.startswith(REASON_PREFIX) else REASON_PREFIX + clean
 
 
@@ -97,18 +97,33 @@ def remember_down(state, reasons: Mapping[str, str], now: float) -> None:
 
 def mark_down(slurm, reasons: Mapping[str, str], store: StateStore | None = None) -> int:
     """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made.
-    With a store, the reasons are remembered first (see remember_down). The log gets each
-    reason in full: the one Slurm keeps is cut to fit."""
+    With a store, the reasons are remembered first (see remember_down; a state file that cannot
+    be written does not stop the marking). The log gets each reason in full: the one Slurm keeps
+    is cut to fit. Each reason's call is made whatever happened to the others (one name Slurm
+    does not know fails only its own group); SlurmError at the end names what failed."""
     if store is not None and reasons:
-        with store.transaction() as state:
-            remember_down(state, reasons, time.time())
+        try:
+            with store.transaction() as state:
+                remember_down(state, reasons, time.time())
+        except StateError as err:
+            log.error("DOWN reasons not remembered for resume-fail: %s", err)
     log_per_message(log, logging.INFO, reasons, "slurm DOWN %s: %s")
     by_reason: dict[str, list[str]] = defaultdict(list)
     for name, why in reasons.items():
         by_reason[reason(why)].append(name)
     calls = 0
+    failures: list[tuple[list[str], SlurmError]] = []
     for why, names in sorted(by_reason.items()):
-        calls += slurm.update_nodes(sorted(names), state="DOWN", reason=why)
+        try:
+            calls += slurm.update_nodes(sorted(names), state="DOWN", reason=why)
+        except SlurmError as err:
+            calls += 1
+            log.error("%s: could not be marked DOWN: %s", node_names(names), err)
+            failures.append((names, err))
+    if failures:
+        count = sum(len(names) for names, _ in failures)
+        raise SlurmError(f"{count} node(s) could not be marked DOWN ({len(failures)} of {len(by_reason)} "
+                         f"scontrol call(s) failed; first: {failures[0][1]})")
     return calls
 
 
@@ -127,6 +142,7 @@ class Call:
         self.request_id = request_id or new_request_id()
         self.result: NodeCreationResult | NodeManagementResult | None = None
         self.error: ApiError | None = None
+        self.unrecorded: StateError | None = None  # sent, but its outcome could not be recorded
 
 
 def send(client: ClusterClient, call: Call, resend: bool = False):
@@ -168,13 +184,22 @@ def send_recorded(store: StateStore, client: ClusterClient, calls: list[Call],
         except ApiError as err:
             c.error = err
             log.error("%s of %d node(s) failed: %s", c.action, len(c.nodes), err)
-    with store.transaction() as state:
-        t = now()
+    try:
+        with store.transaction() as state:
+            t = now()
+            for c in calls:
+                op = state.operations.get(c.request_id)
+                if op is None:
+                    continue
+                settle(op, c, t)
+    except StateError as err:
+        # The calls were made: what follows them (DOWN marking, addresses) must still happen.
+        # Their records stay pending; re-sent with the same requestId by repair, they are
+        # recognised (409) and settled then.
+        log.error("outcome of %s not recorded (left pending for repair): %s",
+                  ", ".join(f"{c.action} {c.request_id}" for c in calls), err)
         for c in calls:
-            op = state.operations.get(c.request_id)
-            if op is None:
-                continue
-            settle(op, c, t)
+            c.unrecorded = err
     return calls
 
 

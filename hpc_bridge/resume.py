@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
 from hpc_bridge.config import Config
-from hpc_bridge.errors import ApiError, ApiUnreachable, StateError
+from hpc_bridge.errors import ApiError, ApiUnreachable, SlurmError, StateError
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.nodeops import (
@@ -272,10 +272,11 @@ class ResumeReport:
     unknown: list[str] = field(default_factory=list)
     api_calls: int = 0
     scontrol_calls: int = 0
+    errors: list[str] = field(default_factory=list)  # steps that failed after the calls were sent
 
     @property
     def ok(self) -> bool:
-        return not self.down and not self.problems and not self.unknown
+        return not self.down and not self.problems and not self.unknown and not self.errors
 
     def summary(self) -> str:
         return (f"resume {self.names} node(s): {len(self.created)} created, {len(self.started)} started, "
@@ -328,7 +329,10 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     log_per_message(log, logging.INFO, plan.running, "%s: cloud node already %s, nothing to create")
     if plan.unknown:
         log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(plan.unknown))
+    # From here on the calls are made: every later step happens whatever failed before it
+    # (the state file, an scontrol call), and what failed is reported at the end.
     send_recorded(store, client, calls, now)
+    report.errors += [str(c.unrecorded) for c in calls[:1] if c.unrecorded is not None]
 
     down = dict(plan.down)
     capacity: dict[str, str] = {}
@@ -370,40 +374,43 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
                                       report.created + report.started)
     if superseded:
         log.info("%s: suspended while being brought up: stopping", node_names(superseded))
-        record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
+        try:
+            record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
+        except StateError as err:
+            log.error("%s: not stopped, repair will: %s", node_names(superseded), err)
+            report.errors.append(str(err))
         report.created = [n for n in report.created if n not in superseded]
         report.started = [n for n in report.started if n not in superseded]
     taken: dict[str, list[str]] = {}
     if capacity:
-        out_of_service, taken = take_out_of_service(
-            slurm, nodemap, {k: f"capacity cool-off for {k}: {m}" for k, m in capacity.items()}, exclude=set(names))
-        down.update(out_of_service)
-    # One transaction for what the failures leave behind (under an API outage every hook takes
-    # this path at once): a call we marked down is closed, so repair does not re-send it; a
-    # capacity failure starts a cool-off holding the nodes taken out of service; DOWN reasons
-    # are remembered before Slurm is told.
+        try:
+            out_of_service, taken = take_out_of_service(
+                slurm, nodemap, {k: f"capacity cool-off for {k}: {m}" for k, m in capacity.items()},
+                exclude=set(names))
+        except SlurmError as err:
+            log.error("capacity cool-off: other nodes of the VM size not taken out of service: %s", err)
+            report.errors.append(str(err))
+        else:
+            down.update(out_of_service)
     failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
     if failed_calls or capacity or down or superseded:
-        with store.transaction() as state:
-            state.drop_watch([*down, *superseded])  # nothing is coming up there
-            t = now()
-            for c in failed_calls:
-                op = state.operations.get(c.request_id)
-                if op is not None and op.open:
-                    op.close(FAILED, t, str(c.error))
-            for key, message in capacity.items():
-                until = t + cfg.resume.capacity_cooloff
-                # keep the nodes an earlier cool-off took out of service: repair puts them back
-                held = old.nodes if (old := state.cooloffs.get(key)) is not None else []
-                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120],
-                                              nodes=sorted(set(held) | set(taken.get(key, ()))))
-                log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
-            remember_down(state, down, t)
+        try:
+            _record_failures(store, cfg, failed_calls, capacity, taken, down, superseded, now)
+        except StateError as err:
+            log.error("failures not recorded (repair finds them in Slurm and the API): %s", err)
+            report.errors.append(str(err))
 
     if down:
-        mark_down(slurm, down)
+        try:
+            mark_down(slurm, down)
+        except SlurmError as err:
+            report.errors.append(str(err))
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
-        slurm.set_addresses(plan.addresses)
+        try:
+            slurm.set_addresses(plan.addresses)
+        except SlurmError as err:
+            log.error("%s: addresses not set, the follower sets them: %s", node_names(plan.addresses), err)
+            report.errors.append(str(err))
 
 
     report.running = sorted(set(plan.running) | set(report.running))
@@ -415,6 +422,29 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
     report.api_calls = client.request_count - requests_before
     report.scontrol_calls = slurm.calls - calls_before
     return report
+
+
+def _record_failures(store: StateStore, cfg: Config, failed_calls: list[Call], capacity: dict[str, str],
+                     taken: dict[str, list[str]], down: dict[str, str], superseded: list[str], now) -> None:
+    """One transaction for what the failures leave behind (under an API outage every hook takes
+    this path at once): a call we marked down is closed, so repair does not re-send it; a
+    capacity failure starts a cool-off holding the nodes taken out of service; DOWN reasons
+    are remembered before Slurm is told."""
+    with store.transaction() as state:
+        state.drop_watch([*down, *superseded])  # nothing is coming up there
+        t = now()
+        for c in failed_calls:
+            op = state.operations.get(c.request_id)
+            if op is not None and op.open:
+                op.close(FAILED, t, str(c.error))
+        for key, message in capacity.items():
+            until = t + cfg.resume.capacity_cooloff
+            # keep the nodes an earlier cool-off took out of service: repair puts them back
+            held = old.nodes if (old := state.cooloffs.get(key)) is not None else []
+            state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120],
+                                          nodes=sorted(set(held) | set(taken.get(key, ()))))
+            log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
+        remember_down(state, down, t)
 
 
 def ensure_follower(state, cfg: Config, now: float, spawn_follower) -> None:
@@ -438,7 +468,10 @@ def _all_down(report: ResumeReport, names: list[str], why: str, slurm, store: St
     """Nothing can be brought up: every node DOWN now with the cause, so that Slurm reschedules
     instead of waiting for ResumeTimeout (the reasons are remembered when the store is usable)."""
     report.down = {n: why for n in names}
-    mark_down(slurm, report.down, store)
+    try:
+        mark_down(slurm, report.down, store)
+    except SlurmError as err:
+        report.errors.append(str(err))
     report.api_calls = api_calls
     report.scontrol_calls = slurm.calls - calls_before
     return report

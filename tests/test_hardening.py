@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,33 +52,43 @@ def slurm_user():
 
 
 @pytest.fixture(scope="module")
-def env(slurm_user, tmp_path_factory):
+def env(slurm_user):
     from conftest import _require_slurm
     from slurmcluster import SlurmCluster
 
     _require_slurm()
+    # Not under pytest's base temp dir: every pytest session that starts (another run on this
+    # machine) makes /tmp/pytest-of-root 0700 again, and slurmctld, running as SlurmUser, would
+    # lose its munge socket and state directory mid-test.
+    base = Path(tempfile.mkdtemp(prefix="hb-harden-", dir="/tmp"))
+    base.chmod(0o755)
     clusters = []
 
     def factory(start: bool = False, **kwargs):
-        c = SlurmCluster(tmp_path_factory.mktemp("slurm"), slurm_user=SLURM_USER, **kwargs)
+        c = SlurmCluster(base / "slurm", slurm_user=SLURM_USER, **kwargs)
         clusters.append(c)
         return c
 
-    root = tmp_path_factory.mktemp("harden")
-    root.chmod(0o755)
+    root = base / "bridge"
+    root.mkdir(mode=0o755)
     # state and log directories of SlurmUser, as README's install step makes them
     for d in (root / "state", root / "log"):
         d.mkdir(mode=0o700)
         os.chown(d, slurm_user.pw_uid, slurm_user.pw_gid)
-    e = BridgeEnv.create(root, factory, scenario=default_scenario(), bridge_hooks=True,
-                         config_extra="[resume]\nresume_timeout = 20\n")
-    os.chown(root / "password", slurm_user.pw_uid, slurm_user.pw_gid)
-    for p in [root / "log", *(root / "log").iterdir()]:  # `partitions` ran as root before this
-        os.chown(p, slurm_user.pw_uid, slurm_user.pw_gid)
-    yield e
-    e.close()
-    for c in clusters:
-        c.stop()
+    try:
+        e = BridgeEnv.create(root, factory, scenario=default_scenario(), bridge_hooks=True,
+                             config_extra="[resume]\nresume_timeout = 20\n",
+                             # names Slurm knows and the node map does not (a stale map)
+                             extra_conf="NodeName=stale-[1-300] CPUs=1 State=CLOUD")
+        os.chown(root / "password", slurm_user.pw_uid, slurm_user.pw_gid)
+        for p in [root / "log", *(root / "log").iterdir()]:  # `partitions` ran as root before this
+            os.chown(p, slurm_user.pw_uid, slurm_user.pw_gid)
+        yield e
+        e.close()
+    finally:
+        for c in clusters:
+            c.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def as_slurm_user(env: BridgeEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -125,20 +137,22 @@ def test_a_root_command_leaves_every_file_to_slurm_user_and_hooks_keep_working(e
 
 
 def test_doctor_names_files_slurm_user_does_not_own(env, slurm_user):
-    (env.state_dir / "state.json").touch()
-    os.chown(env.state_dir / "state.json", 0, 0)
+    # (a copy an admin made as root; not state.json itself: a follower still running from an
+    # earlier test would move an unreadable state file aside meanwhile)
+    copy = env.state_dir / "state.json.bak"
+    copy.write_text("{}")
     stray = env.log_dir / "stray.log"
     stray.symlink_to("/etc/hostname")
     try:
         run = env.cli("doctor")
     finally:
-        os.chown(env.state_dir / "state.json", slurm_user.pw_uid, slurm_user.pw_gid)
+        copy.unlink()
         stray.unlink()
-    line = next(l for l in run.stdout.splitlines() if "owned by SlurmUser" in l)
+    line = next(l for l in run.stdout.splitlines() if "] state and log files owned by SlurmUser" in l)
     assert line.startswith("[FAIL]"), run.stdout
-    assert f"{env.state_dir}/state.json owned by uid 0, not by {SLURM_USER}" in line
+    assert f"{copy} owned by uid 0, not by {SLURM_USER}" in line, line
     assert f"{stray} is a symbolic link" in line
-    assert f"chown {SLURM_USER}: {env.state_dir}/state.json" in run.stdout
+    assert f"chown {SLURM_USER}: {copy}" in run.stdout
     assert "[  ok] state and log files owned by SlurmUser" in env.cli("doctor").stdout
 
 
@@ -214,3 +228,129 @@ def test_hooks_and_repair_end_whatever_a_trickling_server_does(env, tmp_path, ph
     node = env.cluster.nodes()["htc-f2sv2-3"]
     assert node.state.startswith("DOWN") and "unreachable" in (node.reason or ""), (node.state, node.reason)
     env.cluster.scontrol("update", "nodename=htc-f2sv2-3", "state=resume")
+
+
+# --------------------------------------------------------------------------- half-failed hooks
+
+
+def _config_with(env: BridgeEnv, tmp_path: Path, extra: str, url: str | None = None) -> Path:
+    text = env.config_path.read_text()
+    if url:
+        text = text.replace(f'url = "{env.sim.url}"', f'url = "{url}"')
+    cfg = tmp_path / "changed.toml"
+    cfg.write_text(text + extra)
+    return cfg
+
+
+def test_control_characters_in_an_api_message_still_mark_the_nodes_down(env, tmp_path):
+    """An error body with ESC, BEL and NUL: the nodes still go DOWN at once, the reason and the
+    log hold the characters escaped."""
+    from scripted_http import Reply, ScriptedServer
+    import httpx
+
+    name = "htc-f2sv2-6"
+    auth = (env.sim.username, env.sim.password)
+    base = f"{env.sim.url}/clusters/{env.sim.cluster_name}"
+    nodes, status = httpx.get(f"{base}/nodes", auth=auth).json(), httpx.get(f"{base}/status", auth=auth).json()
+
+    def api(seen):
+        if seen.method == "GET":
+            return Reply(200, nodes if seen.path.endswith("/nodes") else status)
+        return Reply(400, "bad \x1b[31mred\x07 bell \x00 nul request")
+
+    with ScriptedServer(api) as srv:
+        run = env.cli("--config", str(_config_with(env, tmp_path, "", srv.url)), "resume", name)
+    assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.stderr
+    node = env.cluster.nodes()[name]
+    assert node.state.startswith("DOWN"), (node.state, node.reason)
+    assert "\\x1b[31mred\\x07 bell \\x00 nul" in node.reason, node.reason
+    log_text = (env.log_dir / "resume.log").read_text()
+    assert "\\x1b[31mred" in log_text and not any(c in log_text for c in "\x1b\x07\x00")
+    env.cluster.scontrol("update", f"nodename={name}", "state=resume")
+
+
+def _config_with_stale_map(env: BridgeEnv, tmp_path: Path, extra: str = "") -> Path:
+    """A config whose node map has one name Slurm does not know (`gone-1`, of a VM size the
+    cluster no longer offers): a map newer than slurm.conf."""
+    conf = tmp_path / "conf"
+    shutil.copytree(env.conf_dir, conf)
+    nodemap = json.loads((conf / "nodemap.json").read_text())
+    htc = next(g for g in nodemap["groups"] if g["prefix"] == "htc-f2sv2-")
+    nodemap["groups"].append({**htc, "prefix": "gone-", "first": 1, "last": 1, "machine_type": "Standard_Gone"})
+    (conf / "nodemap.json").write_text(json.dumps(nodemap))
+    text = env.config_path.read_text().replace(f'conf_dir = "{env.conf_dir}"', f'conf_dir = "{conf}"')
+    cfg = tmp_path / "stale.toml"
+    cfg.write_text(text + extra)
+    return cfg
+
+
+def test_a_failed_down_marking_does_not_stop_the_rest_of_resume(env, tmp_path):
+    """One reason group's scontrol call fails (its name is one Slurm does not know): the other
+    group still goes DOWN, the created node still gets its address, the hook names the failure."""
+    created, refused = "htc-f2sv2-5", "gpu-nc24adsa100v4-1"
+    cfg = _config_with_stale_map(env, tmp_path)
+    env.sim.set_faults(capacity_failure=["gpu/Standard_NC24ads_A100_v4"])
+    try:
+        run = env.cli("--config", str(cfg), "resume", f"{created},{refused},gone-1")
+    finally:
+        env.sim.set_faults(capacity_failure=[])
+    node = env.cluster.nodes()[refused]
+    assert node.state.startswith("DOWN") and "capacity" in (node.reason or ""), (node.state, node.reason)
+    assert run.rc == 1 and "1 node(s) could not be marked DOWN" in run.stderr, run.stderr
+
+    def addressed():
+        n = env.cluster.nodes()[created]
+        return n.node_addr not in (None, created) and n.node_addr
+    addr = env.wait_for(addressed, 60, "the follower setting the created node's address")
+    assert addr == env.cloud_nodes()[created]["PrivateIp"]
+    env.cli("suspend", created)
+    env.cluster.scontrol("update", f"nodename={refused}", "state=resume")
+
+
+def test_a_state_lock_timeout_after_the_create_still_marks_refused_nodes_down(env, tmp_path):
+    """The create is sent; then the state file stays locked past lock_timeout: the node the
+    API refused still goes DOWN at once (not at ResumeTimeout), the created one still comes up,
+    and the hook says what it could not record."""
+    from hpc_bridge import flock
+
+    created, refused = "htc-f2sv2-7", "gpu-nc24adsa100v4-2"
+    cfg = _config_with(env, tmp_path, "[state]\nlock_timeout = 1\n")
+    env.sim.set_faults(endpoints={"nodes/create": {"latency": 3.0}}, capacity_failure=["gpu/Standard_NC24ads_A100_v4"])
+    try:
+        hook = subprocess.Popen([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "resume",
+                                 f"{created},{refused}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env.cli_env())
+
+        def recorded():
+            return any(created in op["nodes"] and op["outcome"] == "pending"
+                       for op in env.state().get("operations", []))
+        env.wait_for(recorded, 30, "the create recorded")
+        with flock.exclusive(str(env.state_dir / "state.json.lock"), 30):
+            out, err = hook.communicate(timeout=60)
+    finally:
+        env.sim.set_faults(endpoints={"nodes/create": {"latency": 0.0}}, capacity_failure=[])
+    assert hook.returncode == 1 and "locked by another" in err, err
+    assert created in env.cloud_nodes()
+    node = env.cluster.nodes()[refused]
+    assert node.state.startswith("DOWN") and "capacity" in (node.reason or ""), (node.state, node.reason)
+
+    def addressed():
+        n = env.cluster.nodes()[created]
+        return n.node_addr not in (None, created) and n.node_addr
+    env.wait_for(addressed, 60, "the follower setting the address")
+    assert not env.cluster.nodes()[created].state.startswith("DOWN")
+    env.cli("suspend", created)
+    env.cluster.scontrol("update", f"nodename={refused}", "state=resume")
+
+
+def test_unknown_names_cost_no_scontrol_call_and_no_state(env):
+    before = len((env.state_dir / "state.json").read_bytes())
+    run = env.cli("--json", "resume", "stale-[1-300]")
+    assert json.loads(run.stdout)["scontrol_calls"] == 0
+    # a mistyped range: 65,437 names neither Slurm nor the map knows
+    run = env.cli("--json", "resume", "htc-f2sv2-[100-65536]")
+    assert run.rc == 1 and "Traceback" not in run.stderr
+    assert json.loads(run.stdout)["scontrol_calls"] == 0
+    state = env.state()
+    assert not any(n.startswith("stale-") or n == "htc-f2sv2-100" for n in state.get("down_reasons", {}))
+    assert len((env.state_dir / "state.json").read_bytes()) < before + 4096
