@@ -402,6 +402,39 @@ def test_api_body_not_understood(env, tmp_path, label, script, word, verb):
         assert "cluster API" in run.stderr
 
 
+def test_a_409_on_the_retry_of_a_create_the_api_never_saw_is_reported_as_its_rejection(env, tmp_path):
+    """The create is answered 500, its retry 409, and the request id is found nowhere: nothing
+    was created. The reference's 409 is then "Invalid input": the node goes DOWN with a reason
+    naming it, not as a refusal ("create refused"), and no capacity cool-off starts."""
+    status = status_body(env)
+    name = "htc-f2sv2-7"
+    posts = []
+
+    def answer(seen):
+        if seen.path.endswith("/status"):
+            return Reply(200, status)
+        if seen.method == "POST":
+            posts.append(seen)
+            return Reply(500) if len(posts) == 1 else Reply(409)  # No Content, as documented
+        if seen.path.endswith("/nodes"):
+            return Reply(404) if "request_id" in seen.query else Reply(200, {"nodes": []})
+        if seen.path == "/operations/":
+            return Reply(200, [])
+        raise AssertionError(seen.path)
+
+    with ScriptedServer(answer) as server:
+        cfg = scripted_config(env, tmp_path, server.url)
+        run = env.cli("--config", str(cfg), "resume", name)
+    assert run.rc == 1 and "Traceback" not in run.stderr, run.stderr
+    assert len(posts) == 2 and posts[0].body["requestId"] == posts[1].body["requestId"]
+    node = env.cluster.slurm().show_nodes()[name]
+    assert "DOWN" in node.state_flags
+    assert "409" in node.reason and "invalid input" in node.reason and "create refused" not in node.reason, node.reason
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert not state.get("cooloffs")
+    assert [op["outcome"] for op in state["operations"]] == ["failed"]
+
+
 def test_unusable_node_records_are_skipped_with_one_warning_each(env, tmp_path):
     """A record without a usable Name (a string, a nameless object) is skipped with a warning
     naming it; the other records are used as usual (nothing fails, nothing is created)."""

@@ -157,3 +157,18 @@ def test_partitions_are_the_same_whatever_the_form():
         status = ClusterStatus.model_validate(model.status(0.0, nodes=True))
         rendered[form] = render(plan_partitions(status, make_cfg()))
     assert rendered["strict"] == rendered["default"] and rendered["quirks"] == rendered["default"]
+
+
+def test_operations_command_on_the_strict_form_shows_no_id_it_was_not_given(tmp_path, strict, monkeypatch, capsys):
+    """OperationStatus has no id in the reference: the list says "-", never None; one
+    operation is still shown by the id its 202 answer gave."""
+    from test_ops_sim import run, write_config
+
+    monkeypatch.delenv("HPC_BRIDGE_PASSWORD", raising=False)
+    config = write_config(tmp_path, strict)
+    op_id = raw(strict, "POST", "/clusters/demo/nodes/create", json=CREATE).json()["operationId"]
+    rc, out, _ = run(capsys, "--config", str(config), "operations")
+    assert rc == 0 and "None" not in out
+    assert out.splitlines()[1].split()[:2] == ["-", "create"]
+    rc, out, _ = run(capsys, "--config", str(config), "operations", op_id)
+    assert rc == 0 and f"operation {op_id}: create" in out and "2 node(s)" in out
