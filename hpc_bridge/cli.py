@@ -309,6 +309,8 @@ def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = 
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    if not args.hostlist:  # nothing to resume: the job file and the hostlist parser are not needed
+        return _nothing_to_do(args)
     import logging.handlers
 
     from hpc_bridge.hostlist import expand
@@ -359,6 +361,8 @@ def _cmd_resume_fail(args: argparse.Namespace) -> int:
 
 
 def _shut_down_hook(args: argparse.Namespace, run, verb: str | None = None) -> int:
+    if not args.hostlist:
+        return _nothing_to_do(args)
     from hpc_bridge.hostlist import expand
 
     names = expand(args.hostlist)  # a malformed hostlist changes nothing
