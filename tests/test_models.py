@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -237,16 +238,26 @@ def test_node_attributes_are_data_and_odd_values_never_fail():
     assert two.core_count == 4 and two.memory == 8.0
 
 
-def test_a_node_record_without_a_usable_name_is_skipped_with_one_warning(caplog):
+def test_a_node_record_without_a_usable_name_is_skipped_with_one_warning():
     records = [{"Name": "htc-1"}, {"NodeId": "id-no-name", "Status": "Ready"}, {"Name": None, "NodeId": 5},
                {"Name": ""}, "not an object", {"Name": "htc-2"}]
-    with caplog.at_level("WARNING", logger="hpc_bridge.api"):
+    seen: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = seen.append  # a handler of its own: a CLI run in this process may stop propagation
+    api_log = logging.getLogger("hpc_bridge.api")
+    level = api_log.level
+    api_log.addHandler(collect)
+    api_log.setLevel(logging.WARNING)
+    try:
         listing = m.NodeList.model_validate({"nodes": records})
         status = m.ClusterStatus.model_validate({"maxCoreCount": 1, "maxCount": 1, "nodearrays": [],
                                                  "nodes": records[:2]})
+    finally:
+        api_log.removeHandler(collect)
+        api_log.setLevel(level)
     assert [n.name for n in listing.nodes] == ["htc-1", "htc-2"]
     assert [n.name for n in status.nodes] == ["htc-1"]
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in seen]
     assert len(lines) == 5 and all("without a usable Name" in ln and "\n" not in ln for ln in lines)
     assert "id-no-name" in lines[0] and "not an object" in lines[3]
 
