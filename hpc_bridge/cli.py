@@ -139,23 +139,52 @@ def _cmd_operations(args: argparse.Namespace) -> int:
         if args.id:
             op = client.get_operation(args.id)
             nodes = client.get_nodes(operation=args.id).nodes
+            rec = recorded_operations(cfg).get(args.id)
             if wants_json(args):
-                emit_json({"operation": op.to_wire(), "nodes": [n.to_wire() for n in nodes]})
+                emit_json({"operation": op.to_wire(), "nodes": [n.to_wire() for n in nodes]} | _recorded_json(rec))
                 return 0
-            print(f"operation {args.id}: {op.action} started {op.start_time}, {len(nodes)} node(s)")
+            print(f"operation {args.id}: {op.action} started {op.start_time}, {len(nodes)} node(s)"
+                  + (f"; hpc-bridge: {rec.outcome}{f' ({rec.message})' if rec.message else ''}" if rec else ""))
             print(format_table(
                 ["name", "status", "target", "machine type", "ip", "message"],
                 ([n.name, n.status, n.target_state, n.machine_type, n.private_ip, n.status_message] for n in nodes),
             ))
             return 0
         ops = client.list_operations()
+    ours = recorded_operations(cfg)
     if wants_json(args):
-        emit_json([op.to_wire() for op in ops])
+        emit_json([op.to_wire() | _recorded_json(ours.get(op.to_wire().get("operationId"))) for op in ops])
         return 0
-    # The reference gives an operation only action and startTime; an id shows where a service adds one.
-    print(format_table(["operation", "action", "started"],
-                       ([op.to_wire().get("operationId") or "-", op.action, op.start_time] for op in ops)))
+    from hpc_bridge.log import node_names
+
+    rows = []
+    for op in ops:
+        # The reference gives an operation only action and startTime; an id shows where a service adds one.
+        op_id = op.to_wire().get("operationId")
+        rec = ours.get(op_id) if op_id else None
+        rows.append([op_id or "-", op.action, op.start_time, rec.outcome if rec else "-",
+                     node_names(rec.nodes) if rec else "?" if not op_id else "- (not hpc-bridge's)"])
+    print(format_table(["operation", "action", "started", "status", "nodes"], rows))
     return 0
+
+
+def recorded_operations(cfg) -> dict:
+    """Our records of API operations (state file and its history), by operation id: what the
+    API's list lacks (status as we know it, node names). Unreadable state: none, not an error."""
+    from hpc_bridge.state import StateStore
+
+    store = StateStore.from_config(cfg)
+    try:
+        records = [*store.history(), *store.read().operations.values()]  # the live record wins
+    except BridgeError as err:
+        log.warning("%s", err)
+        return {}
+    return {op.operation_id: op for op in records if op.operation_id}
+
+
+def _recorded_json(rec) -> dict:
+    return {"hpcBridge": None if rec is None else
+            {"status": rec.outcome, "requestId": rec.request_id, "nodes": list(rec.nodes), "message": rec.message}}
 
 
 # --------------------------------------------------------------------------- sim / demo
@@ -446,6 +475,13 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_example_config(args: argparse.Namespace) -> int:
+    from hpc_bridge.install import EXAMPLE_CONFIG, shipped_file
+
+    sys.stdout.write(shipped_file(EXAMPLE_CONFIG))
+    return 0
+
+
 def _cmd_install_hooks(args: argparse.Namespace) -> int:
     from hpc_bridge.install import run_cli
 
@@ -503,6 +539,10 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
         example="hpc-bridge logs htc-f2sv2-7",
     )
     p.add_argument("hostlist", help="Slurm hostlist of the nodes")
+    _add_command(
+        sub, "example-config", _cmd_example_config, "print the sample config: every key with its default, commented",
+        example="hpc-bridge example-config > /etc/hpc-bridge/config.toml",
+    )
     p = _add_command(
         sub, "clear-hold", _cmd_clear_hold,
         "put a VM size held out of service (its VMs booted but slurmd never registered) back in service",
@@ -532,7 +572,10 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--python", metavar="PATH", help="interpreter for the wrappers (default: this one)")
     p.add_argument("--pythonpath", metavar="PATH", help="PYTHONPATH for the wrappers (default: the source tree when "
                    "hpc_bridge is not installed in site-packages)")
-    p.add_argument("--user", help="user for the repair service (default: SlurmUser from slurm.conf, else slurm)")
+    p.add_argument("--user", help="user for the repair service and the logrotate snippet (default: SlurmUser from "
+                   "slurm.conf, else slurm)")
+    p.add_argument("--logrotate-dir", metavar="DIR", help="also write the logrotate snippet for this config's paths "
+                   "there (e.g. /etc/logrotate.d)")
     p = _add_command(
         sub, "doctor", _cmd_doctor, "check the installation end to end; one line per check, a fix for each failure",
         example="hpc-bridge doctor --config /etc/hpc-bridge/config.toml",

@@ -101,7 +101,7 @@ def _names(names) -> str:
 def check_config(f: Facts) -> list[Check]:
     if f.config_error:
         return [Check("config valid", FAIL, f.config_error,
-                      "fix the key named above; scripts/config.example.toml documents every key")]
+                      "fix the key named above; `hpc-bridge example-config` documents every key")]
     out = [Check("config valid", OK, f.config_path)]
     if f.password_error:
         fix = ("chmod 600 the file (owned by the user running the hooks, SlurmUser)" if "readable by" in f.password_error

@@ -479,6 +479,37 @@ def _atomic_write(path: Path, text: str, mode: int) -> None:
         raise
 
 
+LOGROTATE_FILE = "hpc-bridge"
+EXAMPLE_CONFIG = "config.example.toml"
+
+
+def shipped_file(name: str) -> str:
+    """A file shipped in the package's templates (the sample config, the logrotate template)."""
+    from hpc_bridge.partitions import default_template_dir
+
+    return (default_template_dir() / name).read_text(encoding="utf-8")
+
+
+def logrotate_text(cfg, user: str) -> str:
+    """The logrotate snippet for this site's [paths] and SlurmUser (the owner of the files)."""
+    import grp
+    import pwd
+
+    import jinja2
+
+    for what, path in (("[paths] log_dir", cfg.paths.log_dir), ("[paths] state_dir", cfg.paths.state_dir)):
+        _check_path(what, path)
+    if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", user):
+        raise ConfigError(f"SlurmUser {user!r} is not a user name logrotate can take")
+    try:
+        group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        group = user  # not a user of this host (written for another one): its usual own group
+    template = jinja2.Template(shipped_file("logrotate.j2"), keep_trailing_newline=True)
+    return template.render(log_dir=cfg.paths.log_dir.rstrip("/"), state_dir=cfg.paths.state_dir.rstrip("/"),
+                           user=user, group=group)
+
+
 @dataclass
 class InstallPlan:
     files: dict[str, tuple[str, int]]  # path -> (text, mode)
@@ -488,8 +519,11 @@ class InstallPlan:
 
 def plan_install(cfg, *, slurm_conf_dir: str, hooks_dir: str = DEFAULT_HOOKS_DIR,
                  systemd_dir: str = DEFAULT_SYSTEMD_DIR, python: str | None = None, pythonpath: str | None = None,
-                 user: str = "slurm", site: SlurmConf | None = None) -> InstallPlan:
-    """`site`: slurm.conf as read without the include file (its own values, to merge with)."""
+                 user: str = "slurm", site: SlurmConf | None = None,
+                 logrotate_dir: str | None = None) -> InstallPlan:
+    """`site`: slurm.conf as read without the include file (its own values, to merge with).
+    With `logrotate_dir`, the logrotate snippet for this site's paths goes there too. The
+    sample config (every key, commented) is written next to the config file."""
     python = python or sys.executable
     pythonpath = default_pythonpath() if pythonpath is None else pythonpath
     config_path = os.path.abspath(cfg.source) if cfg.source and not cfg.source.startswith("<") else \
@@ -503,6 +537,10 @@ def plan_install(cfg, *, slurm_conf_dir: str, hooks_dir: str = DEFAULT_HOOKS_DIR
         files[os.path.join(hooks_dir, hook)] = (wrapper_text(hook, python, config_path, pythonpath), 0o755)
     for name, text in systemd_units(python, config_path, user=user, pythonpath=pythonpath).items():
         files[os.path.join(systemd_dir, name)] = (text, 0o644)
+    if logrotate_dir is not None:
+        _check_path("--logrotate-dir", logrotate_dir)
+        files[os.path.join(logrotate_dir, LOGROTATE_FILE)] = (logrotate_text(cfg, user), 0o644)
+    files[os.path.join(os.path.dirname(config_path), EXAMPLE_CONFIG)] = (shipped_file(EXAMPLE_CONFIG), 0o644)
     return InstallPlan(files=files, include_path=include_path, settings=settings)
 
 
@@ -567,7 +605,7 @@ def run_cli(args) -> int:
         return 1 if problems else 0
     plan = plan_install(cfg, slurm_conf_dir=conf_dir, hooks_dir=args.hooks_dir, systemd_dir=args.systemd_dir,
                         python=args.python, pythonpath=args.pythonpath, user=args.user or user_from_conf(existing),
-                        site=site)
+                        site=site, logrotate_dir=args.logrotate_dir)
     if args.write:
         written = write_install(plan)
         for path in written:

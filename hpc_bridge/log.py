@@ -102,7 +102,7 @@ def setup_logging(command: str, log_dir: str | None = None, verbose: int = 0) ->
         try:
             ensure_private_dir(log_dir)
             # Many hook processes write the same file at once: leave rotation to logrotate
-            # (scripts/logrotate/hpc-bridge) and reopen the file when it has been rotated.
+            # (install-hooks --logrotate-dir writes the snippet) and reopen the file when it has been rotated.
             handler = _OwnedFileHandler(path)
         except OSError as err:
             problem = escape_controls(f"cannot write log file {path}: {err.strerror or err}")

@@ -210,6 +210,12 @@ def plan_repair(
     return actions
 
 
+def op_ref(op: Operation) -> str:
+    """How an operation is named to people, the same everywhere (nodes, operations, repair):
+    by the API's operation id once it has one, by our request id before."""
+    return f"{op.action} operation {op.operation_id}" if op.operation_id else f"{op.action} request {op.request_id}"
+
+
 def _op_label(op: Operation) -> str:
     # names recorded as given (a suspend while the API was down) may not fit a hostlist
     return node_names(op.nodes) if op.nodes else "-"
@@ -225,7 +231,7 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
 
         def act(kind: str, why: str) -> RepairAction:
             case = "8" if kind == RESOLVE else "op"
-            return RepairAction(_op_label(op), "-", "-", kind, f"{op.action} {op.request_id}: {why}", case=case,
+            return RepairAction(_op_label(op), "-", "-", kind, f"{op_ref(op)}: {why}", case=case,
                                 request_id=op.request_id)
 
         if op.outcome == ACCEPTED:
@@ -377,7 +383,7 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
         last = ctx.latest.get(name)
         if last is None or last.action not in RESUME_ACTIONS or now < last.deadline:
             return address  # Slurm's own ResumeTimeout is the authority without a record of ours
-        why = (f"powering up past the deadline of {last.action} {last.request_id} with no healthy cloud node "
+        why = (f"powering up past the deadline of {op_ref(last)} with no healthy cloud node "
                f"({status or 'none'})")
         out = [act(POWER_DOWN_FORCE, why + ": powered down, reason kept", "3",
                    slurm_reason=None if s.reason else our_reason(why))]

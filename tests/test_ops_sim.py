@@ -82,6 +82,23 @@ def test_scale_wait_then_nodes_without_slurm(capsys, config, sim):
     # operations shows the scale operation's nodes
     rc, out, _ = run(capsys, "--config", str(config), "operations", op_id)
     assert rc == 0 and "htc-1" in out
+    # the list: status and nodes from hpc-bridge's own records where it has one, by operation id
+    rc, out, _ = run(capsys, "--config", str(config), "operations")
+    assert rc == 0 and out.splitlines()[0].split() == ["OPERATION", "ACTION", "STARTED", "STATUS", "NODES"]
+    assert f"{op_id} " in out and "not hpc-bridge's" in out  # scale's operation is not in the state file
+    from hpc_bridge.state import DONE, StateStore
+
+    paths = tomllib.loads(config.read_text())["paths"]
+    with StateStore(Path(paths["state_dir"]) / "state.json").transaction() as state:
+        rec = state.begin("create", ["htc-1", "htc-2"], "req-1", now=1.0, deadline=2.0)
+        rec.accept(op_id)
+        rec.close(DONE, 2.0, "all nodes Ready")
+    rc, out, _ = run(capsys, "--config", str(config), "operations")
+    (line,) = [l for l in out.splitlines() if l.startswith(op_id)]
+    assert line.split()[-2:] == ["done", "htc-[1-2]"], line
+    rc, out, _ = run(capsys, "--config", str(config), "--json", "operations", op_id)
+    assert json.loads(out)["hpcBridge"] == {"status": "done", "requestId": "req-1", "nodes": ["htc-1", "htc-2"],
+                                            "message": "all nodes Ready"}
 
     # nodes: no slurm.conf -> cloud columns only, one warning line, exit 0
     rc, out, err = run(capsys, "--config", str(config), "nodes")
@@ -200,8 +217,11 @@ def test_install_hooks_print_write_check(capsys, config, tmp_path):
     assert "ResumeTimeout=" not in out and "SuspendTime=" not in out  # set per generated partition
     assert not hooks.exists()
 
-    rc, out, _ = run(capsys, *common, "--write")
+    rc, out, _ = run(capsys, *common, "--write", "--logrotate-dir", str(tmp_path / "logrotate.d"))
     assert rc == 0
+    log_dir = tomllib.loads(config.read_text())["paths"]["log_dir"]
+    assert f'"{log_dir}/*.log" {{' in (tmp_path / "logrotate.d" / "hpc-bridge").read_text()
+    assert (config.parent / "config.example.toml").read_text().startswith("# hpc-bridge configuration")
     for name in ("resume", "suspend", "resume-fail"):
         assert os.access(hooks / name, os.X_OK)
     assert (units / "hpc-bridge-repair.timer").exists() and (units / "hpc-bridge-repair.service").exists()

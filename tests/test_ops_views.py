@@ -371,7 +371,7 @@ def test_doctor_all_good():
 @pytest.mark.parametrize(
     "kw,name,result,fix_has",
     [
-        (dict(config_error="config file /c.toml: unknown key cluster.urll"), "config valid", "FAIL", "config.example"),
+        (dict(config_error="config file /c.toml: unknown key cluster.urll"), "config valid", "FAIL", "example-config"),
         (dict(password_error="password file /p is readable by group or others (mode 0644); run: chmod 600 /p"),
          "password file private", "FAIL", "chmod 600"),
         (dict(api_error=ApiUnreachable("GET /x: cluster API unreachable")), "API reachable", "FAIL", "[cluster] url"),
@@ -441,23 +441,29 @@ def test_doctor_short_resume_timeout_without_observations_warns_only():
 
 
 def test_sample_config_parses_as_is_and_uncommented():
-    text = (REPO / "scripts" / "config.example.toml").read_text()
+    text = (REPO / "templates" / "config.example.toml").read_text()
+    assert text == install.shipped_file("config.example.toml")  # what the package ships
     config_from_dict(tomllib.loads(text))
     uncommented = re.sub(r"(?m)^# (\[[a-z.]+\]|[a-z_]+ = .*)$", r"\1", text)
     cfg = config_from_dict(tomllib.loads(uncommented))
     assert cfg.partitions.nodearrays["hpc"].max_nodes == 100
     from hpc_bridge.config import Config, NodearrayConfig
 
-    for section in ("cluster", "paths", "slurm", "resume", "repair", "state"):
+    for section in ("cluster", "paths", "slurm", "resume", "suspend", "repair", "state"):
         for key in Config.model_fields[section].annotation.model_fields:
             assert re.search(rf"(?m)^(# )?{key} = ", text), f"[{section}] {key} missing from the sample config"
     for key in NodearrayConfig.model_fields:
         assert re.search(rf"(?m)^(# )?{key} = ", text), f"nodearray key {key} missing from the sample config"
 
 
-def test_logrotate_snippet():
-    text = (REPO / "scripts" / "logrotate" / "hpc-bridge").read_text()
-    assert "/var/log/hpc-bridge/*.log {" in text and "copytruncate" in text and text.rstrip().endswith("}")
+def test_logrotate_snippet_has_the_sites_paths_and_user():
+    cfg = cfg_of(paths={"log_dir": "/srv/hb log", "state_dir": "/srv/hb-state/"})
+    text = install.logrotate_text(cfg, "root")
+    assert '"/srv/hb log/*.log" {\n    su root root\n' in text and "copytruncate" in text
+    assert '"/srv/hb-state/state.history.jsonl" {' in text and text.rstrip().endswith("}")
+    assert "su nosuchuser nosuchuser" in install.logrotate_text(cfg, "nosuchuser")  # for another host
+    with pytest.raises(Exception, match="character"):
+        install.logrotate_text(cfg_of(paths={"log_dir": '/srv/"x'}), "root")
 
 
 def test_boot_times_come_from_the_history_file_too(tmp_path):
