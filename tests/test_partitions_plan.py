@@ -675,3 +675,15 @@ def test_node_set_change(new, known, site, previous, added, removed):
     change = node_set_change(new, known, site, previous)
     assert (change.added, change.removed) == (added, removed)
     assert bool(change) == bool(added or removed)
+
+
+def test_a_sites_own_gres_or_topology_conf_is_never_replaced(tmp_path):
+    files = render(plan_partitions(default_status(), make_cfg()))
+    (tmp_path / "gres.conf").write_text("NodeName=onprem-[1-2] Name=gpu File=/dev/nvidia[0-3]\n")
+    with pytest.raises(ConfigError, match="gres.conf was not written by hpc-bridge partitions"):
+        write_outputs(files, tmp_path)
+    assert not (tmp_path / "partitions.conf").exists()  # nothing written
+    (tmp_path / "gres.conf").unlink()
+    assert "gres.conf" in write_outputs(files, tmp_path)
+    files2 = dict(files, **{"topology.conf": files["topology.conf"] + "# changed\n"})
+    assert write_outputs(files2, tmp_path) == ["topology.conf"]  # ours: replaced, the old kept as .bak
