@@ -406,11 +406,12 @@ def find_timer(systemd_dirs=SYSTEMD_DIRS) -> tuple[str | None, bool]:
 
 
 def boot_times(operations) -> list[float]:
-    """Seconds from create/start to all nodes Ready, of the operations that got there."""
-    from hpc_bridge.state import DONE, RESUME_ACTIONS
+    """Seconds from create/start to all nodes Ready, of the operations seen getting there (not
+    those closed later by repair: its run time is not a boot time)."""
+    from hpc_bridge.state import RESUME_ACTIONS
 
-    return [op.finished - op.started for op in operations
-            if op.action in RESUME_ACTIONS and op.outcome == DONE and op.finished and op.finished > op.started]
+    return [op.ready - op.started for op in operations
+            if op.action in RESUME_ACTIONS and op.ready is not None and op.ready > op.started]
 
 
 def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | None = None,

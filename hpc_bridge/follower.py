@@ -143,6 +143,7 @@ def close_finished(state: State, ready: set[str], cloud: dict[str, Node], now: f
         if (op.action in RESUME_ACTIONS and op.nodes and not ready.isdisjoint(op.nodes)
                 and state.watch.keys().isdisjoint(op.nodes)
                 and all((c := cloud.get(n)) is not None and c.status == READY for n in op.nodes)):
+            op.ready = now
             op.close(DONE, now, "all nodes Ready")
             closed += 1
     return closed

@@ -61,6 +61,7 @@ class Operation:
     finished: float | None = None
     request: dict[str, Any] | None = None  # the body sent, so a killed call can be re-sent as is
     answered: float | None = None  # when the API accepted it: its nodes exist from then on
+    ready: float | None = None  # create/start: when all its nodes were seen Ready (the boot time's end)
 
     @property
     def open(self) -> bool:
@@ -307,7 +308,8 @@ def _well_typed(op: Operation) -> bool:
     number = (int, float)
     return (isinstance(op.request_id, str) and isinstance(op.action, str) and isinstance(op.nodes, list)
             and isinstance(op.started, number) and isinstance(op.deadline, number)
-            and (op.finished is None or isinstance(op.finished, number)))
+            and (op.finished is None or isinstance(op.finished, number))
+            and (op.ready is None or isinstance(op.ready, number)))
 
 
 def _known(cls, item: dict[str, Any]) -> dict[str, Any]:

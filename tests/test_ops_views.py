@@ -472,8 +472,12 @@ def test_boot_times_come_from_the_history_file_too(tmp_path):
 
     store = StateStore(tmp_path / "state.json", keep_closed=60.0)
     with store.transaction(now=0.0) as state:
-        state.begin("create", ["a-1"], "booted", now=0.0, deadline=1.0).close(DONE, 400.0, "all nodes Ready")
+        booted = state.begin("create", ["a-1"], "booted", now=0.0, deadline=1.0)
+        booted.ready = 400.0
+        booted.close(DONE, 400.0, "all nodes Ready")
         state.begin("create", ["a-2"], "refused", now=0.0, deadline=1.0).close(FAILED, 5.0)
+        # Ready after 10 s, but closed by repair's next run: no boot time at all, not 198 s
+        state.begin("create", ["a-3"], "resolved", now=0.0, deadline=1.0).close(DONE, 198.0, "resolved by repair")
     with store.transaction(now=1000.0):
         pass
     assert store.read().operations == {}
