@@ -599,6 +599,13 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     if report.actions and not report.busy:
         print(format_plan(report.actions))
+    if args.dry_run and report.waiting:
+        import time
+
+        print("waiting out the grace ([repair] grace):")
+        for w in report.waiting:
+            print(f"  {w.node}: {w.action} from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(w.at))} "
+                  f"if still so ({w.reason})")
     print(report.summary())
     for kind, err in sorted(report.errors.items()):
         print(f"  {kind}: {err}", file=sys.stderr)

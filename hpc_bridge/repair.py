@@ -156,6 +156,20 @@ class _Ctx:
     cooling_keys: set[str]  # bucket keys in an active cool-off (state file or GET status)
     held: set[str]  # names an active cool-off took out of service
     expired_nodes: dict[str, str]  # name -> key of an expired cool-off that took it out of service
+    waiting: list["GraceWait"] = field(default_factory=list)  # what the grace holds back this run
+
+
+@dataclass(frozen=True)
+class GraceWait:
+    """An action the grace holds back: repair takes it from `at` on if nothing changes."""
+
+    node: str
+    action: str
+    reason: str
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "action": self.action, "reason": self.reason, "at": self.at}
 
 
 def plan_repair(
@@ -168,8 +182,10 @@ def plan_repair(
     *,
     buckets: Mapping[str, Any] | None = None,
     live_pids: Iterable[int] = (),
+    waiting: list[GraceWait] | None = None,
 ) -> list[RepairAction]:
-    """Decide what to repair. Pure: no I/O, same inputs give the same actions.
+    """Decide what to repair. Pure: no I/O, same inputs give the same actions. `waiting`, when
+    given, gets what the grace holds back this time (and from when it would be done).
 
     slurm_nodes: name -> SlurmNode (hpc_bridge.slurm); cloud_nodes: name -> Node (or the list
     from GET nodes); buckets: "nodearray/machineType" -> Bucket from GET status (for capacity
@@ -207,6 +223,8 @@ def plan_repair(
     for name in sorted(entries.keys() | cloud.keys()):
         entry = entries[name] if name in entries else nodemap.get(name)
         actions.extend(_plan_node(name, slurm_nodes.get(name), cloud.get(name), entry, ctx))
+    if waiting is not None:
+        waiting.extend(ctx.waiting)
     return actions
 
 
@@ -277,17 +295,20 @@ def _stoppable(s) -> bool:
     return "POWERED_DOWN" in flags or bool(flags & POWERING_DOWN_FLAGS)
 
 
-def _recent(name: str, node: Node | None, ctx: _Ctx) -> bool:
+def _recent(name: str, node: Node | None, ctx: _Ctx, action: str, reason: str) -> bool:
     """Something happened to this node within the grace period (an operation of ours started,
-    or the cloud node changed status)."""
+    or the cloud node changed status): then the `action` it would get waits, noted in ctx."""
+    ends = []
     op = ctx.latest.get(name)
     if op is not None and ctx.now - op.started < ctx.grace:
-        return True
+        ends.append(op.started + ctx.grace)
     if node is not None:
         age = cloud_age(node, ctx.now)
         if age is not None and age < ctx.grace:
-            return True
-    return False
+            ends.append(ctx.now - age + ctx.grace)
+    if ends:
+        ctx.waiting.append(GraceWait(name, action, reason, max(ends)))
+    return bool(ends)
 
 
 def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAction]:
@@ -308,7 +329,7 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
         if not array or not cfg.partitions.is_managed(array):
             return [act(REPORT, f"cloud node in unmanaged nodearray {array or '?'} that Slurm does not know; "
                                 "left alone", "6")]
-        if _recent(name, live, ctx):
+        if _recent(name, live, ctx, TERMINATE, f"cloud node in managed nodearray {array} that Slurm does not know"):
             return []
         if not live.node_id:
             return [act(REPORT, "cloud node unknown to Slurm has no NodeId; cannot terminate it", "6")]
@@ -352,7 +373,9 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
     # ---- Slurm has it powered down (idle~ / down~)
     if powered_down and not powering_up:
         if status in RUNNING:
-            if allocated or op is not None or name in ctx.suspending or _recent(name, live, ctx):
+            if allocated or op is not None or name in ctx.suspending:
+                return []
+            if _recent(name, live, ctx, TERMINATE, f"cloud node {status} while Slurm has it powered down (leaked VM)"):
                 return []
             if not live.node_id:
                 return [act(REPORT, "leaked cloud node has no NodeId; cannot terminate it", "1")]
@@ -427,6 +450,7 @@ class RepairReport:
     busy: bool = False  # another repair holds the lock: nothing done
     errors: dict[str, str] = field(default_factory=dict)  # kind -> error
     resolved: dict[str, str] = field(default_factory=dict)  # request id -> outcome
+    waiting: list[GraceWait] = field(default_factory=list)  # held back by the grace, for now
     api_calls: int = 0
     scontrol_calls: int = 0
 
@@ -453,6 +477,7 @@ class RepairReport:
     def to_json(self) -> dict[str, Any]:
         return {"dryRun": self.dry_run, "busy": self.busy, "ok": self.ok,
                 "actions": [a.to_json() for a in self.actions], "errors": self.errors, "resolved": self.resolved,
+                "waiting": [w.to_json() for w in self.waiting],
                 "apiCalls": self.api_calls, "scontrolCalls": self.scontrol_calls}
 
 
@@ -504,7 +529,8 @@ def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_r
         slurm_nodes, cloud, buckets, state = gather(cfg, client=client, slurm=slurm, store=store)
         t = now()
         pids = {op.pid for op in state.open_operations() if op.outcome == PENDING and is_alive(op.pid)}
-        report.actions = plan_repair(slurm_nodes, cloud, state, nodemap, cfg, t, buckets=buckets, live_pids=pids)
+        report.actions = plan_repair(slurm_nodes, cloud, state, nodemap, cfg, t, buckets=buckets, live_pids=pids,
+                                     waiting=report.waiting)
         for a in report.actions:
             log.info("%s%s %s [%s | %s]: %s", "would " if dry_run else "", a.kind, a.node, a.slurm_state,
                      a.cloud_state, a.reason)

@@ -545,3 +545,27 @@ def test_property_idempotent(world):
 @given(worlds())
 def test_property_pure_and_deterministic(world):
     assert run_plan(world) == run_plan(world)
+
+
+def test_what_the_grace_holds_back_is_listed_with_when_it_would_act():
+    """repair --dry-run says what waits out the grace and from when it would act; the plan
+    itself is unchanged (nothing to do yet)."""
+    from hpc_bridge.repair import plan_repair
+
+    leaked = cnode("hpc-1", "Ready", age=GRACE / 4)
+    ghost = cnode("ghost-1", "Ready", age=10_000, template="htc")
+    recent = op("r", "shutdown", ["ghost-1"], outcome=DONE, started=NOW - GRACE / 2, deadline=NOW - 1)
+    state = State(operations={recent.request_id: recent})
+    waiting = []
+    acts = plan_repair({"hpc-1": snode("hpc-1", *PD[0])}, {c.name: c for c in (leaked, ghost)}, state, NODEMAP, CFG,
+                       NOW, waiting=waiting)
+    assert acts == []
+    got = {w.node: w for w in waiting}
+    assert got["hpc-1"].action == TERMINATE and "leaked VM" in got["hpc-1"].reason
+    assert got["hpc-1"].at == pytest.approx(NOW + GRACE * 3 / 4, abs=1)
+    assert got["ghost-1"].at == pytest.approx(NOW + GRACE / 2) and "does not know" in got["ghost-1"].reason
+    # past it, the same inputs give the actions and nothing waits
+    waiting = []
+    later = plan_repair({"hpc-1": snode("hpc-1", *PD[0])}, {c.name: c for c in (leaked, ghost)}, state, NODEMAP,
+                        CFG, NOW + GRACE, waiting=waiting)
+    assert kinds(later) == [TERMINATE, TERMINATE] and waiting == []
