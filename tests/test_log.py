@@ -47,8 +47,10 @@ def test_a_node_is_found_inside_hostlists(line, hit):
     assert mentions(line, {"htc-f2sv2-7"}) is hit
 
 
-def test_logs_command_merges_the_commands_logs_in_time_order(tmp_path, capsys):
-    from hpc_bridge.cli import main
+def test_logs_command_merges_the_commands_logs_in_time_order(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
 
     logs = tmp_path / "log"
     logs.mkdir()
@@ -60,7 +62,9 @@ def test_logs_command_merges_the_commands_logs_in_time_order(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text('[cluster]\nurl = "http://127.0.0.1:1"\nname = "c"\nusername = "u"\n'
                       f'[paths]\nlog_dir = "{logs}"\nstate_dir = "{tmp_path / "state"}"\n')
-    assert main(["--config", str(config), "logs", "htc-2"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(config), "logs", "htc-2"],
+                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
     assert [line.split(" ", 1)[0] for line in out] == ["suspend:", "resume:", "suspend:"]
     assert "09:00:00" in out[0] and "htc-[1-3]" in out[1] and "htc-[2,4]" in out[2]
