@@ -214,6 +214,8 @@ def test_conditional_and_optional_bucket_fields_accept_null_and_absence():
     status = {"maxCoreCount": 16, "maxCount": 4, "nodes": None, "state": None,
               "nodearrays": [dict(NODEARRAY, buckets=[nulls])]}
     assert m.ClusterStatus.model_validate(status).nodearrays[0].buckets[0].valid
+    # a null for a nullable field stays null: a bucket of unknown validity is not taken as valid
+    assert m.Bucket.model_validate(dict(BUCKET, valid=None)).valid is None
 
 
 def test_documented_required_fields_stay_required():

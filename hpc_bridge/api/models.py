@@ -21,7 +21,7 @@ import json
 import logging
 from datetime import datetime, timezone
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
@@ -53,9 +53,12 @@ class WireModel(BaseModel):
 
 @cache
 def _defaulted_aliases(model: type[BaseModel]) -> frozenset[str]:
+    """Wire names of the fields a null reads as the default of: those with a default that are
+    not themselves nullable (a nullable one takes null as None)."""
     out: set[str] = set()
     for name, f in model.model_fields.items():
-        if not f.is_required() and (f.default is not None or f.default_factory is not None):
+        nullable = type(None) in get_args(f.annotation)
+        if not f.is_required() and not nullable and (f.default is not None or f.default_factory is not None):
             out.update({name, f.alias or name})
     return frozenset(out)
 
@@ -285,7 +288,7 @@ class Bucket(WireModel):
     bucket_id: str
     definition: BucketDefinition | None = None
     virtual_machine: VirtualMachine
-    valid: bool = True
+    valid: bool | None = True  # absent: valid; null: unknown, so not used for new nodes
     invalid_reason: str | None = None  # documented: present when valid is false
     active_count: int = 0
     active_core_count: int = 0
