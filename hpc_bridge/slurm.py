@@ -330,7 +330,9 @@ class Slurm:
     # -- running -------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # Slurm's environment, not ours: the password may be in $HPC_BRIDGE_PASSWORD, and no
+        # Slurm command needs it (nor any other HPC_BRIDGE_ variable).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HPC_BRIDGE_")}
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
         elif not env.get("SLURM_CONF") and not os.path.isfile(DEFAULT_SLURM_CONF):

@@ -36,6 +36,7 @@ from hpc_bridge.nodeops import (
     hold_reason,
     index_by_name,
     mark_down,
+    record,
     record_and_send,
     take_out_of_service,
 )
@@ -144,9 +145,12 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
     try:
         cloud = index_by_name(client.get_nodes().nodes)
     except ApiError as err:
-        # Record the intent (PENDING, not sent) so that repair finishes it.
-        action = "terminate" if failing else "shutdown"
-        record_and_send(store, _Offline(err), [Call(action, names, {"names": names}, deadline)], now)
+        # Record the intent, not sent, PENDING whatever the error was, so that repair sends it
+        # (a call closed FAILED here would never be sent, and the VMs would run on).
+        call = Call("terminate" if failing else "shutdown", names, {"names": names}, deadline)
+        with store.transaction() as state:
+            record(state, [call], now())
+            state.operations[call.request_id].message = f"not sent: {err}"
         if failing:
             mark_down(slurm, {n: "resume failed; cluster API unreachable, VM cleanup left to repair" for n in names})
         report.failed = {n: str(err) for n in names}
@@ -194,20 +198,6 @@ def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
         return
     log.info("%s: suspended while a create/start is in flight; the resume hook will stop them",
              node_names(racing))
-
-
-class _Offline:
-    """Stands in for the client when the API is already known to be unreachable: recording
-    the call PENDING without trying again (repair re-sends it)."""
-
-    def __init__(self, err: ApiError):
-        self.err = err
-
-    def create_nodes(self, *a, **k):
-        raise self.err
-
-    def manage_nodes(self, *a, **k):
-        raise self.err
 
 
 # --------------------------------------------------------------------------- resume-fail

@@ -354,3 +354,106 @@ def test_unknown_names_cost_no_scontrol_call_and_no_state(env):
     state = env.state()
     assert not any(n.startswith("stale-") or n == "htc-f2sv2-100" for n in state.get("down_reasons", {}))
     assert len((env.state_dir / "state.json").read_bytes()) < before + 4096
+
+
+# --------------------------------------------------------------------------- the smaller ones
+
+
+def _with_slurm_key(env: BridgeEnv, tmp_path: Path, line: str, **replace: str) -> Path:
+    text = env.config_path.read_text().replace("[slurm]\n", f"[slurm]\n{line}\n", 1)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    cfg = tmp_path / "slurmkey.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def test_slurm_commands_do_not_inherit_the_password(env, tmp_path):
+    """$HPC_BRIDGE_PASSWORD is ours: the scontrol processes a hook runs do not get it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    real = Path(env.cluster.bin_dir)
+    for tool in real.iterdir():
+        if tool.name.startswith("s") and tool.name != "scontrol":
+            (bin_dir / tool.name).symlink_to(tool)
+    # the real scontrol, run by a wrapper that first keeps a copy of its environment
+    wrapper = bin_dir / "scontrol"
+    wrapper.write_text(f'#!/bin/sh\nenv > {seen}/env-$$\nexec {real}/scontrol "$@"\n')
+    wrapper.chmod(0o755)
+    cfg = _with_slurm_key(env, tmp_path, f'bin_dir = "{bin_dir}"')
+    run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "suspend", "htc-f2sv2-8"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**env.cli_env(), "HPC_BRIDGE_PASSWORD": env.sim.password})
+    assert run.returncode == 0, run.stderr
+    environments = [p.read_text() for p in seen.iterdir()]
+    assert environments, "no scontrol call was made"
+    assert not any(env.sim.password in e or "HPC_BRIDGE_PASSWORD" in e for e in environments)
+    assert all("SLURM_CONF=" in e for e in environments)
+
+
+def test_a_suspend_whose_read_failed_is_left_pending_for_repair(env, tmp_path):
+    from scripted_http import Reply, ScriptedServer
+
+    name = "htc-f2sv2-8"
+    with ScriptedServer(lambda seen: Reply(500, "down for maintenance")) as srv:
+        cfg = _config_with(env, tmp_path, "", srv.url)
+        cfg.write_text(cfg.read_text().replace("retries = 3\nretry_budget = 10.0", "retries = 0\nretry_budget = 10.0"))
+        run = env.cli("--config", str(cfg), "suspend", name)
+    assert run.rc == 1, run.stderr
+    ops = [op for op in env.state()["operations"] if op["nodes"] == [name] and op["action"] == "shutdown"]
+    assert ops and ops[-1]["outcome"] == "pending", ops
+    request_id = ops[-1]["request_id"]
+    assert env.cli("repair").rc == 0  # repair sends it, now that the API answers
+    after = {op["request_id"]: op for op in env.state()["operations"]}
+    assert request_id not in after or after[request_id]["outcome"] != "pending", after.get(request_id)
+
+
+@pytest.mark.parametrize("what", ["config-dev-zero", "config-fifo", "password-fifo", "huge-timeout"])
+def test_special_files_and_huge_numbers_are_one_line_config_errors(env, tmp_path, what):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "c.toml"
+    text = env.config_path.read_text()
+    if what == "config-dev-zero":
+        cfg = Path("/dev/zero")
+    elif what == "config-fifo":
+        cfg = fifo
+    elif what == "password-fifo":
+        cfg.write_text(text.replace(f'password_file = "{env.root / "password"}"', f'password_file = "{fifo}"'))
+        fifo.chmod(0o600)
+    else:
+        cfg.write_text(text.replace("timeout = 5.0", "timeout = 1e308"))
+    run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "status"],
+                         capture_output=True, text=True, timeout=60, env=env.cli_env())
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert "internal error" not in run.stderr
+    word = {"config-dev-zero": "not a regular file", "config-fifo": "not a regular file",
+            "password-fifo": "not a regular file", "huge-timeout": "cluster.timeout"}[what]
+    assert word in lines[0], lines[0]
+
+
+def test_a_fifo_as_state_file_is_moved_aside_not_waited_on(env, tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    os.mkfifo(state_dir / "state.json")
+    cfg = tmp_path / "fifo-state.toml"
+    cfg.write_text(env.config_path.read_text().replace(f'state_dir = "{env.state_dir}"', f'state_dir = "{state_dir}"'))
+    run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "resume", "htc-f2sv2-8"],
+                         capture_output=True, text=True, timeout=60, env=env.cli_env())
+    env.cli("--config", str(cfg), "suspend", "htc-f2sv2-8")
+    assert run.returncode == 0, run.stderr
+    assert (state_dir / "state.json").is_file()
+    assert [p for p in state_dir.iterdir() if p.name.startswith("state.json.corrupt-")]
+
+
+def test_an_unwritable_log_directory_is_said_not_silent(env, tmp_path):
+    not_a_dir = tmp_path / "log"
+    not_a_dir.write_text("")
+    cfg = tmp_path / "nolog.toml"
+    cfg.write_text(env.config_path.read_text().replace(f'log_dir = "{env.log_dir}"', f'log_dir = "{not_a_dir}"'))
+    run = env.cli("--config", str(cfg), "status")
+    assert run.rc == 0
+    assert f"warning: cannot write log file {not_a_dir}/status.log" in run.stderr, run.stderr
