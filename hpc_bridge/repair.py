@@ -269,6 +269,10 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
                 and ctx.latest.get(n) is op for n in op.nodes
             ):
                 out.append(act(RESEND, f"{why}; Slurm still waits for its nodes: re-sent with the same requestId"))
+            elif all((s := slurm_nodes.get(n)) is not None and _stoppable(s) for n in op.nodes):
+                # Slurm gave the nodes up (ResumeTimeout, or suspended them): nothing waits for
+                # this call any more, and an open record would keep its VMs running to its deadline.
+                out.append(act(CLOSE, f"{why}; Slurm powered its nodes down: closed (their VMs are handled on their own)"))
             # else: leave it open until its deadline (its nodes count as in flight until then)
             continue
         # shutdown / deallocate / terminate / remove: finish it only while Slurm does not use the nodes

@@ -457,3 +457,33 @@ def test_an_unwritable_log_directory_is_said_not_silent(env, tmp_path):
     run = env.cli("--config", str(cfg), "status")
     assert run.rc == 0
     assert f"warning: cannot write log file {not_a_dir}/status.log" in run.stderr, run.stderr
+
+
+def test_a_dead_hooks_create_is_closed_once_slurm_powered_its_node_down(env, tmp_path):
+    """A resume killed after recording its create: once Slurm has given the node up (powered
+    down), repair closes the record and stops the VM, instead of keeping it to the deadline."""
+    import time
+
+    from hpc_bridge.api.client import ClusterClient
+    from hpc_bridge.state import StateStore
+
+    name = "htc-f4sv2-1"
+    request = {"sets": [{"count": 1, "nodearray": "htc", "nameFormat": name,
+                         "definition": {"machineType": "Standard_F4s_v2"}}]}
+    with ClusterClient(env.sim.url, env.sim.cluster_name, env.sim.username, env.sim.password) as c:
+        c.create_nodes(request["sets"])  # the create went out; then its hook was killed
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    now = time.time()
+    with StateStore(env.state_dir / "state.json").transaction() as state:
+        op = state.begin("create", [name], "killed-hook-create", now - 600, now + 1800, request=request)
+        op.pid = dead.pid
+    assert "POWERED_DOWN" in env.cluster.nodes()[name].state_flags
+    cfg = _config_with(env, tmp_path, "[repair]\ngrace = 0\n")
+    for _ in range(2):
+        run = env.cli("--config", str(cfg), "repair")
+        assert run.rc == 0, run.stderr
+    ops = {o["request_id"]: o for o in env.state()["operations"]}
+    assert "killed-hook-create" not in ops or ops["killed-hook-create"]["outcome"] not in ("pending", "accepted")
+    status = env.cloud_nodes().get(name, {}).get("Status")
+    assert status in (None, "Terminating", "Terminated", "Stopping", "Off", "Deallocating", "Deallocated"), status

@@ -569,3 +569,11 @@ def test_what_the_grace_holds_back_is_listed_with_when_it_would_act():
     later = plan_repair({"hpc-1": snode("hpc-1", *PD[0])}, {c.name: c for c in (leaked, ghost)}, state, NODEMAP,
                         CFG, NOW + GRACE, waiting=waiting)
     assert kinds(later) == [TERMINATE, TERMINATE] and waiting == []
+
+
+@pytest.mark.parametrize("flags", PD)
+def test_killed_create_is_closed_once_slurm_powered_all_its_nodes_down(flags):
+    """Nothing waits for it any more: left open, it would keep its VMs running to its deadline."""
+    ops = [op("r", "create", ["hpc-1", "hpc-2"], outcome=PENDING, request=create_request("hpc-1", "hpc-2"))]
+    acts = plan([snode("hpc-1", *flags), snode("hpc-2", *flags)], [], ops)
+    assert [(a.kind, a.request_id) for a in acts] == [(CLOSE, "r")]
