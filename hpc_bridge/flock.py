@@ -2,15 +2,16 @@
 
 filelock polls (try, sleep 50 ms, try again): under contention a process that just released
 the lock takes it again before the sleepers wake, and some waiters starve (p99 of 8-11 s with
-32 processes). Here every waiter blocks in the kernel (`flock(LOCK_EX)`), woken when the lock
-is free, and two locks make the order fair: a waiter first takes the *gate*, then the lock,
-and lets go of the gate once it holds the lock. The holder of the gate is the next in line, so
-a process that just released the lock cannot take it again ahead of it: it queues at the gate
-behind the others.
+32 processes). Here every waiter blocks in the kernel (`flock(LOCK_EX)`), and waiters go in the
+order they came: each takes a ticket (a counter in `PATH.tail`, under its own short lock), holds
+its own queue file `PATH.q<ticket>` locked, and waits for the queue file of the ticket before
+it (its predecessor lets go of it when done, or dies, which lets go too); then it takes the lock
+itself. The lock on PATH is what excludes; the queue only orders. Whoever got past a queue file
+removes it, so one is left at rest.
 
-The wait is bounded with a real-time timer (SIGALRM interrupts the blocked call) in the main
+Waits are bounded with a real-time timer (SIGALRM interrupts the blocked call) in the main
 thread; another thread, where signals cannot reach, polls instead. A process that dies holding
-either lock releases it with its file descriptors: nothing to clean up.
+any of these locks releases them with its file descriptors: nothing to clean up.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class LockTimeout(Exception):
     """The lock was not free within the timeout."""
 
 
+_DONE = b"done"  # written into a queue file by a waiter that had the lock, as it lets go
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -48,28 +50,74 @@ def _open(path: str, mode: int) -> int:
 
 @contextlib.contextmanager
 def exclusive(path: str, timeout: float, mode: int = 0o600) -> Iterator[float]:
-    """Hold an exclusive lock on `path` (and its gate `path + ".gate"`) for the block; yields the
-    seconds waited. LockTimeout after `timeout` seconds; OSError when the files cannot be used."""
+    """Hold an exclusive lock on `path` for the block, taken in turn; yields the seconds waited.
+    LockTimeout after `timeout` seconds; OSError when the files cannot be used."""
     t0 = time.monotonic()
     deadline = t0 + timeout
-    gate = _open(path + ".gate", mode)
+    lock = _open(path, mode)
+    mine = -1
+    held = False
     try:
-        lock = _open(path, mode)
-    except BaseException:
-        os.close(gate)
-        raise
-    try:
-        _acquire(gate, deadline)
-        try:
-            _acquire(lock, deadline)
-        finally:
-            os.close(gate)  # releases the gate: the next in line may now wait for the lock
-            gate = -1
+        mine, ahead = _join_queue(path, mode, deadline)
+        _wait_behind(path, ahead, deadline)
+        _acquire(lock, deadline)
+        held = True
         yield time.monotonic() - t0
     finally:
-        if gate >= 0:
-            os.close(gate)
         os.close(lock)  # releases the lock, if held
+        if mine >= 0:
+            if held:  # the next in line need not look further back
+                with contextlib.suppress(OSError):
+                    os.pwrite(mine, _DONE, 0)
+            os.close(mine)  # the next in line may go
+
+
+def _join_queue(path: str, mode: int, deadline: float) -> tuple[int, int]:
+    """Take a ticket: (our queue file, locked; the ticket ahead of us, 0 if none)."""
+    tail = _open(path + ".tail", mode)
+    try:
+        _acquire(tail, deadline)
+        try:
+            last = int(os.pread(tail, 32, 0).decode("ascii").strip() or 0)
+        except (ValueError, UnicodeDecodeError):
+            last = 0  # a damaged counter: start again (the lock itself still excludes)
+        ticket = last + 1
+        while True:
+            mine = _open(f"{path}.q{ticket}", mode)
+            try:
+                fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # held after a damaged counter: the next number
+                os.close(mine)
+                ticket += 1
+        data = str(ticket).encode()
+        os.pwrite(tail, data, 0)
+        os.ftruncate(tail, len(data))
+        return mine, last
+    finally:
+        os.close(tail)
+
+
+def _wait_behind(path: str, ticket: int, deadline: float) -> None:
+    """Wait until the one ahead of us let go of its queue file. One that let go without having
+    had the lock (it died or gave up while in line) does not say those ahead of it are done:
+    then wait behind the one before it too."""
+    while ticket > 0:
+        ahead = f"{path}.q{ticket}"
+        try:
+            fd = os.open(ahead, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # whoever was behind it saw it done and removed it
+        try:
+            _acquire(fd, deadline)
+            done = os.pread(fd, len(_DONE), 0) == _DONE
+            with contextlib.suppress(OSError):
+                os.unlink(ahead)
+        finally:
+            os.close(fd)
+        if done:
+            return
+        ticket -= 1
 
 
 def _acquire(fd: int, deadline: float) -> None:

@@ -302,9 +302,7 @@ def _take_and_record(lock_path: str, out: str, tag: str) -> None:
 
 def test_lock_is_handed_to_the_waiter_not_taken_again_by_its_releaser(tmp_path):
     # the unfair pattern of a polling lock: a process releasing and at once re-taking the lock
-    # while another waits. Here the waiter (holding the gate, i.e. first in line) goes first.
-    import fcntl
-
+    # while another waits. Here the waiter (in the queue first) goes first.
     from hpc_bridge import flock
 
     lock_path, out = str(tmp_path / "x.lock"), str(tmp_path / "order")
@@ -312,26 +310,52 @@ def test_lock_is_handed_to_the_waiter_not_taken_again_by_its_releaser(tmp_path):
     with flock.exclusive(lock_path, 5):
         waiter = ctx.Process(target=_take_and_record, args=(lock_path, out, "waiter"))
         waiter.start()
-        # wait until the waiter is in line: it holds the gate while it waits for the lock
-        gate = os.open(lock_path + ".gate", os.O_RDWR)
-        try:
-            for _ in range(6000):
-                try:
-                    fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(gate, fcntl.LOCK_UN)
-                    time.sleep(0.01)
-                except BlockingIOError:
-                    break
-            else:
-                raise AssertionError("the waiter never queued")
-        finally:
-            os.close(gate)
+        for _ in range(6000):  # until the waiter took its ticket, behind ours
+            if open(lock_path + ".tail").read() == "2":
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the waiter never queued")
     with flock.exclusive(lock_path, 60):  # released above, asked for again at once
         with open(out, "a") as fh:
             fh.write("releaser\n")
     waiter.join(60)
     assert waiter.exitcode == 0
     assert open(out).read().split() == ["waiter", "releaser"]
+
+
+def _queue_and_record(lock_path: str, out: str, tag: str, hold: float) -> None:
+    from hpc_bridge import flock
+
+    with flock.exclusive(lock_path, 60):
+        with open(out, "a") as fh:
+            fh.write(tag + "\n")
+        time.sleep(hold)
+
+
+def test_waiters_take_the_lock_in_the_order_they_came_and_one_dead_in_line_is_skipped(tmp_path):
+    from hpc_bridge import flock
+
+    lock_path, out = str(tmp_path / "x.lock"), str(tmp_path / "order")
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    with flock.exclusive(lock_path, 5):
+        for i in range(5):
+            p = ctx.Process(target=_queue_and_record, args=(lock_path, out, f"w{i}", 0.0))
+            p.start()
+            procs.append(p)
+            for _ in range(6000):  # each in line before the next starts
+                if open(lock_path + ".tail").read() == str(i + 2):
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError(f"w{i} never queued")
+        procs[2].kill()  # dies waiting: the one behind it must not wait for it forever
+        procs[2].join(30)
+    for p in procs:
+        p.join(60)
+    assert open(out).read().split() == ["w0", "w1", "w3", "w4"]
+    assert len([p for p in os.listdir(tmp_path) if ".q" in p]) <= 2  # queue files are removed behind
 
 
 def test_lock_wait_is_bounded_outside_the_main_thread_too(tmp_path):
