@@ -487,3 +487,15 @@ def test_a_dead_hooks_create_is_closed_once_slurm_powered_its_node_down(env, tmp
     assert "killed-hook-create" not in ops or ops["killed-hook-create"]["outcome"] not in ("pending", "accepted")
     status = env.cloud_nodes().get(name, {}).get("Status")
     assert status in (None, "Terminating", "Terminated", "Stopping", "Off", "Deallocating", "Deallocated"), status
+
+
+def test_a_url_with_a_password_is_refused_before_anything_is_sent(env, tmp_path):
+    url = env.sim.url.replace("http://", f"http://{env.sim.username}:{env.sim.password}@")
+    cfg = _config_with(env, tmp_path, "", url)
+    before = env.sim.stats()["requests"]
+    for args in (["status"], ["suspend", "htc-f2sv2-8"], ["repair"]):
+        run = env.cli("--config", str(cfg), *args)
+        assert run.rc == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert "user name or password" in run.stderr and env.sim.password not in run.stderr + run.stdout
+    assert env.sim.stats()["requests"] == before
+    assert env.sim.password not in json.dumps(env.state())
