@@ -62,11 +62,30 @@ class OneLineFormatter(logging.Formatter):
 
 class _OwnedFileHandler(logging.handlers.WatchedFileHandler):
     """WatchedFileHandler whose file (first open and reopen after rotation) is opened by
-    `open_owned`: no link followed, no file of another owner written."""
+    `open_owned`: no link followed, no file of another owner written. A file that cannot be
+    reopened (a link planted after rotation) ends this handler with one line on stderr; it
+    never makes the logging call, and with it the command, fail."""
+
+    _given_up = False
 
     def _open(self):
         fd = open_owned(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors="backslashreplace")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._given_up:
+            return
+        try:
+            self.reopenIfNeeded()
+            if self.stream is None:
+                self.stream = self._open()
+        except OSError as err:
+            self._given_up = True
+            self.stream = None
+            sys.stderr.write(escape_controls(f"hpc-bridge: cannot write log file {self.baseFilename}: "
+                                             f"{err.strerror or err}") + "\n")
+            return
+        logging.StreamHandler.emit(self, record)
 
 
 def ensure_private_dir(path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -68,3 +69,26 @@ def test_logs_command_merges_the_commands_logs_in_time_order(tmp_path):
     out = run.stdout.splitlines()
     assert [line.split(" ", 1)[0] for line in out] == ["suspend:", "resume:", "suspend:"]
     assert "09:00:00" in out[0] and "htc-[1-3]" in out[1] and "htc-[2,4]" in out[2]
+
+
+def test_a_link_planted_after_rotation_is_not_followed_and_does_not_fail_the_caller(tmp_path, capsys):
+    import logging
+
+    from hpc_bridge.log import setup_logging
+
+    log_dir = tmp_path / "log"
+    path, problem = setup_logging("rotated", str(log_dir))
+    assert problem is None
+    logger = logging.getLogger("hpc_bridge.test")
+    logger.info("before rotation")
+    os.rename(path, path + ".1")  # logrotate
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, path)  # planted before the next write reopens the file
+    logger.info("after rotation\nforged line")  # must not raise
+    logger.info("and again")
+    assert victim.read_text() == "precious\n"
+    assert "cannot write log file" in capsys.readouterr().err
+    with open(path + ".1") as fh:
+        assert fh.read().count("\n") == 1
+    setup_logging("rotated", None)
