@@ -531,7 +531,8 @@ def plan_partitions(status: ClusterStatus, cfg: Config, site_nodes: Iterable[str
         sw = f"{host_prefix(array)}-switch"
         plan.switches.append(Switch(sw, switches=",".join(leaves)))
         array_switches.append(sw)
-    site = site_leaf(site_nodes, set(plan.names()))
+    site_nodes = list(site_nodes)
+    site = site_leaf(site_nodes, set(plan.names())) if site_nodes else None
     if site is not None:
         plan.switches.append(site)
         array_switches.append(site.name)
@@ -757,9 +758,9 @@ class NodeSetChange:
     def describe(self) -> str:
         parts = []
         if self.added:
-            parts.append(f"{len(self.added)} added ({hostlist.compress(self.added)})")
+            parts.append(f"{len(self.added)} added ({hostlist.compress_sorted(self.added)})")
         if self.removed:
-            parts.append(f"{len(self.removed)} removed ({hostlist.compress(self.removed)})")
+            parts.append(f"{len(self.removed)} removed ({hostlist.compress_sorted(self.removed)})")
         return ", ".join(parts)
 
 
@@ -816,8 +817,8 @@ def run_partitions(
 
             slurm = Slurm.from_config(cfg)
         change = node_set_change(plan.names(), slurm.show_nodes(), site, previous)
-    else:
-        change = node_set_change(plan.names(), previous)
+    else:  # a first run changes no running node set worth a note
+        change = node_set_change(plan.names(), previous) if previous else NodeSetChange()
     if change and reconfigure and not restart:
         log.warning("node names change (%s): slurmctld must be restarted, not reconfigured; nothing written",
                     change.describe())

@@ -275,6 +275,8 @@ def test_cli_against_simulator_then_slurmctld(slurm_cluster_factory, tmp_path):
         assert p.returncode == 1 and "partitions.conf" in p.stdout
         p = _cli(config, "--output-dir", str(out))
         assert p.returncode == 0, p.stderr
+        # new names: scontrol reconfigure cannot take them (22.05 exits), and it says so
+        assert "node names change: 4 added (htc-f2sv2-[9-12]): restart slurmctld" in p.stdout, p.stdout
     assert "NodeName=htc-f2sv2-[1-12]" in (out / "partitions.conf").read_text()
     assert "NodeName=htc-f2sv2-[1-8]" in (out / "partitions.conf.bak").read_text()
     assert load_nodemap(out)["htc-f2sv2-12"].machine_type == "Standard_F2s_v2"
