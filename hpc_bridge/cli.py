@@ -114,19 +114,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from hpc_bridge.status import status_rows
     from hpc_bridge.table import format_table
 
+    import time
+
+    from hpc_bridge.state import StateStore
+
     cfg = load_config_for(args)
     with client_for(cfg) as client:
         status = client.get_status()
-    rows = status_rows(status)
+    try:
+        cooloffs = StateStore.from_config(cfg).read().cooloffs
+    except BridgeError as err:  # the API's view is still worth showing
+        print(f"warning: {err}", file=sys.stderr)
+        cooloffs = {}
+    rows = status_rows(status, cooloffs, time.time())
     if wants_json(args):
         emit_json({"cluster": cfg.cluster.name, "maxCount": status.max_count, "maxCoreCount": status.max_core_count,
                    "buckets": rows})
         return 0
     print(f"cluster {cfg.cluster.name}: max {status.max_count} nodes / {status.max_core_count} cores")
     headers = ["nodearray", "machine type", "vcpu", "mem GB", "gpu", "ib", "active", "available", "max",
-               "pg size", "capacity fail", "valid"]
+               "pg size", "capacity fail", "valid", "in service"]
     keys = ["nodearray", "machineType", "vcpuCount", "memoryGB", "gpuCount", "infiniband", "activeCount",
-            "availableCount", "maxCount", "maxPlacementGroupSize", "lastCapacityFailure", "valid"]
+            "availableCount", "maxCount", "maxPlacementGroupSize", "lastCapacityFailure", "valid", "inService"]
     print(format_table(headers, ([r[k] for k in keys] for r in rows)))
     return 0
 

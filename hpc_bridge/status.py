@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Mapping
 
 from hpc_bridge.api.models import ClusterStatus
 
 
-def status_rows(status: ClusterStatus) -> list[dict[str, Any]]:
+def service_of(cooloff: Any, now: float) -> str:
+    """Whether a VM size takes new nodes: "yes", a capacity cool-off, or a hold until cleared."""
+    if cooloff is None or not (cooloff.until_cleared or cooloff.until > now):
+        return "yes"
+    if cooloff.until_cleared:
+        return "held: hpc-bridge clear-hold"
+    return f"cool-off until {time.strftime('%H:%M:%S', time.localtime(cooloff.until))}"
+
+
+def status_rows(status: ClusterStatus, cooloffs: Mapping[str, Any] | None = None, now: float = 0.0
+                ) -> list[dict[str, Any]]:
+    """One row per bucket; `cooloffs` (bucket key -> the state file's Cooloff) says which sizes
+    hpc-bridge keeps out of service."""
     rows = []
     for array in status.nodearrays:
         for bucket in array.buckets:
@@ -28,5 +41,6 @@ def status_rows(status: ClusterStatus) -> list[dict[str, Any]]:
                 "lastCapacityFailure": bucket.last_capacity_failure if bucket.had_capacity_failure else None,
                 "valid": bucket.valid,
                 "invalidReason": bucket.invalid_reason or None,
+                "inService": service_of((cooloffs or {}).get(f"{array.name}/{bucket.machine_type}"), now),
             })
     return rows

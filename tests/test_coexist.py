@@ -14,6 +14,7 @@ they share the cluster's SlurmdPort: these tests boot one cloud node at a time.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -240,6 +241,10 @@ def test_vms_whose_slurmd_never_registers_hold_their_size_out_of_service(tmp_pat
         run = env.hook("resume", "htc-f2sv2-3")  # (1 and 2 may still be terminating: left to the follower)
         assert run.rc == 1 and "clear-hold" in run.stderr, run.stdout + run.stderr
         assert env.sim.stats()["creates"]["nodes_added"] == 2
+        # status says which size is held
+        (row,) = [r for r in json.loads(env.cli("--json", "status").stdout)["buckets"]
+                  if (r["nodearray"], r["machineType"]) == ("htc", "Standard_F2s_v2")]
+        assert row["inService"] == "held: hpc-bridge clear-hold"
         # one command clears it; repair puts every node of the size back to idle~
         run = env.cli("clear-hold", key)
         assert run.rc == 0 and "back in service" in run.stdout, run.stderr

@@ -513,3 +513,13 @@ def test_doctor_ownership_check_names_each_wrong_entry(entry, problem):
         assert check.result == doctor.FAIL and problem in check.detail
     missing = doctor.check_ownership(facts(slurm_user="slurm", slurm_uid=None))
     assert missing[0].result == doctor.FAIL and "'slurm'" in missing[0].detail
+
+
+def test_status_says_which_vm_sizes_are_out_of_service():
+    from hpc_bridge.state import Cooloff
+    from hpc_bridge.status import service_of
+
+    assert service_of(None, 100.0) == "yes"
+    assert service_of(Cooloff(until=50.0, reason="x"), 100.0) == "yes"  # expired
+    assert service_of(Cooloff(until=200.0, reason="x"), 100.0).startswith("cool-off until ")
+    assert service_of(Cooloff(until=50.0, reason="x", until_cleared=True), 100.0) == "held: hpc-bridge clear-hold"
