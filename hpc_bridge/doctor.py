@@ -478,10 +478,11 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
         f.slurm_error = f.running_config_error = str(err)
 
     # state file: readable, not corrupt, known schema
-    from hpc_bridge.state import State, StateStore
+    from hpc_bridge.files import NotARegularFile, read_regular_file
+    from hpc_bridge.state import MAX_STATE_BYTES, State, StateStore
 
     try:
-        raw = Path(cfg.state_file).read_bytes()
+        raw = read_regular_file(cfg.state_file, MAX_STATE_BYTES)  # a FIFO there must not hang doctor
         state = State.from_json(json.loads(raw), str(cfg.state_file))
         f.boot_times = boot_times(state.operations.values())
     except FileNotFoundError:
@@ -492,6 +493,8 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
         f.state_error = f"cannot read {cfg.state_file}: {err.strerror}"
     except BridgeError as err:
         f.state_error = str(err)
+    except NotARegularFile as err:
+        f.state_error = f"{cfg.state_file}: {err}"
     except (ValueError, TypeError, KeyError) as err:
         f.state_error = f"{cfg.state_file} is corrupt ({type(err).__name__})"
 

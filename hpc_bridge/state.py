@@ -485,9 +485,11 @@ class StateStore:
         """The closed operations moved out of the state file, oldest first (lines that do not
         parse are skipped: the file is informational, and rotated)."""
         try:
-            lines = self.history_path.read_text(errors="replace").splitlines()
+            lines = read_regular_file(self.history_path, MAX_STATE_BYTES).decode(errors="replace").splitlines()
         except FileNotFoundError:
             return []
+        except NotARegularFile as err:
+            raise StateError(f"history file {self.history_path}: {err}") from None
         except OSError as err:
             raise StateError(f"cannot read history file {self.history_path}: {err.strerror}") from None
         ops: dict[str, Operation] = {}  # one per request id: a crash may have repeated lines

@@ -499,3 +499,16 @@ def test_a_url_with_a_password_is_refused_before_anything_is_sent(env, tmp_path)
         assert "user name or password" in run.stderr and env.sim.password not in run.stderr + run.stdout
     assert env.sim.stats()["requests"] == before
     assert env.sim.password not in json.dumps(env.state())
+
+
+def test_doctor_is_not_held_by_a_fifo_as_state_or_history_file(env, tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    os.mkfifo(state_dir / "state.json")
+    os.mkfifo(state_dir / "state.history.jsonl")
+    cfg = tmp_path / "fifo-doctor.toml"
+    cfg.write_text(env.config_path.read_text().replace(f'state_dir = "{env.state_dir}"', f'state_dir = "{state_dir}"'))
+    run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "doctor"],
+                         capture_output=True, text=True, timeout=120, env=env.cli_env())
+    line = next(l for l in run.stdout.splitlines() if "] state file readable" in l)
+    assert line.startswith("[FAIL]") and "not a regular file" in line, line
