@@ -7,6 +7,7 @@ skipped with the reason; with env CI=true that is a failure instead (CI must run
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from slurmcluster import SlurmCluster, slurm_available  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_hpc_bridge_logger():
+    """A test that runs setup_logging in this process (as a hook does) leaves the hpc_bridge
+    logger not propagating, with its own handlers: later tests' caplog would see nothing."""
+    logger = logging.getLogger("hpc_bridge")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for handler in list(logger.handlers):
+        if handler not in saved[0]:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 @pytest.fixture
