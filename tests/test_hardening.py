@@ -203,13 +203,24 @@ def test_control_characters_in_a_logged_value_stay_on_one_escaped_line(env):
     assert "x\\nssh-ed25519 AAAA attacker\\x1b[31m" in written
 
 
-def _config_for(env: BridgeEnv, url: str, tmp_path: Path, extra: str = "") -> Path:
+def _config_with(env: BridgeEnv, tmp_path: Path, extra: str = "", url: str | None = None,
+                 state_dir: Path | None = None, log_dir: Path | None = None) -> Path:
+    """The module's config with another API url, state or log directory, and `extra` appended."""
     text = env.config_path.read_text()
-    text = text.replace(f'url = "{env.sim.url}"', f'url = "{url}"')
-    text = text.replace("retries = 3\nretry_budget = 10.0\ntimeout = 5.0\n",
-                        "retries = 2\nretry_budget = 6.0\ntimeout = 1.0\n")
-    cfg = tmp_path / "trickle.toml"
+    for key, old, new in (("url", env.sim.url, url), ("state_dir", env.state_dir, state_dir),
+                          ("log_dir", env.log_dir, log_dir)):
+        if new is not None:
+            text = text.replace(f'{key} = "{old}"', f'{key} = "{new}"')
+    cfg = tmp_path / "changed.toml"
     cfg.write_text(text + extra)
+    return cfg
+
+
+def _config_for(env: BridgeEnv, url: str, tmp_path: Path) -> Path:
+    """A config for a server of the test's own: 1 s per request, 3 attempts, 6 s per call."""
+    cfg = _config_with(env, tmp_path, url=url)
+    cfg.write_text(cfg.read_text().replace("retries = 3\nretry_budget = 10.0\ntimeout = 5.0\n",
+                                           "retries = 2\nretry_budget = 6.0\ntimeout = 1.0\n"))
     return cfg
 
 
@@ -233,15 +244,6 @@ def test_hooks_and_repair_end_whatever_a_trickling_server_does(env, tmp_path, ph
 # --------------------------------------------------------------------------- half-failed hooks
 
 
-def _config_with(env: BridgeEnv, tmp_path: Path, extra: str, url: str | None = None) -> Path:
-    text = env.config_path.read_text()
-    if url:
-        text = text.replace(f'url = "{env.sim.url}"', f'url = "{url}"')
-    cfg = tmp_path / "changed.toml"
-    cfg.write_text(text + extra)
-    return cfg
-
-
 def test_control_characters_in_an_api_message_still_mark_the_nodes_down(env, tmp_path):
     """An error body with ESC, BEL and NUL: the nodes still go DOWN at once, the reason and the
     log hold the characters escaped."""
@@ -259,7 +261,7 @@ def test_control_characters_in_an_api_message_still_mark_the_nodes_down(env, tmp
         return Reply(400, "bad \x1b[31mred\x07 bell \x00 nul request")
 
     with ScriptedServer(api) as srv:
-        run = env.cli("--config", str(_config_with(env, tmp_path, "", srv.url)), "resume", name)
+        run = env.cli("--config", str(_config_with(env, tmp_path, url=srv.url)), "resume", name)
     assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.stderr
     node = env.cluster.nodes()[name]
     assert node.state.startswith("DOWN"), (node.state, node.reason)
@@ -267,6 +269,14 @@ def test_control_characters_in_an_api_message_still_mark_the_nodes_down(env, tmp
     log_text = (env.log_dir / "resume.log").read_text()
     assert "\\x1b[31mred" in log_text and not any(c in log_text for c in "\x1b\x07\x00")
     env.cluster.scontrol("update", f"nodename={name}", "state=resume")
+
+
+def wait_for_address(env: BridgeEnv, name: str) -> str:
+    """The NodeAddr the follower sets once the cloud node is Ready."""
+    def addressed():
+        addr = env.cluster.nodes()[name].node_addr
+        return addr if addr not in (None, name) else None
+    return env.wait_for(addressed, 60, f"the follower setting {name}'s address")
 
 
 def _config_with_stale_map(env: BridgeEnv, tmp_path: Path, extra: str = "") -> Path:
@@ -298,11 +308,7 @@ def test_a_failed_down_marking_does_not_stop_the_rest_of_resume(env, tmp_path):
     assert node.state.startswith("DOWN") and "capacity" in (node.reason or ""), (node.state, node.reason)
     assert run.rc == 1 and "1 node(s) could not be marked DOWN" in run.stderr, run.stderr
 
-    def addressed():
-        n = env.cluster.nodes()[created]
-        return n.node_addr not in (None, created) and n.node_addr
-    addr = env.wait_for(addressed, 60, "the follower setting the created node's address")
-    assert addr == env.cloud_nodes()[created]["PrivateIp"]
+    assert wait_for_address(env, created) == env.cloud_nodes()[created]["PrivateIp"]
     env.cli("suspend", created)
     env.cluster.scontrol("update", f"nodename={refused}", "state=resume")
 
@@ -334,10 +340,7 @@ def test_a_state_lock_timeout_after_the_create_still_marks_refused_nodes_down(en
     node = env.cluster.nodes()[refused]
     assert node.state.startswith("DOWN") and "capacity" in (node.reason or ""), (node.state, node.reason)
 
-    def addressed():
-        n = env.cluster.nodes()[created]
-        return n.node_addr not in (None, created) and n.node_addr
-    env.wait_for(addressed, 60, "the follower setting the address")
+    wait_for_address(env, created)
     assert not env.cluster.nodes()[created].state.startswith("DOWN")
     env.cli("suspend", created)
     env.cluster.scontrol("update", f"nodename={refused}", "state=resume")
@@ -398,7 +401,7 @@ def test_a_suspend_whose_read_failed_is_left_pending_for_repair(env, tmp_path):
 
     name = "htc-f2sv2-8"
     with ScriptedServer(lambda seen: Reply(500, "down for maintenance")) as srv:
-        cfg = _config_with(env, tmp_path, "", srv.url)
+        cfg = _config_with(env, tmp_path, url=srv.url)
         cfg.write_text(cfg.read_text().replace("retries = 3\nretry_budget = 10.0", "retries = 0\nretry_budget = 10.0"))
         run = env.cli("--config", str(cfg), "suspend", name)
     assert run.rc == 1, run.stderr
@@ -439,8 +442,7 @@ def test_a_fifo_as_state_file_is_moved_aside_not_waited_on(env, tmp_path):
     state_dir = tmp_path / "state"
     state_dir.mkdir(mode=0o700)
     os.mkfifo(state_dir / "state.json")
-    cfg = tmp_path / "fifo-state.toml"
-    cfg.write_text(env.config_path.read_text().replace(f'state_dir = "{env.state_dir}"', f'state_dir = "{state_dir}"'))
+    cfg = _config_with(env, tmp_path, state_dir=state_dir)
     run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "resume", "htc-f2sv2-8"],
                          capture_output=True, text=True, timeout=60, env=env.cli_env())
     env.cli("--config", str(cfg), "suspend", "htc-f2sv2-8")
@@ -452,8 +454,7 @@ def test_a_fifo_as_state_file_is_moved_aside_not_waited_on(env, tmp_path):
 def test_an_unwritable_log_directory_is_said_not_silent(env, tmp_path):
     not_a_dir = tmp_path / "log"
     not_a_dir.write_text("")
-    cfg = tmp_path / "nolog.toml"
-    cfg.write_text(env.config_path.read_text().replace(f'log_dir = "{env.log_dir}"', f'log_dir = "{not_a_dir}"'))
+    cfg = _config_with(env, tmp_path, log_dir=not_a_dir)
     run = env.cli("--config", str(cfg), "status")
     assert run.rc == 0
     assert f"warning: cannot write log file {not_a_dir}/status.log" in run.stderr, run.stderr
@@ -491,7 +492,7 @@ def test_a_dead_hooks_create_is_closed_once_slurm_powered_its_node_down(env, tmp
 
 def test_a_url_with_a_password_is_refused_before_anything_is_sent(env, tmp_path):
     url = env.sim.url.replace("http://", f"http://{env.sim.username}:{env.sim.password}@")
-    cfg = _config_with(env, tmp_path, "", url)
+    cfg = _config_with(env, tmp_path, url=url)
     before = env.sim.stats()["requests"]
     for args in (["status"], ["suspend", "htc-f2sv2-8"], ["repair"]):
         run = env.cli("--config", str(cfg), *args)
@@ -506,8 +507,7 @@ def test_doctor_is_not_held_by_a_fifo_as_state_or_history_file(env, tmp_path):
     state_dir.mkdir(mode=0o700)
     os.mkfifo(state_dir / "state.json")
     os.mkfifo(state_dir / "state.history.jsonl")
-    cfg = tmp_path / "fifo-doctor.toml"
-    cfg.write_text(env.config_path.read_text().replace(f'state_dir = "{env.state_dir}"', f'state_dir = "{state_dir}"'))
+    cfg = _config_with(env, tmp_path, state_dir=state_dir)
     run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(cfg), "doctor"],
                          capture_output=True, text=True, timeout=120, env=env.cli_env())
     line = next(l for l in run.stdout.splitlines() if "] state file readable" in l)
