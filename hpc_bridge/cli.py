@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from hpc_bridge import __version__
 from hpc_bridge.errors import BridgeError
+from hpc_bridge.log import escape_controls
 
 log = logging.getLogger("hpc_bridge.cli")
 
@@ -340,7 +341,7 @@ def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = 
     problems = {} if errors else {**(getattr(report, "down", None) or getattr(report, "failed", None) or {}),
                                   **(getattr(report, "problems", None) or {})}
     for name, why in sorted(problems.items())[:20]:
-        print(f"  {name}: {why}", file=sys.stderr)
+        print(escape_controls(f"  {name}: {why}"), file=sys.stderr)
     for name in [] if errors else getattr(report, "unknown", [])[:20]:
         print(f"  {name}: unknown node (not in nodemap.json, no cloud node)", file=sys.stderr)
     return 0 if ok else 1

@@ -6,13 +6,17 @@ from typing import Any, Iterable, Sequence
 
 
 def _cell(value: Any) -> str:
+    """A cell's text, on one line: what comes from the API (a status message) may carry a line
+    break or a terminal escape sequence, which must not reach an admin's terminal as such."""
+    from hpc_bridge.log import escape_controls
+
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return escape_controls(str(value))
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
