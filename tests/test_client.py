@@ -381,3 +381,36 @@ def test_a_url_with_a_user_or_password_is_refused_without_echoing_it(url):
     with pytest.raises(ConfigError) as caught:
         config_from_dict({"cluster": {"url": url, "name": "c", "username": "u"}})
     assert "PW-x" not in str(caught.value) and "user name or password" in str(caught.value)
+
+
+def test_an_answer_without_length_is_cut_at_the_cap_as_it_streams():
+    """No Content-Length (read to the end of the connection): the cap is applied to what
+    arrives, not to what the server announced."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    sent = []
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            try:
+                for _ in range(8192):  # up to 64 MB, 8 KB at a time, far past the 4 KB cap
+                    conn.sendall(b"[" + b" " * 8191)
+                    sent.append(1)
+            except OSError:
+                pass  # the client hung up: it stopped reading at the cap
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    c = ClusterClient(f"http://127.0.0.1:{server.getsockname()[1]}", "demo", "admin", PASSWORD,
+                      max_response_bytes=4096, retries=0)
+    with pytest.raises(ApiError, match="answer larger than 4096 bytes"):
+        c.get_status()
+    c.close()
+    t.join(30)
+    server.close()
+    assert len(sent) < 8192  # stopped by the client hanging up, long before the end
