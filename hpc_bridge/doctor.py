@@ -11,7 +11,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from hpc_bridge.errors import ApiUnreachable, AuthError, BridgeError, ConfigError, NotFoundError, TlsError

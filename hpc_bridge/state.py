@@ -15,12 +15,10 @@ written by a newer schema is refused and left untouched.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
 import os
-import stat
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
