@@ -16,7 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slurmcluster import SlurmCluster, slurm_available  # noqa: E402
+from slurmcluster import SlurmCluster, SlurmRelease, releases_from_env  # noqa: E402
+
+RELEASES = releases_from_env()
+_ran: dict[str, int] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +45,8 @@ def api_form() -> str:
     return "default"
 
 
-def _require_slurm() -> None:
-    why = slurm_available()
+def _require_slurm(release: SlurmRelease | None = None) -> None:
+    why = (release or RELEASES[0]).unavailable()
     if why is None:
         return
     if os.environ.get("CI", "").lower() == "true":
@@ -51,18 +54,37 @@ def _require_slurm() -> None:
     pytest.skip(why)
 
 
+@pytest.fixture(scope="module", params=RELEASES, ids=[f"slurm{r.name}" for r in RELEASES])
+def slurm_release(request) -> SlurmRelease:
+    """Each real-Slurm test runs once per release scripts/test set up (the host's by default)."""
+    _require_slurm(request.param)
+    return request.param
+
+
+def pytest_report_header(config):
+    return "Slurm releases: " + ", ".join(
+        f"{r.name} ({r.version if r.unavailable() is None else 'unavailable'}, {r.where})" for r in RELEASES)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _ran:
+        terminalreporter.write_line("real Slurm clusters ran: " + ", ".join(
+            f"Slurm {version}: {count}" for version, count in sorted(_ran.items())))
+
+
 @pytest.fixture
-def slurm_cluster_factory(tmp_path_factory):
+def slurm_cluster_factory(tmp_path_factory, slurm_release):
     """Call it like SlurmCluster(...) minus the workdir; returns a *started* cluster, stopped at
     teardown (all of them, by PID). Pass ``start=False`` to get it unstarted (to add programs
     with ``make_program`` first, then call ``.start()``), ``cluster_class=SiteCluster`` for a
-    site's own config that hpc-bridge joins through its include file."""
-    _require_slurm()
+    site's own config that hpc-bridge joins through its include file. Runs with ``slurm_release``."""
     clusters: list[SlurmCluster] = []
 
     def make(*args, start: bool = True, cluster_class: type[SlurmCluster] = SlurmCluster, **kwargs) -> SlurmCluster:
         workdir = tmp_path_factory.mktemp("slurm")
+        kwargs.setdefault("release", slurm_release)
         c = cluster_class(workdir, *args, **kwargs)
+        _ran[slurm_release.version] = _ran.get(slurm_release.version, 0) + 1
         clusters.append(c)
         if start:
             c.start()

@@ -6,6 +6,7 @@
 Run by slurmctld with only SLURM_CONF in the environment. resume: NodeAddr=127.0.0.1 for the
 named nodes (one batched scontrol update, via hpc_bridge.slurm), then scripts/sim-boot-hook
 start per node. suspend: sim-boot-hook stop per node, then addresses back to the names.
+A resume records the SLURM_RESUME_FILE text it was given (hook-calls.log, "resume_file").
 The harness renders a wrapper that fixes interpreter, run dir and argv (see SlurmCluster users
 in tests/test_slurm.py). Appends one line per call to RUN_DIR/hook-calls.log.
 """
@@ -26,8 +27,13 @@ from hpc_bridge.slurm import Slurm  # noqa: E402
 def main():
     action, run_dir, hostlist = sys.argv[1], sys.argv[2], sys.argv[3]
     conf = os.environ["SLURM_CONF"]
+    record = {"action": action, "hosts": hostlist, "t": time.time(), "env": sorted(os.environ)}
+    if os.environ.get("SLURM_RESUME_FILE"):
+        # what this Slurm release writes there (its format changed in 23.02); read at once
+        with open(os.environ["SLURM_RESUME_FILE"]) as f:
+            record["resume_file"] = f.read()
     with open(os.path.join(run_dir, "hook-calls.log"), "a") as f:
-        f.write(json.dumps({"action": action, "hosts": hostlist, "t": time.time(), "env": sorted(os.environ)}) + "\n")
+        f.write(json.dumps(record) + "\n")
     names = subprocess.run(
         ["/usr/bin/scontrol", "show", "hostnames", hostlist], capture_output=True, text=True, check=True
     ).stdout.split()

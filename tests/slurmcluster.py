@@ -16,6 +16,14 @@ What it does (recipe: ../shared/SLURM-FACTS.md):
   boot hook recorded in ``run_dir/slurmd-<name>.pid``), slurmctld, munged. Nothing leaks.
 
 Every daemon and client gets ``SLURM_CONF`` explicitly (without it clients try DNS SRV).
+
+Releases: ``release=SlurmRelease(...)`` picks the Slurm that runs. The host's packages, or a
+Debian root made by ``scripts/slurm-root build`` (e.g. Debian 13's 24.11 on a Debian 12 host):
+then every daemon, client and program slurmctld runs is inside that root (``scripts/slurm-root
+run``: a private mount namespace holding /proc, /dev, /sys and the directories the cluster
+uses, at the same paths), ``bin_dir``/``sbin_dir`` are wrapper scripts for the host side, and
+programs slurmctld starts use the root's Python (``self.python``) and ``inner_bin_dir``.
+``releases_from_env()`` reads the releases scripts/test set up (HPC_BRIDGE_SLURM_RELEASES).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -38,7 +47,90 @@ REPO = Path(__file__).resolve().parent.parent
 SBIN = "/usr/sbin"
 BIN = "/usr/bin"
 
-__all__ = ["SlurmCluster", "SiteCluster", "slurm_available", "add_node_ports", "REPO"]
+__all__ = ["SlurmCluster", "SiteCluster", "SlurmRelease", "slurm_available", "add_node_ports", "releases_from_env",
+           "REPO"]
+
+SLURM_ROOT_TOOL = REPO / "scripts" / "slurm-root"
+#: The Python inside a root made by scripts/slurm-root (a venv with hpc-bridge's dependencies).
+ROOT_PYTHON = "/opt/hpc-bridge-venv/bin/python3"
+_CLIENTS = ("scontrol", "sbatch", "srun", "squeue", "sinfo", "scancel", "salloc", "sacct", "sdiag", "sprio")
+_DAEMONS = ("slurmctld", "slurmd", "munged", "mungekey")
+
+
+class SlurmRelease:
+    """One Slurm to test against: the host's (``root`` None) or the one in a Debian root."""
+
+    def __init__(self, name: str, root: str | os.PathLike | None = None):
+        self.name = name
+        self.root = Path(root).resolve() if root is not None and str(root) != "/" else None
+        self._version: str | None = None
+
+    def __repr__(self) -> str:
+        return f"SlurmRelease({self.name!r}, {str(self.root) if self.root else 'host'})"
+
+    @property
+    def where(self) -> str:
+        return f"root {self.root}" if self.root else "host"
+
+    def unavailable(self) -> str | None:
+        """None when clusters of this release can run here, else why not (one line)."""
+        if self.root is None:
+            return slurm_available()
+        if os.geteuid() != 0:
+            return "real-Slurm tests need root"
+        missing = [p for p in (f"{SBIN}/slurmctld", f"{SBIN}/slurmd", f"{SBIN}/munged", f"{BIN}/scontrol", ROOT_PYTHON)
+                   if not os.access(f"{self.root}{p}", os.X_OK)]
+        if missing:
+            return f"Slurm root {self.root} is incomplete (missing {', '.join(missing)}; scripts/slurm-root build)"
+        return None
+
+    def command(self, argv: Sequence[str], binds: Iterable[str | os.PathLike] = ()) -> list[str]:
+        """argv to run ``argv`` (absolute paths as seen inside) with this release."""
+        if self.root is None:
+            return list(argv)
+        out = [str(SLURM_ROOT_TOOL), "run", str(self.root)]
+        for b in binds:
+            out += ["--bind", str(b)]
+        return [*out, "--", *argv]
+
+    @property
+    def version(self) -> str:
+        """What ``slurmctld -V`` says (e.g. "24.11.5")."""
+        if self._version is None:
+            p = subprocess.run(self.command([f"{SBIN}/slurmctld", "-V"]), capture_output=True, text=True, timeout=60,
+                               cwd="/")
+            words = p.stdout.split()
+            self._version = words[-1] if p.returncode == 0 and words else "unknown"
+        return self._version
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return _version_tuple(self.version)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    out = []
+    for part in version.split(".")[:2]:
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
+
+
+def releases_from_env(environ: Mapping[str, str] = os.environ) -> list[SlurmRelease]:
+    """HPC_BRIDGE_SLURM_RELEASES="22.05=/ 24.11=/var/cache/.../debian-trixie" (``/``: the host);
+    unset: the host's Slurm only, named by its version."""
+    spec = environ.get("HPC_BRIDGE_SLURM_RELEASES", "").split()
+    if not spec:
+        host = SlurmRelease("host")
+        if host.unavailable() is None:
+            host.name = ".".join(host.version.split(".")[:2])
+        return [host]
+    out = []
+    for item in spec:
+        name, _, root = item.partition("=")
+        out.append(SlurmRelease(name, root or "/"))
+    return out
 
 
 def slurm_available(sbin_dir: str = SBIN, bin_dir: str = BIN) -> str | None:
@@ -171,6 +263,7 @@ class SlurmCluster:
         sbin_dir: str = SBIN,
         bin_dir: str = BIN,
         slurm_user: str = "root",
+        release: SlurmRelease | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.slurm_user = slurm_user  # slurmctld and the hooks it runs drop to this user
@@ -188,8 +281,20 @@ class SlurmCluster:
         self.slurmctld_parameters = slurmctld_parameters
         self.prolog_wait_for_nodes = prolog_wait_for_nodes
         self.cluster_name = cluster_name
+        self.release = release or SlurmRelease("host")
+        # Host-side paths (tests, the simulator's boot hook) and what slurmctld's children see.
         self.sbin_dir = sbin_dir
         self.bin_dir = bin_dir
+        self.inner_sbin_dir = sbin_dir
+        self.inner_bin_dir = bin_dir
+        self.python = sys.executable
+        # Directories programs inside a root must see (at the same paths): add before start().
+        self.shared_paths: list[Path] = [self.workdir, REPO]
+        if self.release.root is not None:
+            self.inner_sbin_dir, self.inner_bin_dir = SBIN, BIN
+            self.sbin_dir = str(self.workdir / "release" / "sbin")
+            self.bin_dir = str(self.workdir / "release" / "bin")
+            self.python = ROOT_PYTHON
 
         self.etc = self.workdir / "etc"
         self.run_dir = self.workdir / "run"
@@ -217,7 +322,8 @@ class SlurmCluster:
         """Environment for Slurm clients: only what they need, SLURM_CONF always set."""
         return {
             "SLURM_CONF": str(self.conf_path),
-            "PATH": f"{self.bin_dir}:{self.sbin_dir}:/usr/bin:/bin",
+            # as seen by the clients and the jobs they submit (inside the root, if any)
+            "PATH": f"{self.inner_bin_dir}:{self.inner_sbin_dir}:/usr/bin:/bin",
             "LC_ALL": "C",
         }
 
@@ -231,6 +337,30 @@ class SlurmCluster:
         if node_name:
             env["HPC_BRIDGE_NODE_NAME"] = node_name
         return env
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """argv that runs ``argv`` with this cluster's Slurm release (inside its root, if any)."""
+        return self.release.command(argv, self._binds())
+
+    def _binds(self) -> list[str]:
+        # /tmp: munge's socket directory falls back there (see _start_munged).
+        return [str(p) for p in (*self.shared_paths, Path("/tmp"))]
+
+    def _write_release_wrappers(self) -> None:
+        """bin_dir/sbin_dir scripts that run the root's Slurm programs (host side)."""
+        if self.release.root is None:
+            return
+        for outer, inner, names in ((self.bin_dir, BIN, _CLIENTS), (self.sbin_dir, SBIN, _DAEMONS)):
+            Path(outer).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                if not os.access(f"{self.release.root}{inner}/{name}", os.X_OK):
+                    continue
+                argv = self.command([f"{inner}/{name}"])
+                path = Path(outer) / name
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("#!/bin/sh\nexec " + " ".join(map(shlex.quote, argv)) + ' "$@"\n')
+                tmp.chmod(0o755)
+                os.replace(tmp, path)
 
     def slurm(self, timeout: float = 30.0):
         """An hpc_bridge.slurm.Slurm bound to this cluster."""
@@ -260,6 +390,8 @@ class SlurmCluster:
 
     def _write_node_includes(self) -> list[Path]:
         (self.etc / "oracle.conf").write_text("ClusterName=oracle\nSlurmctldHost=localhost\n")
+        if not os.access(f"{self.bin_dir}/scontrol", os.X_OK):
+            self._write_release_wrappers()
         sources: list[tuple[str, str]] = []
         if self.nodes_conf_text is not None:
             sources.append(("nodes.conf", self.nodes_conf_text))
@@ -275,6 +407,10 @@ class SlurmCluster:
             os.replace(tmp, target)
             written.append(target)
         (self.run_dir / "ports.json").write_text(json.dumps(self.node_ports, indent=1, sort_keys=True))
+        # 24.11's slurmd does not create its spool directory (22.05's does): make one per node,
+        # also for the slurmds a boot hook starts.
+        for name in self.node_ports:
+            (self.spool_dir / name).mkdir(parents=True, exist_ok=True)
         return written
 
     def _copy_side_file(self, src, name: str) -> None:
@@ -290,11 +426,11 @@ class SlurmCluster:
         30 s later (SLURM-FACTS)."""
         path = self.etc / "prolog-slurmctld"
         path.write_text(
-            f"#!{sys.executable}\n"
+            f"#!{self.python}\n"
             "import os, subprocess, time\n"
             f"os.environ.setdefault('SLURM_CONF', {str(self.conf_path)!r})\n"
             "job = os.environ.get('SLURM_JOB_ID', '')\n"
-            f"scontrol = {self.bin_dir + '/scontrol'!r}\n"
+            f"scontrol = {self.inner_bin_dir + '/scontrol'!r}\n"
             f"deadline = time.monotonic() + {self.resume_timeout + 30}\n"
             "while job and time.monotonic() < deadline:\n"
             "    out = subprocess.run([scontrol, '-o', 'show', 'job', job], capture_output=True, text=True).stdout\n"
@@ -324,6 +460,10 @@ class SlurmCluster:
         if not self.ctld_port:
             self.ctld_port, self.slurmd_port = self._pool.take(2)
         includes = self._write_node_includes()
+        # No cgroup filesystem here: 24.11's slurmd refuses to start without one unless the
+        # cgroup plugin is off; "disabled" exists since 23.02 (22.05's slurmd rejects it).
+        if self.release.version_tuple >= (23, 2):
+            (self.etc / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
         self._copy_side_file(self.topology_conf, "topology.conf")
         self._copy_side_file(self.gres_conf, "gres.conf")
         lines = [
@@ -400,7 +540,7 @@ class SlurmCluster:
         self.etc.mkdir(parents=True, exist_ok=True)
         path = self.etc / name
         path.write_text(
-            f"#!{sys.executable}\n"
+            f"#!{self.python}\n"
             "import os, sys\n"
             f"argv = {list(map(str, argv))!r} + sys.argv[1:]\n"
             "os.execv(argv[0], argv)\n"
@@ -418,7 +558,7 @@ class SlurmCluster:
                 sys.executable,
                 str(REPO / "scripts" / "hooks" / "install"),
                 "--dest", str(dest),
-                "--python", sys.executable,
+                "--python", self.python,
                 "--config", str(Path(config_path).resolve()),
                 "--pythonpath", str(REPO),
             ],
@@ -434,7 +574,7 @@ class SlurmCluster:
     def use_test_hooks(self) -> None:
         """Trivial hooks with no cloud (tests/slurm_test_hook.py): resume sets NodeAddr=127.0.0.1
         and starts slurmds through scripts/sim-boot-hook; suspend / resume-fail stop them."""
-        hook = [sys.executable, str(REPO / "tests" / "slurm_test_hook.py")]
+        hook = [self.python, str(REPO / "tests" / "slurm_test_hook.py")]
         self.resume_program = self.make_program("test-resume", [*hook, "resume", str(self.run_dir)])
         self.suspend_program = self.make_program("test-suspend", [*hook, "suspend", str(self.run_dir)])
         self.resume_fail_program = self.make_program("test-resume-fail", [*hook, "resume-fail", str(self.run_dir)])
@@ -457,10 +597,11 @@ class SlurmCluster:
     # -- start / stop ------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> SlurmCluster:
-        why = slurm_available(self.sbin_dir, self.bin_dir)
+        why = self.release.unavailable() if self.release.root else slurm_available(self.sbin_dir, self.bin_dir)
         if why:
             raise RuntimeError(why)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_release_wrappers()
         _become_subreaper()
         self._started = True  # from here on stop() cleans up whatever did start
         try:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -378,7 +377,7 @@ def test_mark_down_logs_the_whole_reason_while_slurm_keeps_a_cut(env):
 def test_resume_with_a_relative_config_path_still_has_a_working_follower(env):
     # the follower runs in `/`: the config path it is given must not be relative
     env.sim.reset_stats()
-    proc = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", env.config_path.name, "resume",
+    proc = subprocess.run([*env.argv("--config", env.config_path.name, "resume"),
                            "htc-f2sv2-1"], capture_output=True, text=True, timeout=60, cwd=env.root,
                           env=env.cli_env())
     assert proc.returncode == 0, proc.stderr

@@ -31,6 +31,7 @@ def write_config(tmp_path: Path, sim: SimServer, **extra: str) -> Path:
         f'password_file = "{pw}"\nretries = 1\nretry_budget = 5.0\n'
         f'[paths]\nstate_dir = "{tmp_path / "state"}"\nlog_dir = "{tmp_path / "log"}"\n'
         f'[slurm]\nconf_dir = "{extra.get("conf_dir", conf_dir)}"\n'
+        + (f'bin_dir = "{extra["bin_dir"]}"\n' if "bin_dir" in extra else "") +
         f'[resume]\nresume_timeout = {extra.get("resume_timeout", 900)}\n'
     )
     path = tmp_path / "config.toml"

@@ -41,7 +41,9 @@ def test_install_nodes_doctor_with_real_slurmctld(capsys, slurm_cluster_factory,
         # a site's slurm.conf with none of hpc-bridge's keys; the include file comes last
         c = slurm_cluster_factory(start=False, cluster_class=SiteCluster)
         c.etc.mkdir(parents=True, exist_ok=True)
-        config = write_config(tmp_path, sim, conf_dir=str(c.etc))
+        # hpc-bridge runs here, in this process: it reaches the cluster's release through its
+        # client wrappers (the host's own binaries, for the host's release)
+        config = write_config(tmp_path, sim, conf_dir=str(c.etc), bin_dir=c.bin_dir)
         hooks, units = tmp_path / "hooks", tmp_path / "systemd"
         cfg = ["--config", str(config)]
 

@@ -7,6 +7,7 @@ failing with CI=true).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpc_bridge.errors import SlurmError
+from hpc_bridge.resume_file import Job, parse_resume_file
 from hpc_bridge.slurm import (
     FREE_TEXT_NODE_KEYS,
     KNOWN_NODE_KEYS,
@@ -96,6 +98,31 @@ def test_captured_reason_with_spaces_colons_and_equals():
     node = parse_show_node_line(_captured("DOWN+CLOUD+POWERED_DOWN", True))
     assert node.reason == "Capacity failure: Standard_F2 (quota=0) in eastus [bucket b-1]"
     assert node.reason_user == "root" and node.reason_time.startswith("20")
+
+
+# Captured from Slurm 24.11.5 after `scontrol update NodeName=t-1 State=RESUME` on a down~ node.
+LEFTOVER_REASON_24_11 = (
+    "NodeName=t-1 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.00 AvailableFeatures=(null) "
+    "ActiveFeatures=(null) Gres=(null) NodeAddr=t-1 NodeHostName=t-1 Port=20344  RealMemory=1000 AllocMem=0 "
+    "FreeMem=N/A Sockets=2 Boards=1 State=IDLE+CLOUD+POWERED_DOWN+NOT_RESPONDING ThreadsPerCore=1 TmpDisk=0 "
+    "Weight=1 Owner=N/A MCS_label=N/A Partitions=cl  BootTime=None SlurmdStartTime=None LastBusyTime=Unknown "
+    "ResumeAfterTime=None CfgTRES=cpu=2,mem=1000M,billing=2 AllocTRES= CurrentWatts=0 AveWatts=0  "
+    "Reason=x y [root@2026-12-01T12:42:28]"
+)
+
+
+@pytest.mark.parametrize("state,has_reason", [
+    ("IDLE+CLOUD+POWERED_DOWN+NOT_RESPONDING", False),  # 24.11's leftover after RESUME
+    ("IDLE+CLOUD+POWERING_UP", False),
+    ("DOWN+CLOUD+POWERED_DOWN", True),
+    ("IDLE+DRAIN", True),
+    ("MIXED+DRAINING", True),
+    ("IDLE+FAIL", True),
+])
+def test_reason_only_for_states_it_explains(state, has_reason):
+    node = parse_show_node_line(LEFTOVER_REASON_24_11.replace("IDLE+CLOUD+POWERED_DOWN+NOT_RESPONDING", state))
+    assert node.reason == ("x y" if has_reason else None)
+    assert node.raw["Reason"] == "x y [root@2026-12-01T12:42:28]"  # kept as data either way
 
 
 @pytest.mark.parametrize(
@@ -338,7 +365,9 @@ def test_show_nodes_powered_down_cloud_nodes(cluster):
     assert len({n.port for n in nodes.values()}) == 3  # one port per node
     assert s.ping()
     assert s.show_config_value("suspendtime") == "5 sec"
-    assert s.show_config_value("PrivateData") == "cloud"
+    # 22.05 hides powered-down cloud nodes unless PrivateData=cloud; 24.11 lists them anyway
+    # and reports PrivateData=none for the same slurm.conf line (README: Slurm releases)
+    assert s.show_config_value("PrivateData") == ("none" if cluster.release.version_tuple >= (24, 11) else "cloud")
 
 
 @pytest.mark.slurm
@@ -354,7 +383,9 @@ def test_update_down_with_reason_and_back_batched(cluster):
     for n in s.show_nodes().values():
         # 22.05 adds NOT_RESPONDING here (never-booted node): assert on the flags that matter
         assert n.has("IDLE", "CLOUD", "POWERED_DOWN") and "DOWN" not in n.state_flags
+        # 24.11 keeps the text on the idle~ node (22.05 clears it): a leftover, read as no reason
         assert n.reason is None
+        assert ("Reason" in n.raw) == (cluster.release.version_tuple >= (24, 11))
     assert s.calls == 4
 
 
@@ -417,6 +448,12 @@ def test_power_saving_loop_runs_jobs_on_cloud_nodes(slurm_cluster_factory):
     calls = [line for line in (c.run_dir / "hook-calls.log").read_text().splitlines()]
     assert len(calls) == 1 and '"resume"' in calls[0] and '"t-[1-2]"' in calls[0]
     assert '"PATH"' not in calls[0]  # hooks get no PATH
+    # SLURM_RESUME_FILE as this release writes it (23.02 changed the format) reads the same
+    resume_file = json.loads(json.loads(calls[0])["resume_file"])
+    new_format = c.release.version_tuple >= (23, 2)
+    assert ("all_nodes_resume" if new_format else "all_nodes") in resume_file, resume_file
+    assert ("nodes_resume" if new_format else "nodes") in resume_file["jobs"][0], resume_file
+    assert parse_resume_file(json.dumps(resume_file)) == [Job(str(job), ("t-1", "t-2"), "cl" if new_format else None)]
     c.wait_for(
         lambda: all(c.node_flags(n) == {"IDLE", "CLOUD", "POWERED_DOWN"} for n in ("t-1", "t-2")),
         30,
