@@ -280,7 +280,7 @@ class Soak:
         expr = hostlist.compress_sorted(names)
         kill_at = r.uniform(0.05, 1.2) if r.random() < self.args.kill_rate else None
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hpc_bridge", "--config", self.config, verb, expr],
+            self.env.argv("--config", self.config, verb, expr),  # with the cluster's Slurm release
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env.cli_env(),
         )
         t0 = time.monotonic()

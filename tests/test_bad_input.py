@@ -38,16 +38,14 @@ SETTLED = {"Terminating": "Terminated", "Deallocating": "Deallocated", "Off": "R
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from conftest import _require_slurm
+def env(tmp_path_factory, slurm_release):
     from slurmcluster import SlurmCluster
 
-    _require_slurm()
     root = tmp_path_factory.mktemp("badinput")
     clusters = []
 
     def factory(start: bool = False, **kwargs):
-        c = SlurmCluster(tmp_path_factory.mktemp("slurm"), **kwargs)
+        c = SlurmCluster(tmp_path_factory.mktemp("slurm"), release=slurm_release, **kwargs)
         clusters.append(c)
         return c
 
