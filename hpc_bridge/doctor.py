@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hpc_bridge.errors import ApiUnreachable, AuthError, BridgeError, ConfigError, NotFoundError, TlsError
+from hpc_bridge.slurm import cloud_nodes_hidden
 
 log = logging.getLogger("hpc_bridge.doctor")
 
@@ -359,7 +360,7 @@ def check_running_config(f: Facts) -> list[Check]:
         have = f.running_config.get(shown)
         if want and have != want:
             problems.append(f"{key} is {have or 'not set'} in slurmctld, {want} in slurm.conf")
-    if "cloud" not in {w.strip().lower() for w in (f.running_config.get("PrivateData") or "").split(",")}:
+    if cloud_nodes_hidden(f.running_config):
         problems.append("PrivateData lacks cloud in slurmctld")
     suspend_time = (f.running_config.get("SuspendTime") or "NONE").split()[0]
     if suspend_time.upper() not in ("NONE", "INFINITE", "-1"):

@@ -28,6 +28,8 @@ __all__ = [
     "parse_show_node_line",
     "parse_show_node_output",
     "parse_show_config_output",
+    "slurm_version",
+    "cloud_nodes_hidden",
     "MAX_ARGV_BYTES",
 ]
 
@@ -247,6 +249,30 @@ def parse_show_config_output(text: str) -> dict[str, str]:
         if sep and key and " " not in key:
             out[key] = value.strip()
     return out
+
+
+def slurm_version(config: Mapping[str, str]) -> tuple[int, int] | None:
+    """(major, minor) of the running Slurm from ``scontrol show config`` (its SLURM_VERSION,
+    "24.11.5" -> (24, 11)); None when absent or unreadable."""
+    parts = (config.get("SLURM_VERSION") or "").split(".")
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+#: The release seen listing powered-down cloud nodes without PrivateData=cloud (its `scontrol
+#: show config` then says PrivateData = none even when slurm.conf has cloud). 22.05 hides them;
+#: the releases between were not tried and are taken to hide them too.
+LISTS_CLOUD_NODES_FROM = (24, 11)
+
+
+def cloud_nodes_hidden(config: Mapping[str, str]) -> bool:
+    """True when the slurmctld whose ``scontrol show config`` this is hides powered-down cloud
+    nodes from scontrol, so hpc-bridge could not see them."""
+    if "cloud" in {w.strip().lower() for w in (config.get("PrivateData") or "").split(",")}:
+        return False
+    version = slurm_version(config)
+    return version is None or version < LISTS_CLOUD_NODES_FROM
 
 
 def _first_error_line(stderr: str, stdout: str = "") -> str:

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from hpc_bridge.errors import SlurmError
 from hpc_bridge.resume_file import Job, parse_resume_file
 from hpc_bridge.slurm import (
+    cloud_nodes_hidden,
+    slurm_version,
     FREE_TEXT_NODE_KEYS,
     KNOWN_NODE_KEYS,
     MAX_ARGV_BYTES,
@@ -98,6 +100,21 @@ def test_captured_reason_with_spaces_colons_and_equals():
     node = parse_show_node_line(_captured("DOWN+CLOUD+POWERED_DOWN", True))
     assert node.reason == "Capacity failure: Standard_F2 (quota=0) in eastus [bucket b-1]"
     assert node.reason_user == "root" and node.reason_time.startswith("20")
+
+
+@pytest.mark.parametrize("version,private_data,hidden", [
+    ("22.05.8", "cloud", False),
+    ("22.05.8", "none", True),
+    ("22.05.8", "jobs,cloud", False),
+    ("23.11.10", "none", True),  # not tried: taken to hide them, as 22.05 does
+    ("24.11.5", "none", False),
+    ("25.05.0", "none", False),
+    (None, "none", True),
+    ("garbage", "none", True),
+])
+def test_cloud_nodes_hidden_by_version_and_private_data(version, private_data, hidden):
+    config = {"PrivateData": private_data} | ({"SLURM_VERSION": version} if version else {})
+    assert cloud_nodes_hidden(config) is hidden
 
 
 # Captured from Slurm 24.11.5 after `scontrol update NodeName=t-1 State=RESUME` on a down~ node.
@@ -367,7 +384,10 @@ def test_show_nodes_powered_down_cloud_nodes(cluster):
     assert s.show_config_value("suspendtime") == "5 sec"
     # 22.05 hides powered-down cloud nodes unless PrivateData=cloud; 24.11 lists them anyway
     # and reports PrivateData=none for the same slurm.conf line (README: Slurm releases)
-    assert s.show_config_value("PrivateData") == ("none" if cluster.release.version_tuple >= (24, 11) else "cloud")
+    config = s.show_config()
+    assert config["PrivateData"] == ("none" if cluster.release.version_tuple >= (24, 11) else "cloud")
+    assert slurm_version(config) == cluster.release.version_tuple
+    assert not cloud_nodes_hidden(config)
 
 
 @pytest.mark.slurm
