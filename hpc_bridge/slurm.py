@@ -62,10 +62,6 @@ _STATE_RE = re.compile(r"^[A-Za-z_]+$")
 _NULLS = frozenset({"", "(null)", "None", "Unknown", "N/A", "n/a"})
 # scontrol refuses these without a reason; say so before the call.
 _STATES_NEEDING_REASON = frozenset({"DOWN", "DRAIN", "FAIL"})
-# The states a Reason explains (scontrol(1): why a node is DOWN, DRAINED, DRAINING, FAILING or
-# FAIL). 22.05 clears the reason when a node leaves them; 24.11 keeps it (State=RESUME on a
-# down~ node leaves idle~ with the old reason), so elsewhere it is a leftover, not a reason.
-_STATES_WITH_REASON = frozenset({"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING"})
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ was a third of parsing 10,000 lines
@@ -74,9 +70,7 @@ class SlurmNode:
 
     ``state`` is the base state (IDLE, DOWN, MIXED, ALLOCATED, ...); ``state_flags`` holds every
     '+'-separated part of State= *including* the base (e.g. {"IDLE", "CLOUD", "POWERED_DOWN"}).
-    ``reason`` is the text without Slurm's ``[user@time]`` suffix (see reason_user/reason_time),
-    only for a node DOWN, DRAIN(ED/ING) or FAIL(ING): what 24.11 leaves on a node that left those
-    states (22.05 clears it) is not a reason for anything and is kept in ``raw`` only.
+    ``reason`` is the text without Slurm's ``[user@time]`` suffix (see reason_user/reason_time).
     Missing or null values ("(null)", "None", "Unknown") are None / empty.
     """
 
@@ -195,8 +189,7 @@ def parse_show_node_line(line: str) -> SlurmNode:
     if not name:
         raise SlurmError(f"unexpected scontrol show node line: {line.strip()[:120]!r}")
     base, flags = _state(get("State", ""))
-    # a leftover reason stays in raw only (see _STATES_WITH_REASON)
-    reason = _opt(get("Reason")) if not flags.isdisjoint(_STATES_WITH_REASON) else None
+    reason = _opt(get("Reason"))
     reason_user = reason_time = None
     if reason is not None:
         m = _REASON_SUFFIX_RE.match(reason)

@@ -156,7 +156,7 @@ class BridgeEnv:
 
     def argv(self, *args: str) -> list[str]:
         """``python -m hpc_bridge ARGS`` with the cluster's release (its root's Python inside it)."""
-        c = self.release_of
+        c = self.release_of or self.cluster
         if c is None:
             return [sys.executable, "-m", "hpc_bridge", *args]
         return c.command([c.python, "-m", "hpc_bridge", *args])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -109,7 +108,7 @@ def test_followers_racing_for_the_lease_end_with_one(env):
     first = env.state()["follower"]["pid"]
     os.kill(first, signal.SIGSTOP)  # alive, holding the lease: two more arrive and must leave
     try:
-        extra = [subprocess.Popen([sys.executable, "-m", "hpc_bridge", "--config", str(env.config_path), "follow"],
+        extra = [subprocess.Popen(env.argv("--config", str(env.config_path), "follow"),
                                   env=env.cli_env()) for _ in range(2)]
         assert [p.wait(timeout=60) for p in extra] == [0, 0]
         assert len(log_lines(env, "follow.log", "holds the lease; exiting")) == 2
@@ -117,7 +116,7 @@ def test_followers_racing_for_the_lease_end_with_one(env):
         os.kill(first, signal.SIGCONT)
     with_pid(first, signal.SIGKILL)
     # nobody holds it now: of two started at once, one takes over and the other leaves
-    racing = [subprocess.Popen([sys.executable, "-m", "hpc_bridge", "--config", str(env.config_path), "follow"],
+    racing = [subprocess.Popen(env.argv("--config", str(env.config_path), "follow"),
                                env=env.cli_env()) for _ in range(2)]
     for p in racing:
         p.wait(timeout=90)

@@ -84,6 +84,10 @@ def boot(factory, tmp_path: Path, status: ClusterStatus, cfg=None):
         topology_conf=out / "topology.conf",
         gres_conf=out / "gres.conf",
         prolog_wait_for_nodes=False,
+        # power saving on, as with hpc-bridge: 24.11 leaves a partition's SuspendTime & co out of
+        # `scontrol show partition` when it is off
+        resume_program="/bin/true",
+        suspend_program="/bin/true",
     )
     return c, plan, out
 

@@ -117,31 +117,6 @@ def test_cloud_nodes_hidden_by_version_and_private_data(version, private_data, h
     assert cloud_nodes_hidden(config) is hidden
 
 
-# Captured from Slurm 24.11.5 after `scontrol update NodeName=t-1 State=RESUME` on a down~ node.
-LEFTOVER_REASON_24_11 = (
-    "NodeName=t-1 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.00 AvailableFeatures=(null) "
-    "ActiveFeatures=(null) Gres=(null) NodeAddr=t-1 NodeHostName=t-1 Port=20344  RealMemory=1000 AllocMem=0 "
-    "FreeMem=N/A Sockets=2 Boards=1 State=IDLE+CLOUD+POWERED_DOWN+NOT_RESPONDING ThreadsPerCore=1 TmpDisk=0 "
-    "Weight=1 Owner=N/A MCS_label=N/A Partitions=cl  BootTime=None SlurmdStartTime=None LastBusyTime=Unknown "
-    "ResumeAfterTime=None CfgTRES=cpu=2,mem=1000M,billing=2 AllocTRES= CurrentWatts=0 AveWatts=0  "
-    "Reason=x y [root@2026-12-01T12:42:28]"
-)
-
-
-@pytest.mark.parametrize("state,has_reason", [
-    ("IDLE+CLOUD+POWERED_DOWN+NOT_RESPONDING", False),  # 24.11's leftover after RESUME
-    ("IDLE+CLOUD+POWERING_UP", False),
-    ("DOWN+CLOUD+POWERED_DOWN", True),
-    ("IDLE+DRAIN", True),
-    ("MIXED+DRAINING", True),
-    ("IDLE+FAIL", True),
-])
-def test_reason_only_for_states_it_explains(state, has_reason):
-    node = parse_show_node_line(LEFTOVER_REASON_24_11.replace("IDLE+CLOUD+POWERED_DOWN+NOT_RESPONDING", state))
-    assert node.reason == ("x y" if has_reason else None)
-    assert node.raw["Reason"] == "x y [root@2026-12-01T12:42:28]"  # kept as data either way
-
-
 @pytest.mark.parametrize(
     "reason",
     [
@@ -403,9 +378,8 @@ def test_update_down_with_reason_and_back_batched(cluster):
     for n in s.show_nodes().values():
         # 22.05 adds NOT_RESPONDING here (never-booted node): assert on the flags that matter
         assert n.has("IDLE", "CLOUD", "POWERED_DOWN") and "DOWN" not in n.state_flags
-        # 24.11 keeps the text on the idle~ node (22.05 clears it): a leftover, read as no reason
-        assert n.reason is None
-        assert ("Reason" in n.raw) == (cluster.release.version_tuple >= (24, 11))
+        # 24.11 keeps the reason on the idle~ node, 22.05 clears it (README: Slurm releases)
+        assert n.reason == (reason if cluster.release.version_tuple >= (24, 11) else None)
     assert s.calls == 4
 
 
