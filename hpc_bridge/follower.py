@@ -3,8 +3,9 @@
 Resume puts the nodes it brings up in the state file's watch list (under the state lock, with
 their deadline) and starts a follower only when none holds the lease (`lease.py`). The follower
 polls the API for the whole watch list, one GET nodes per round, and meanwhile:
-- sets Slurm's NodeAddr/NodeHostName for nodes that became Ready (one scontrol call per round),
-  so slurmctld never has to resolve a cloud node's name;
+- sets Slurm's NodeAddr/NodeHostName as soon as the API reports a node's address (while it
+  boots, so before its slurmd can register; one scontrol call per round, once per address), so
+  slurmctld never has to resolve a cloud node's name;
 - marks nodes whose VM failed DOWN at once with the cloud's StatusMessage, and terminates them;
 - creates nodes whose old cloud record was still terminating when resume ran;
 - drops a node from the list once it is done, failed, suspended, or past its deadline, and
@@ -27,11 +28,11 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
-from hpc_bridge.errors import ApiError
+from hpc_bridge.errors import ApiError, SlurmError, StateError
 from hpc_bridge.lease import HOST, is_mine, lease_held
 from hpc_bridge.nodeops import (
     BOOTING,
@@ -79,7 +80,9 @@ class RoundPlan:
         return self.ready | set(self.failed) | set(self.problems)
 
 
-def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str) -> RoundPlan:
+def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str,
+               told: Mapping[str, tuple[str, str]] = {}) -> RoundPlan:
+    """`told`: the address each watched node has from us in Slurm already (not set again)."""
     plan = RoundPlan()
     for name in sorted(watch):
         node = cloud.get(name)
@@ -96,13 +99,14 @@ def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str) -> Ro
             plan.failed[name] = f"cloud node failed: {node.status_message or 'no message'}"
             if node.node_id:
                 plan.terminate[name] = node.node_id
-        elif node.status == READY:
+        elif node.status == READY or node.status in BOOTING:
             addr = address_of(node, mode)
             if addr is None and (problem := address_problem(node, mode)):
                 plan.problems[name] = problem  # it will not get better by asking again
-            elif addr or mode not in ("ip", "hostname"):
-                if addr:
-                    plan.addresses[name] = addr
+                continue
+            if addr is not None and told.get(name) != addr:
+                plan.addresses[name] = addr
+            if node.status == READY and (addr or mode not in ("ip", "hostname")):
                 plan.ready.add(name)
     return plan
 
@@ -170,20 +174,38 @@ def follow(cfg, *, client, slurm, store, resume_fn=None, now: Callable[[], float
     poll_interval, poll_max, stale_after = cfg.resume.poll_interval, cfg.resume.poll_max, cfg.resume.follower_lease
     interval = poll_interval
     previous: dict[str, str | None] | None = None
+    told: dict[str, tuple[float, tuple[str, str]]] = {}  # name -> (its watch's since, address set)
+    held = time.monotonic()  # when the lease was last renewed
+
+    def back_off(err: Exception) -> float:
+        nonlocal interval
+        interval = next_interval(interval, False, True, poll_interval, poll_max)
+        log.warning("follower: %s; trying again in %.0f s", err, interval)
+        return interval
+
     while True:
-        with store.transaction() as state:
-            t = now()
-            if not _hold_lease(state, t, stale_after, host, pid):
-                report.lost_lease = True
-                break
-            expired = sorted(n for n, w in state.watch.items() if w.deadline <= t)
-            stopped = suspended_since_watched(state, state.watch)
-            state.drop_watch(expired + stopped)
-            if not state.watch:
-                state.follower = None  # nothing left: let go, the next resume starts a new one
-                break
-            watch = dict(state.watch)
-            query = nodes_query(state, watch, t)
+        try:
+            with store.transaction() as state:
+                t = now()
+                if not _hold_lease(state, t, stale_after, host, pid):
+                    report.lost_lease = True
+                    break
+                expired = sorted(n for n, w in state.watch.items() if w.deadline <= t)
+                stopped = suspended_since_watched(state, state.watch)
+                state.drop_watch(expired + stopped)
+                if not state.watch:
+                    state.follower = None  # nothing left: let go, the next resume starts a new one
+                    break
+                watch = dict(state.watch)
+                query = nodes_query(state, watch, t)
+        except StateError as err:
+            # the lock held past lock_timeout under load is not the end; once the lease may have
+            # gone to another follower, a state file that stays unusable is
+            if time.monotonic() - held > stale_after:
+                raise
+            sleep(back_off(err))
+            continue
+        held = time.monotonic()
         if expired:
             report.unresolved.extend(expired)
             log.warning("follower: deadline reached with %d node(s) not Ready: %s (repair takes over)",
@@ -195,12 +217,18 @@ def follow(cfg, *, client, slurm, store, resume_fn=None, now: Callable[[], float
         try:
             cloud = index_by_name(client.get_nodes(**query).nodes)
         except ApiError as err:
-            interval = next_interval(interval, False, True, poll_interval, poll_max)
-            log.warning("follower: %s; trying again in %.0f s", err, interval)
-            _wait(store, watch, polled + interval, polled + poll_interval, sleep)
+            _wait(store, watch, polled + back_off(err), polled + poll_interval, sleep)
             continue
-        plan = plan_round(watch, cloud, mode)
-        _apply(plan, watch, cloud, report, client=client, slurm=slurm, store=store, resume_fn=resume_fn, now=now)
+        # a resume that watches a node again (since changes) may follow a suspend that reset its address
+        known = {n: addr for n, (since, addr) in told.items() if n in watch and watch[n].since == since}
+        plan = plan_round(watch, cloud, mode, known)
+        try:
+            _apply(plan, watch, cloud, report, told, client=client, slurm=slurm, store=store, resume_fn=resume_fn,
+                   now=now)
+        except (SlurmError, StateError) as err:
+            # e.g. scontrol timed out while slurmctld was busy: what was not done is planned again
+            _wait(store, watch, polled + back_off(err), polled + poll_interval, sleep)
+            continue
         statuses = {n: (c.status if (c := cloud.get(n)) else None) for n in watch}
         interval = next_interval(interval, statuses != previous or bool(plan.done or plan.gone), False,
                                  poll_interval, poll_max)
@@ -226,11 +254,12 @@ def _hold_lease(state: State, now: float, stale_after: float, host: str, pid: in
     return True
 
 
-def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], report: FollowReport, *, client,
-           slurm, store, resume_fn, now) -> None:
+def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], report: FollowReport,
+           told: dict[str, tuple[float, tuple[str, str]]], *, client, slurm, store, resume_fn, now) -> None:
     if plan.addresses:
         slurm.set_addresses(plan.addresses)
-        report.addressed.extend(sorted(plan.addresses))
+        told.update({n: (watch[n].since, addr) for n, addr in plan.addresses.items()})
+        report.addressed.extend(sorted(set(plan.addresses) - set(report.addressed)))
         log.info("follower: addresses set for %s", hostlist.compress(sorted(plan.addresses)))
     for problem in plan.problems.values():
         log.error("follower: %s; left to repair", problem)

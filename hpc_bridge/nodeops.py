@@ -61,7 +61,10 @@ _ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
 
 
 def _address_pair(node: Node, mode: str) -> tuple[str, str] | None:
-    if node.status != READY:
+    # A booting VM's address counts as soon as the API reports one: Slurm must have it before the
+    # VM's slurmd registers, or slurmctld launches the job to the node's name, which does not
+    # resolve (~10 s of retries, then the launch fails and the job is requeued elsewhere).
+    if node.status != READY and node.status not in BOOTING:
         return None
     if mode == "ip" and node.private_ip:
         return node.private_ip, node.hostname or node.private_ip
@@ -71,7 +74,7 @@ def _address_pair(node: Node, mode: str) -> tuple[str, str] | None:
 
 
 def address_problem(node: Node, mode: str) -> str | None:
-    """Why the cloud's address for a Ready node cannot be given to scontrol, or None."""
+    """Why the cloud's address for a Ready or booting node cannot be given to scontrol, or None."""
     pair = _address_pair(node, mode)
     bad = [v for v in pair or () if not _ADDRESS_RE.match(v)]
     if not bad:

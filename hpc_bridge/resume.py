@@ -69,9 +69,9 @@ class ResumePlan:
 
     def to_watch(self) -> list[str]:
         """What the follower watches: what is brought up or waited for, and what is up already
-        without an address yet."""
+        unless it is Ready with its address set now (a booting one may still fail)."""
         return sorted({n for n, _ in self.create} | set(self.start) | set(self.waiting)
-                      | (set(self.running) - set(self.addresses)))
+                      | {n for n, status in self.running.items() if status != READY or n not in self.addresses})
 
     def create_sets(self) -> list[NodeCreationSet]:
         """One set per name (a literal nameFormat with count 1 gives exactly that name), ordered

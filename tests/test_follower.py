@@ -136,3 +136,22 @@ def test_a_follower_that_cannot_start_says_so_in_the_hooks_log(env, tmp_path, mo
     ctx.config_path = str(tmp_path / "gone.toml")  # e.g. the file was moved after the hook read it
     ctx.spawn_follower(time.time())
     env.wait_for(lambda: log_lines(env, "resume.log", "follow: error: config file"), what="the follower's error")
+
+
+def test_a_follower_whose_scontrol_fails_tries_again_next_round(env):
+    """A slurmctld too busy to answer within MessageTimeout (here: stopped) fails the follower's
+    scontrol update; the follower tries again next round instead of ending with the nodes
+    unaddressed (under load that left a node's name to DNS when its job launched)."""
+    slurmctld = int((env.cluster.run_dir / "slurmctld.pid").read_text().split()[0])
+    os.kill(slurmctld, signal.SIGSTOP)
+    try:
+        assert env.hook("resume", "htc-f2sv2-[1-2]").rc == 0  # a create: no scontrol call
+        follower = env.state()["follower"]["pid"]
+        env.wait_for(lambda: log_lines(env, "follow.log", "trying again"), timeout=90,
+                     what="the follower's scontrol update failing")
+    finally:
+        os.kill(slurmctld, signal.SIGCONT)
+    env.wait_for(lambda: all_addressed(env, f2(1, 2)), timeout=60, what="both nodes addressed")
+    env.wait_for(lambda: follower_gone(env), timeout=60, what="the follower to let go")
+    assert len(log_lines(env, "resume.log", "follower started")) == 1
+    assert log_lines(env, "follow.log", f"{follower} INFO hpc_bridge.cli: follower done")

@@ -44,6 +44,23 @@ def test_round_plan_sorts_every_status():
     assert plan.done == {"a", "c", "d"}
 
 
+def test_an_address_is_set_while_the_node_boots_and_once():
+    """In Slurm before the VM's slurmd can register (a job launched to the node's name fails);
+    once set it is not set again, and the node is done when Ready."""
+    booting = {"a": node("a", "Preparing", PrivateIp="10.0.0.1", Hostname="a-host"), "b": node("b", "Acquiring")}
+    plan = plan_round(watching("a", "b"), booting, "ip")
+    assert plan.addresses == {"a": ("10.0.0.1", "a-host")} and plan.done == set()
+    told = {"a": ("10.0.0.1", "a-host")}
+    assert plan_round(watching("a", "b"), booting, "ip", told).addresses == {}
+    ready = {"a": node("a", "Ready", PrivateIp="10.0.0.1", Hostname="a-host")}
+    plan = plan_round(watching("a"), ready, "ip", told)
+    assert plan.addresses == {} and plan.ready == {"a"}
+    moved = {"a": node("a", "Ready", PrivateIp="10.0.0.9", Hostname="a-host")}
+    assert plan_round(watching("a"), moved, "ip", told).addresses == {"a": ("10.0.0.9", "a-host")}
+    hostile = {"a": node("a", "Preparing", PrivateIp="10.0.0.1 State=DOWN")}
+    assert set(plan_round(watching("a"), hostile, "ip").problems) == {"a"}
+
+
 def test_ready_without_an_address_is_done_only_when_no_address_is_needed():
     cloud = {"a": node("a", "Ready")}
     assert plan_round(watching("a"), cloud, "ip").ready == set()

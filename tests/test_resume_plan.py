@@ -121,6 +121,14 @@ def test_failed_node_is_down_with_cloud_message_and_terminated():
 def test_ready_node_gives_its_address():
     p = plan(["hpc-1"], [node("hpc-1", "Ready", PrivateIp="127.1.0.5", Hostname="ip-1")])
     assert p.addresses == {"hpc-1": ("127.1.0.5", "ip-1")} and not p.create
+    assert p.to_watch() == []  # up and addressed: nothing left to follow
+
+
+def test_booting_node_gives_its_address_and_is_still_followed():
+    p = plan(["hpc-1", "hpc-2"], [node("hpc-1", "Preparing", PrivateIp="127.1.0.5", Hostname="ip-1"),
+                                  node("hpc-2", "Ready")])
+    assert p.addresses == {"hpc-1": ("127.1.0.5", "ip-1")}
+    assert p.to_watch() == ["hpc-1", "hpc-2"]  # hpc-1 may still fail; hpc-2 has no address yet
 
 
 def test_unknown_name_is_left_alone():
@@ -274,7 +282,19 @@ def test_hostile_address_from_the_api_is_dropped_for_that_node_only():
     assert address_of(node("b", "Ready", PrivateIp="10.0.0.1 State=DOWN", Hostname="h"), "ip") is None
     assert address_of(node("c", "Ready", PrivateIp="10.0.0.2", Hostname="bad\nname"), "ip") is None
     assert address_of(node("d", "Ready", PrivateIp="10.0.0.3,10.0.0.4"), "ip") is None
-    assert address_of(node("e", "Preparing", PrivateIp="10.0.0.5"), "ip") is None
+    assert address_of(node("e", "Preparing", PrivateIp="10.0.0.5 x"), "ip") is None
+
+
+def test_a_booting_node_has_its_address_as_soon_as_the_api_reports_one():
+    """Slurm must have it before the VM's slurmd registers: a job launched to a node whose
+    NodeAddr is still its name fails after ~10 s of DNS retries and is requeued."""
+    from hpc_bridge.nodeops import address_of
+
+    assert address_of(node("a", "Preparing", PrivateIp="10.0.0.5", Hostname="h5"), "ip") == ("10.0.0.5", "h5")
+    assert address_of(node("a", "Preparing", Hostname="h5"), "hostname") == ("h5", "h5")
+    assert address_of(node("a", "Acquiring"), "ip") is None  # none reported yet
+    assert address_of(node("a", "Deallocated", PrivateIp="10.0.0.5"), "ip") is None
+    assert address_of(node("a", "Terminating", PrivateIp="10.0.0.5"), "ip") is None
 
 
 def test_resume_file_nested_too_deeply_is_a_usage_error():
