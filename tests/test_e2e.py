@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bridge_env import BridgeEnv, all_forms, default_scenario
+from hpc_bridge import hostlist
 
 pytestmark = pytest.mark.slurm
 
@@ -71,6 +72,24 @@ def release(env, job_id):
         env.cluster.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
 
+def holding(env, command: str) -> str:
+    """A job script that runs `command`, then keeps its nodes until end_held_jobs(env): while the
+    test looks at them they cannot power down (a terminated VM's record can vanish)."""
+    return f"{command}; while [ ! -e {env.root / 'end-held-jobs'} ]; do sleep 0.2; done"
+
+
+def end_held_jobs(env) -> None:
+    (env.root / "end-held-jobs").touch()
+
+
+def nodes_it_ran_on(env, job_id) -> list[str]:
+    """The nodes Slurm gave the running job (its NodeList), once its tasks have printed: not a
+    guess at which nodes Slurm picks (a requeued job may get others)."""
+    wait_job(env, job_id, states=("RUNNING",))
+    env.wait_for(lambda: job_output(env, job_id).strip(), what=f"job {job_id}'s tasks to print")
+    return hostlist.expand(env.cluster.job(job_id)["NodeList"])
+
+
 def powered_down(env, names, timeout=60):
     env.wait_for(lambda: all({"IDLE", "POWERED_DOWN"} <= env.cluster.node_flags(n) for n in names),
                  timeout=timeout, what=f"{names} back to idle~")
@@ -79,16 +98,21 @@ def powered_down(env, names, timeout=60):
 @default_and_quirks
 def test_hpc_job_runs_on_two_new_nodes_in_one_placement_group(env):
     env.sim.reset_stats()
-    job = submit(env, "-p", "hpc", "-N2", "--wrap", "srun printenv SLURMD_NODENAME")
-    wait_job(env, job)
-    stats = env.sim.stats()
-    assert stats["creates"]["calls"] == 1 and stats["creates"]["nodes_added"] == 2
+    job = submit(env, "-p", "hpc", "-N2", "--wrap", holding(env, "srun printenv SLURMD_NODENAME"))
+    names = nodes_it_ran_on(env, job)
     nodes = env.cloud_nodes()
-    names = sorted(n for n in nodes if n.startswith("hpc-"))
-    assert names == ["hpc-hb120rsv3-1", "hpc-hb120rsv3-2"]
-    assert nodes[names[0]]["PlacementGroupId"] == nodes[names[1]]["PlacementGroupId"] == "hpc-hb120rsv3-pg1"
-    out = job_output(env, job)
-    assert sorted(out.split()) == names  # each task ran on its own new node
+    assert len(names) == 2 and all(nodes[n]["Status"] == "Ready" for n in names)
+    # both brought up by one create call (one request id), into one placement group
+    assert nodes[names[0]]["RequestId"] and nodes[names[0]]["RequestId"] == nodes[names[1]]["RequestId"]
+    assert nodes[names[0]]["PlacementGroupId"] and nodes[names[0]]["PlacementGroupId"] == nodes[names[1]]["PlacementGroupId"]
+    end_held_jobs(env)
+    wait_job(env, job)
+    assert sorted(job_output(env, job).split()) == names  # each task ran on its own new node
+    # no create refused (none for a name that exists already) and no duplicate VM
+    stats = env.sim.stats()["creates"]
+    assert stats["calls"] >= 1 and stats["nodes_requested"] == stats["nodes_added"]
+    live = [r["Name"] for r in env.all_cloud_records() if r["Status"] not in ("Terminated", "Deallocated")]
+    assert len(live) == len(set(live))
     # after SuspendTime: idle~ in Slurm, the VMs deallocated (the hpc nodearray's ShutdownPolicy)
     powered_down(env, names)
     env.wait_for(lambda: all(env.cloud_nodes()[n]["Status"] == "Deallocated" for n in names),
@@ -97,17 +121,22 @@ def test_hpc_job_runs_on_two_new_nodes_in_one_placement_group(env):
 
 @all_forms
 def test_each_vm_size_and_gpu(env):
-    f2 = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
-    f4 = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-n", "4", "--wrap", "srun -n1 printenv SLURMD_NODENAME")
-    gpu = submit(env, "-p", "gpu", "--gres=gpu:1", "--wrap", "srun bash -c 'echo $SLURMD_NODENAME GPU=$CUDA_VISIBLE_DEVICES'")
+    f2 = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", holding(env, "srun printenv SLURMD_NODENAME"))
+    f4 = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "-n", "4",
+                "--wrap", holding(env, "srun -n1 printenv SLURMD_NODENAME"))
+    gpu = submit(env, "-p", "gpu", "--gres=gpu:1",
+                 "--wrap", holding(env, "srun bash -c 'echo $SLURMD_NODENAME GPU=$CUDA_VISIBLE_DEVICES'"))
+    ran_on = {j: nodes_it_ran_on(env, j) for j in (f2, f4, gpu)}
+    machine = {n: r["MachineType"] for n, r in env.cloud_nodes().items()}
+    assert [machine[n] for n in ran_on[f2]] == ["Standard_F2s_v2"]
+    assert [machine[n] for n in ran_on[f4]] == ["Standard_F4s_v2"]
+    assert [machine[n] for n in ran_on[gpu]] == ["Standard_NC24ads_A100_v4"]
+    end_held_jobs(env)
     for j in (f2, f4, gpu):
         wait_job(env, j)
-    assert job_output(env, f2).strip().startswith("htc-f2sv2-")
-    assert job_output(env, f4).strip().startswith("htc-f4sv2-")
-    out = job_output(env, gpu)
-    assert "gpu-nc24adsa100v4-1" in out and "GPU=0" in out
-    machine = {n: r["MachineType"] for n, r in env.cloud_nodes().items()}
-    assert machine["htc-f2sv2-1"] == "Standard_F2s_v2" and machine["htc-f4sv2-1"] == "Standard_F4s_v2"
+    assert job_output(env, f2).split() == ran_on[f2] and ran_on[f2][0].startswith("htc-f2sv2-")
+    assert job_output(env, f4).split() == ran_on[f4] and ran_on[f4][0].startswith("htc-f4sv2-")
+    assert job_output(env, gpu).split() == [*ran_on[gpu], "GPU=0"]
 
 
 @all_forms
@@ -132,16 +161,18 @@ def test_quota_exhausted_fails_fast_and_leaves_nothing_running(tmp_path, slurm_c
 
 @strict_form
 def test_deallocate_policy_restarts_the_same_vms(env):
-    job = submit(env, "-p", "gpu", "--gres=gpu:1", "--wrap", "hostname")
+    job = submit(env, "-p", "gpu", "--gres=gpu:1", "--wrap", holding(env, "hostname"))
+    (name,) = nodes_it_ran_on(env, job)
+    first = env.cloud_nodes()[name]["NodeId"]
+    end_held_jobs(env)
     wait_job(env, job)
-    first = env.cloud_nodes()["gpu-nc24adsa100v4-1"]["NodeId"]
-    powered_down(env, ["gpu-nc24adsa100v4-1"])
-    env.wait_for(lambda: env.cloud_nodes()["gpu-nc24adsa100v4-1"]["Status"] == "Deallocated", what="deallocated")
-    job2 = submit(env, "-p", "gpu", "--gres=gpu:1", "--wrap", "hostname")
+    powered_down(env, [name])
+    env.wait_for(lambda: env.cloud_nodes()[name]["Status"] == "Deallocated", what="deallocated")
+    job2 = submit(env, "-p", "gpu", "--gres=gpu:1", "-w", name, "--wrap", "hostname")
     wait_job(env, job2)
-    again = env.cloud_nodes()["gpu-nc24adsa100v4-1"]
+    again = env.cloud_nodes()[name]
     assert again["NodeId"] == first
-    assert sum(1 for r in env.all_cloud_records() if r["Name"] == "gpu-nc24adsa100v4-1") == 1
+    assert sum(1 for r in env.all_cloud_records() if r["Name"] == name) == 1
 
 
 def repair(env):
@@ -158,7 +189,9 @@ def live_vms(env) -> dict[str, str]:
 def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
     env.sim.set_faults(boot_failure_rate=1.0)
     job = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
-    name = "htc-f4sv2-1"
+    # the node Slurm gave the job (Slurm allocates before it powers up)
+    name = env.wait_for(lambda: hostlist.expand(env.cluster.job(job).get("NodeList", "").replace("(null)", "")),
+                        what=f"job {job} allocated")[0]
 
     def failed_down():
         node = env.cluster.slurm().show_nodes()[name]

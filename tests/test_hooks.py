@@ -30,6 +30,18 @@ def creates(env) -> int:
     return env.sim.stats()["endpoints"].get("POST nodes/create", 0) if "endpoints" in env.sim.stats() else None
 
 
+@pytest.mark.parametrize("api_form", ["strict"])
+def test_one_placement_group_when_slurm_wakes_a_jobs_nodes_in_two_calls(env):
+    """Slurm 22.05 wakes all the nodes of a job in one ResumeProgram call (one power-save pass,
+    ResumeRate=0); should two calls come, the node map still puts both in one placement group."""
+    jobs = {"jobs": [{"job_id": 7, "nodes": "hpc-hb120rsv3-[1-2]"}], "all_nodes": "hpc-hb120rsv3-1"}
+    assert env.hook("resume", "hpc-hb120rsv3-1", resume_file=jobs).rc == 0
+    assert env.hook("resume", "hpc-hb120rsv3-2", resume_file={**jobs, "all_nodes": "hpc-hb120rsv3-2"}).rc == 0
+    nodes = env.cloud_nodes()
+    pgs = {nodes[n]["PlacementGroupId"] for n in ("hpc-hb120rsv3-1", "hpc-hb120rsv3-2")}
+    assert len(pgs) == 1 and None not in pgs
+
+
 @all_forms
 def test_resume_creates_exact_names_in_one_call_and_sets_addresses(env):
     env.sim.reset_stats()
