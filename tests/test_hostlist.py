@@ -561,3 +561,36 @@ def test_compress_of_expansion_expands_back(expr):
         assert "number too large" in str(err)
         return
     assert expand(compressed) == names
+
+
+# ---------------------------------------------------------------------------------------------
+# every Slurm release the real-Slurm tests run against
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+def test_tables_expand_the_same_in_every_release(slurm_release, tmp_path):
+    """What this module accepts in the tables, each release's scontrol expands and compresses the
+    same way (24.11 also reads text after the last bracket and refuses an unclosed one, where
+    22.05 refuses and damages: this module refuses both, see README's Slurm releases)."""
+    conf = tmp_path / "oracle.conf"
+    conf.write_text("ClusterName=oracle\nSlurmctldHost=localhost\n")
+
+    def show(what: str, arg: str) -> list[str] | None:
+        proc = subprocess.run(slurm_release.command(["/usr/bin/scontrol", "--", "show", what, arg], [tmp_path]),
+                              capture_output=True, env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"},
+                              timeout=60, cwd="/")
+        if b"Invalid hostlist" in proc.stderr:
+            return None
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.decode("utf-8", "surrogateescape").split("\n")[:-1]
+
+    for expr, expected in EXPAND_TABLE:
+        assert show("hostnames", expr) == expected, expr
+    for names, expected in COMPRESS_TABLE:
+        assert show("hostlist", ",".join(names)) == [expected], names
+    for names, expected in COMPRESS_SORTED_TABLE:
+        assert show("hostlistsorted", ",".join(sorted(set(names)))) == [expected], names
+    for expr in ("a[1-2]b", "a[1-2"):  # the releases disagree: refused here
+        with pytest.raises(HostlistError):
+            expand(expr)
