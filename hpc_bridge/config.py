@@ -1,21 +1,27 @@
-"""The TOML configuration file, validated by pydantic.
+"""The TOML configuration file and its validation.
 
 Path: --config, else $HPC_BRIDGE_CONFIG, else /etc/hpc-bridge/config.toml. Unknown keys are
 errors (they are usually typos). The cluster password never lives in this file: it comes from
 `password_file` (which must be private to its owner) or from $HPC_BRIDGE_PASSWORD.
+
+Every key is declared once, as a `Key` of a plain `Section` class. A valid file is checked by
+plain code (every hook reads the config, and importing pydantic and building its schemas cost
+a short hook more than the rest of its start-up); only a file that this check does not accept
+as it is goes through a pydantic model made from the same declarations, which words the
+problems (one phrase per key) or, where pydantic converts a value, supplies the converted one.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import stat
 import tomllib
+from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpc_bridge.errors import ConfigError
 from hpc_bridge.files import NotARegularFile, read_regular_file
@@ -33,8 +39,213 @@ PASSWORD_ENV = "HPC_BRIDGE_PASSWORD"
 YEAR = 366 * 86400.0
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True, allow_inf_nan=False)
+_REQUIRED = object()
+
+
+class Key:
+    """One config key: its type, its default, its bounds, and checks of its value.
+
+    kind: str, bool, int or float; a tuple of the allowed strings; list (of strings); a Section
+    class; or dict (of `of`, a Section class, by name). A check takes the value (None too, for
+    a nullable key) and returns it, possibly normalised, or raises ValueError naming the problem.
+    """
+
+    def __init__(self, kind: Any, default: Any = _REQUIRED, *, factory: Callable[[], Any] | None = None,
+                 nullable: bool = False, of: Any = None, gt: float | None = None, ge: float | None = None,
+                 lt: float | None = None, le: float | None = None, checks: tuple[Callable[[Any], Any], ...] = ()):
+        self.kind, self.default, self.factory, self.nullable, self.of = kind, default, factory, nullable, of
+        self.bounds = {name: bound for name, bound in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le))
+                       if bound is not None}
+        self.checks = checks
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED and self.factory is None
+
+    def default_value(self) -> Any:
+        return self.factory() if self.factory is not None else self.default
+
+    def accept(self, value: Any) -> Any:
+        """The value as the section keeps it, or _REFUSED when it is not plainly valid (then
+        pydantic decides, and words the problem)."""
+        if value is None:
+            accepted = None if self.nullable else _REFUSED
+        else:
+            accepted = _accept_kind(self.kind, self.of, value)
+            if accepted is not _REFUSED and self.bounds and not _within(accepted, self.bounds):
+                accepted = _REFUSED
+        if accepted is _REFUSED:
+            return _REFUSED
+        try:
+            for check in self.checks:
+                accepted = check(accepted)
+        except ValueError:
+            return _REFUSED
+        return accepted
+
+
+_REFUSED = object()
+
+
+def _accept_kind(kind: Any, of: Any, value: Any) -> Any:
+    if kind is bool or kind is str:
+        return value if type(value) is kind else _REFUSED
+    if kind is int:
+        return value if type(value) is int else _REFUSED
+    if kind is float:
+        ok = type(value) in (int, float) and math.isfinite(value)
+        return float(value) if ok else _REFUSED
+    if isinstance(kind, tuple):
+        return value if type(value) is str and value in kind else _REFUSED
+    if kind is list:
+        ok = type(value) is list and all(type(item) is str for item in value)
+        return list(value) if ok else _REFUSED
+    if kind is dict:
+        if type(value) is not dict or not all(type(name) is str for name in value):
+            return _REFUSED
+        sections = {name: of.accept(item) for name, item in value.items()}
+        return _REFUSED if _REFUSED in sections.values() else sections
+    if isinstance(value, kind):
+        return value
+    return kind.accept(value)
+
+
+def _within(value: float, bounds: dict[str, float]) -> bool:
+    return all({"gt": value > b, "ge": value >= b, "lt": value < b, "le": value <= b}[name]
+               for name, b in bounds.items())
+
+
+class Section:
+    """A config section: one attribute per Key. `checks` are whole-section checks: functions of
+    the section that raise ValueError naming the keys involved."""
+
+    keys: dict[str, Key] = {}
+    checks: tuple[Callable[[Any], None], ...] = ()
+
+    def __init_subclass__(cls) -> None:
+        cls.keys = {name: key for name, key in vars(cls).items() if isinstance(key, Key)}
+        for name in cls.keys:
+            delattr(cls, name)  # instances hold the values
+
+    def __init__(self, **values: Any):
+        accepted = type(self).accept(values)
+        if accepted is _REFUSED:
+            raise ConfigError(f"{type(self).__name__}: " + "; ".join(_problems(type(self), values)))
+        self.__dict__.update(accepted.__dict__)
+
+    @classmethod
+    def accept(cls, data: Any) -> Any:
+        """A section of the data when it is plainly valid, else _REFUSED."""
+        if type(data) is not dict or not data.keys() <= cls.keys.keys():
+            return _REFUSED
+        section = cls.__new__(cls)
+        for name, key in cls.keys.items():
+            if name in data:
+                value = key.accept(data[name])
+            elif key.required:
+                return _REFUSED
+            else:
+                value = key.accept(key.default_value())
+            if value is _REFUSED:
+                return _REFUSED
+            section.__dict__[name] = value
+        try:
+            for check in cls.checks:
+                check(section)
+        except ValueError:
+            return _REFUSED
+        return section
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as data that validates to an equal section."""
+        return {name: _plain(getattr(self, name)) for name in self.keys}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.keys)})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {name: _plain(item) for name, item in value.items()}
+    return value
+
+
+@cache
+def _pydantic_model(section: type[Section]) -> Any:
+    """A pydantic model with the section's keys, bounds and checks, for what plain checks refuse."""
+    from typing import Literal, Optional
+
+    from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
+
+    def annotation(key: Key) -> Any:
+        kind = key.kind
+        if isinstance(kind, tuple):
+            kind = Literal[kind]
+        elif kind is list:
+            kind = list[str]
+        elif kind is dict:
+            kind = dict[str, _pydantic_model(key.of)]
+        elif isinstance(kind, type) and issubclass(kind, Section):
+            kind = _pydantic_model(kind)
+        return Optional[kind] if key.nullable else kind
+
+    def field(key: Key) -> Any:
+        if key.factory is not None:
+            factory = key.factory
+            if isinstance(key.kind, type) and issubclass(key.kind, Section):
+                factory = lambda: {}  # noqa: E731 (a default section, validated like one written out)
+            return Field(default_factory=factory, **key.bounds)
+        return Field(default=... if key.default is _REQUIRED else key.default, **key.bounds)
+
+    validators: dict[str, Any] = {}
+    for name, key in section.keys.items():
+        for i, check in enumerate(key.checks):
+            validators[f"check_{name}_{i}"] = field_validator(name)(
+                classmethod(lambda cls, value, check=check: check(value)))
+    for i, check in enumerate(section.checks):
+        def whole(self, check=check):
+            check(self)
+            return self
+        validators[f"check_{i}"] = model_validator(mode="after")(whole)
+    return create_model(
+        section.__name__,  # pydantic names the model in some messages
+        __config__=ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False),
+        __validators__=validators,
+        **{name: (annotation(key), field(key)) for name, key in section.keys.items()},
+    )
+
+
+def _problems(section: type[Section], data: Any) -> list[str]:
+    """The problems pydantic finds in data the plain checks refused (none: it converted a value)."""
+    from pydantic import ValidationError
+
+    try:
+        _pydantic_model(section).model_validate(data)
+    except ValidationError as err:
+        return describe_validation_errors(err)
+    return []
+
+
+def _validated(section: type[Section], data: Any, source: str) -> Any:
+    accepted = section.accept(data)
+    if accepted is _REFUSED:
+        from pydantic import ValidationError
+
+        try:
+            converted = _pydantic_model(section).model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(f"config file {source}: " + "; ".join(describe_validation_errors(err))) from None
+        # pydantic accepted it by converting a value (a number written as a string, ...): keep
+        # what it converted to, checked once more as plain data
+        accepted = section.accept(converted.model_dump())
+        if accepted is _REFUSED:
+            raise ConfigError(f"config file {source}: not a valid configuration")
+    return accepted
 
 
 def _absolute(value: str | None) -> str | None:
@@ -45,48 +256,41 @@ def _absolute(value: str | None) -> str | None:
     return value
 
 
-class ClusterConfig(_Section):
-    url: str
-    name: str
-    username: str
-    password_file: str | None = None
-    verify_tls: bool = True
-    ca_bundle: str | None = None
-    timeout: float = Field(default=10.0, gt=0, le=3600)
-    retries: int = Field(default=4, ge=0, le=20)
-    retry_budget: float = Field(default=30.0, gt=0, le=86400, description="total seconds one call may take")
-    allow_plain_http: bool = False
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if has_userinfo(value):
+        raise ValueError(USERINFO_REFUSED.removeprefix("url: "))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if has_userinfo(value):
-            raise ValueError(USERINFO_REFUSED.removeprefix("url: "))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
 
-    @field_validator("name", "username")
-    @classmethod
-    def _nonblank(cls, value: str) -> str:
-        if not value.strip() or any(c in value for c in "\r\n"):
-            raise ValueError("must be a non-empty single line")
-        return value
+def _nonblank(value: str) -> str:
+    if not value.strip() or any(c in value for c in "\r\n"):
+        raise ValueError("must be a non-empty single line")
+    return value
 
-    @field_validator("password_file", "ca_bundle")
-    @classmethod
-    def _abs(cls, value: str | None) -> str | None:
-        return _absolute(value)
 
-    @model_validator(mode="after")
-    def _plain_http(self) -> "ClusterConfig":
-        if urlsplit(self.url).scheme == "http" and not self.allow_plain_http and not is_loopback_url(self.url):
-            raise ValueError(
-                "url: plain http to a non-loopback host sends the password in clear; "
-                "use https or set allow_plain_http = true"
-            )
-        return self
+def _plain_http(cluster: Any) -> None:
+    if urlsplit(cluster.url).scheme == "http" and not cluster.allow_plain_http and not is_loopback_url(cluster.url):
+        raise ValueError(
+            "url: plain http to a non-loopback host sends the password in clear; "
+            "use https or set allow_plain_http = true"
+        )
+
+
+class ClusterConfig(Section):
+    url = Key(str, checks=(_url,))
+    name = Key(str, checks=(_nonblank,))
+    username = Key(str, checks=(_nonblank,))
+    password_file = Key(str, None, nullable=True, checks=(_absolute,))
+    verify_tls = Key(bool, True)
+    ca_bundle = Key(str, None, nullable=True, checks=(_absolute,))
+    timeout = Key(float, 10.0, gt=0, le=3600)
+    retries = Key(int, 4, ge=0, le=20)
+    retry_budget = Key(float, 30.0, gt=0, le=86400)  # total seconds one call may take
+    allow_plain_http = Key(bool, False)
+    checks = (_plain_http,)
 
     def password(self) -> str:
         """The API password: from $HPC_BRIDGE_PASSWORD, else from password_file (owner-only)."""
@@ -145,71 +349,64 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-class PathsConfig(_Section):
-    state_dir: str = "/var/lib/hpc-bridge"
-    log_dir: str = "/var/log/hpc-bridge"
-
-    @field_validator("state_dir", "log_dir")
-    @classmethod
-    def _abs(cls, value: str) -> str:
-        return _absolute(value) or value
+def _absolute_path(value: str) -> str:
+    return _absolute(value) or value
 
 
-AddressMode = Literal["ip", "hostname", "registration", "dns"]
+class PathsConfig(Section):
+    state_dir = Key(str, "/var/lib/hpc-bridge", checks=(_absolute_path,))
+    log_dir = Key(str, "/var/log/hpc-bridge", checks=(_absolute_path,))
 
 
-class SlurmConfig(_Section):
-    bin_dir: str = "/usr/bin"
-    sbin_dir: str = "/usr/sbin"
-    conf_dir: str = "/etc/slurm"
-    slurm_conf: str | None = None  # SLURM_CONF for the Slurm commands; default: Slurm's own
-    address_mode: AddressMode = "ip"
-    gpu_device_pattern: str = "/dev/nvidia[0-{last}]"
-    template_dir: str | None = None
+ADDRESS_MODES = ("ip", "hostname", "registration", "dns")
+
+
+def _argv(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("must name a program")
+    _absolute(value[0])
+    if any("\0" in a for a in value):
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+class SlurmConfig(Section):
+    bin_dir = Key(str, "/usr/bin", checks=(_absolute,))
+    sbin_dir = Key(str, "/usr/sbin", checks=(_absolute,))
+    conf_dir = Key(str, "/etc/slurm", checks=(_absolute,))
+    slurm_conf = Key(str, None, nullable=True, checks=(_absolute,))  # SLURM_CONF for the Slurm commands; default: Slurm's own
+    address_mode = Key(ADDRESS_MODES, "ip")
+    gpu_device_pattern = Key(str, "/dev/nvidia[0-{last}]")
+    template_dir = Key(str, None, nullable=True, checks=(_absolute,))
     # `hpc-bridge partitions --restart`: how this site restarts slurmctld (argv, no shell)
-    restart_command: list[str] = Field(default_factory=lambda: ["/usr/bin/systemctl", "restart", "slurmctld"])
-
-    @field_validator("bin_dir", "sbin_dir", "conf_dir", "slurm_conf", "template_dir")
-    @classmethod
-    def _abs(cls, value: str | None) -> str | None:
-        return _absolute(value)
-
-    @field_validator("restart_command")
-    @classmethod
-    def _argv(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("must name a program")
-        _absolute(value[0])
-        if any("\0" in a for a in value):
-            raise ValueError("must not contain a NUL character")
-        return value
+    restart_command = Key(list, factory=lambda: ["/usr/bin/systemctl", "restart", "slurmctld"], checks=(_argv,))
 
 
-SuspendPolicy = Literal["shutdown", "deallocate", "terminate"]
+SUSPEND_POLICIES = ("shutdown", "deallocate", "terminate")
 
 
-class NodearrayConfig(_Section):
+class NodearrayConfig(Section):
     """Per-nodearray overrides for the partition generator and the hooks."""
 
-    managed: bool = True
-    partition: str | None = None  # default: the nodearray's name
-    default: bool = False
-    max_time: str = "INFINITE"
-    exclusive: bool | None = None  # default: true for InfiniBand arrays
-    memory_reserve_gb: float = Field(default=1.0, ge=0)
-    memory_reserve_fraction: float = Field(default=0.05, ge=0, lt=1)
-    max_nodes: int | None = Field(default=None, ge=0)  # names per bucket; default: bucket maxCount
-    weight: int | None = Field(default=None, ge=0)  # base Weight; default: by cores and memory
-    def_mem_per_cpu: int | None = Field(default=None, ge=1)
-    threads_per_core: bool = True  # derive ThreadsPerCore from vcpuCount/pcpuCount
-    suspend_policy: SuspendPolicy = "shutdown"
-    all_or_nothing: bool = True
-    placement_groups: bool | None = None  # default: when the bucket has maxPlacementGroupSize > 1 and IB
+    managed = Key(bool, True)
+    partition = Key(str, None, nullable=True)  # default: the nodearray's name
+    default = Key(bool, False)
+    max_time = Key(str, "INFINITE")
+    exclusive = Key(bool, None, nullable=True)  # default: true for InfiniBand arrays
+    memory_reserve_gb = Key(float, 1.0, ge=0)
+    memory_reserve_fraction = Key(float, 0.05, ge=0, lt=1)
+    max_nodes = Key(int, None, nullable=True, ge=0)  # names per bucket; default: bucket maxCount
+    weight = Key(int, None, nullable=True, ge=0)  # base Weight; default: by cores and memory
+    def_mem_per_cpu = Key(int, None, nullable=True, ge=1)
+    threads_per_core = Key(bool, True)  # derive ThreadsPerCore from vcpuCount/pcpuCount
+    suspend_policy = Key(SUSPEND_POLICIES, "shutdown")
+    all_or_nothing = Key(bool, True)
+    placement_groups = Key(bool, None, nullable=True)  # default: when the bucket has maxPlacementGroupSize > 1 and IB
 
 
-class PartitionsConfig(_Section):
-    managed_nodearrays: list[str] | None = None  # None: all nodearrays
-    nodearrays: dict[str, NodearrayConfig] = Field(default_factory=dict)
+class PartitionsConfig(Section):
+    managed_nodearrays = Key(list, None, nullable=True)  # None: all nodearrays
+    nodearrays = Key(dict, of=NodearrayConfig, factory=dict)
 
     def for_array(self, name: str) -> NodearrayConfig:
         return self.nodearrays.get(name) or NodearrayConfig()
@@ -220,67 +417,67 @@ class PartitionsConfig(_Section):
         return self.for_array(name).managed
 
 
-class ResumeConfig(_Section):
-    capacity_cooloff: float = Field(default=600.0, ge=0, le=YEAR)
-    resume_timeout: float = Field(default=1800.0, gt=0, le=YEAR)  # keep equal to slurm.conf ResumeTimeout
-    follower: bool = True  # start a detached follower that sets node addresses as they appear
+def _poll_bounds(resume: Any) -> None:
+    if resume.poll_max < resume.poll_interval:
+        raise ValueError(f"poll_max ({resume.poll_max:g}) must be at least poll_interval "
+                         f"({resume.poll_interval:g})")
+    if resume.follower_lease < 2 * resume.poll_max:
+        raise ValueError(f"follower_lease ({resume.follower_lease:g}) must be at least twice "
+                         f"poll_max ({resume.poll_max:g}): a live follower renews it once per round")
+
+
+class ResumeConfig(Section):
+    capacity_cooloff = Key(float, 600.0, ge=0, le=YEAR)
+    resume_timeout = Key(float, 1800.0, gt=0, le=YEAR)  # keep equal to slurm.conf ResumeTimeout
+    follower = Key(bool, True)  # start a detached follower that sets node addresses as they appear
     # VMs of one size that were Ready but whose slurmd never registered (within [state]
     # retention) before that size is held out of service until `hpc-bridge clear-hold`; 0: never
-    boot_failure_limit: int = Field(default=3, ge=0)
+    boot_failure_limit = Key(int, 3, ge=0)
     # The one follower of a state directory: seconds between its GET nodes at the fastest, the
     # most it waits while nothing changes (or the API throttles), and how long its lease holds
     # without a heartbeat before another host may take over.
-    poll_interval: float = Field(default=2.0, gt=0, le=3600)
-    poll_max: float = Field(default=15.0, gt=0, le=3600)
-    follower_lease: float = Field(default=60.0, gt=0, le=86400)
-
-    @model_validator(mode="after")
-    def _poll_bounds(self) -> "ResumeConfig":
-        if self.poll_max < self.poll_interval:
-            raise ValueError(f"poll_max ({self.poll_max:g}) must be at least poll_interval "
-                             f"({self.poll_interval:g})")
-        if self.follower_lease < 2 * self.poll_max:
-            raise ValueError(f"follower_lease ({self.follower_lease:g}) must be at least twice "
-                             f"poll_max ({self.poll_max:g}): a live follower renews it once per round")
-        return self
+    poll_interval = Key(float, 2.0, gt=0, le=3600)
+    poll_max = Key(float, 15.0, gt=0, le=3600)
+    follower_lease = Key(float, 60.0, gt=0, le=86400)
+    checks = (_poll_bounds,)
 
 
-class SuspendConfig(_Section):
+class SuspendConfig(Section):
     # Written on each generated partition (`hpc-bridge partitions`), never globally.
-    suspend_time: float = Field(default=600.0, gt=0)  # seconds idle before a cloud node is powered down
-    suspend_timeout: float = Field(default=300.0, gt=0)  # seconds a node stays powering down
+    suspend_time = Key(float, 600.0, gt=0)  # seconds idle before a cloud node is powered down
+    suspend_timeout = Key(float, 300.0, gt=0)  # seconds a node stays powering down
 
 
-class RepairConfig(_Section):
-    grace: float = Field(default=300.0, ge=0, le=YEAR)  # leaked VM / unknown node grace
-    lock_timeout: float = Field(default=0.0, ge=0, le=3600)
+class RepairConfig(Section):
+    grace = Key(float, 300.0, ge=0, le=YEAR)  # leaked VM / unknown node grace
+    lock_timeout = Key(float, 0.0, ge=0, le=3600)
 
 
-class StateConfig(_Section):
-    lock_timeout: float = Field(default=10.0, gt=0, le=3600)
-    retention: float = Field(default=86400.0, gt=0, le=YEAR)
-    keep_closed: float = Field(default=3600.0, gt=0, le=YEAR)
+class StateConfig(Section):
+    lock_timeout = Key(float, 10.0, gt=0, le=3600)
+    retention = Key(float, 86400.0, gt=0, le=YEAR)
+    keep_closed = Key(float, 3600.0, gt=0, le=YEAR)
 
 
-class Config(_Section):
-    cluster: ClusterConfig
-    paths: PathsConfig = Field(default_factory=PathsConfig)
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
-    partitions: PartitionsConfig = Field(default_factory=PartitionsConfig)
-    resume: ResumeConfig = Field(default_factory=ResumeConfig)
-    suspend: SuspendConfig = Field(default_factory=SuspendConfig)
-    repair: RepairConfig = Field(default_factory=RepairConfig)
-    state: StateConfig = Field(default_factory=StateConfig)
+def _closed_records_outlive_the_grace(cfg: Any) -> None:
+    # repair tells a leaked VM from a fresh one by the records of the last `grace` seconds
+    if cfg.state.keep_closed < cfg.repair.grace:
+        raise ValueError(f"state.keep_closed ({cfg.state.keep_closed:g}) must be at least "
+                         f"repair.grace ({cfg.repair.grace:g})")
 
-    source: str = Field(default="", exclude=True)
 
-    @model_validator(mode="after")
-    def _closed_records_outlive_the_grace(self) -> "Config":
-        # repair tells a leaked VM from a fresh one by the records of the last `grace` seconds
-        if self.state.keep_closed < self.repair.grace:
-            raise ValueError(f"state.keep_closed ({self.state.keep_closed:g}) must be at least "
-                             f"repair.grace ({self.repair.grace:g})")
-        return self
+class Config(Section):
+    cluster = Key(ClusterConfig)
+    paths = Key(PathsConfig, factory=PathsConfig)
+    slurm = Key(SlurmConfig, factory=SlurmConfig)
+    partitions = Key(PartitionsConfig, factory=PartitionsConfig)
+    resume = Key(ResumeConfig, factory=ResumeConfig)
+    suspend = Key(SuspendConfig, factory=SuspendConfig)
+    repair = Key(RepairConfig, factory=RepairConfig)
+    state = Key(StateConfig, factory=StateConfig)
+    checks = (_closed_records_outlive_the_grace,)
+
+    source: str = ""  # the file it was read from
 
     @property
     def state_file(self) -> Path:
@@ -316,15 +513,12 @@ def load_config(path: str | None = None) -> Config:
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"config file {source}: " + "; ".join(describe_validation_errors(err))) from None
+    cfg = _validated(Config, data, source)
     cfg.source = source
     return cfg
 
 
-def describe_validation_errors(err: ValidationError) -> list[str]:
+def describe_validation_errors(err: Any) -> list[str]:
     """One short phrase per problem, naming the key as it is written in the TOML file."""
     problems = []
     for item in err.errors():

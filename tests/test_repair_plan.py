@@ -307,7 +307,7 @@ def test_7_ready_node_gets_its_address(flags):
 @pytest.mark.parametrize("mode,addr,want", [("ip", "127.1.0.7", []), ("registration", None, []), ("dns", None, []),
                                             ("hostname", None, [SET_ADDRESS]), ("ip", "127.1.0.1", [SET_ADDRESS])])
 def test_7_address_modes(mode, addr, want):
-    cfg = config_from_dict({**CFG.model_dump(exclude={"source"}), "slurm": {"address_mode": mode}})
+    cfg = config_from_dict({**CFG.to_dict(), "slurm": {"address_mode": mode}})
     acts = plan([snode("hpc-1", "IDLE", "CLOUD", addr=addr)],
                 [cnode("hpc-1", "Ready", PrivateIp="127.1.0.7", Hostname="ip-7")], cfg=cfg)
     assert kinds(acts) == want
