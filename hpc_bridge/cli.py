@@ -231,7 +231,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
                    "reconfigured": result.reconfigured, "restarted": result.restarted,
                    "restartNeeded": bool(change) and not result.restarted,
                    "nodesAdded": change.added, "nodesRemoved": change.removed,
-                   "nodes": len(plan.names()) if plan else 0, "skipped": plan.comments if plan else []})
+                   "nodes": plan.name_count() if plan else 0, "skipped": plan.comments if plan else []})
         return 1 if (args.check and result.changed) or result.refused else 0
     if args.diff:
         sys.stdout.write(result.diff)
@@ -250,7 +250,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
         return 1
     for comment in plan.comments if plan else []:
         print(comment)
-    names = len(plan.names()) if plan else 0
+    names = plan.name_count() if plan else 0
     what = ", ".join(result.changed) if result.changed else "nothing changed"
     done = "; slurmctld restarted" if result.restarted else "; scontrol reconfigure done" if result.reconfigured else ""
     print(f"{names} node names in {len(plan.groups) if plan else 0} groups; {result.out_dir}: {what}{done}")

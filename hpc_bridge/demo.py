@@ -182,7 +182,7 @@ def run_demo(scenario: Any = None, out: TextIO | None = None, per_bucket: int = 
         if total is not None:
             cost = f", ${total.cost:.4f}" if total.cost is not None else ""
             _say(out, f"    usage:           {total.hours:.4f} core-hours{cost} accrued during the demo")
-        _say(out, f"    generated files: {result.out_dir} ({len(plan.names()) if plan else 0} node names)")
+        _say(out, f"    generated files: {result.out_dir} ({plan.name_count() if plan else 0} node names)")
         _say(out, f"    state file:      {cfg.state_file};  logs: {work / 'log'}")
         _say(out, f"    elapsed:         {time.monotonic() - started:.1f} s")
         failed = [n for n, s in up.items() if s != "Ready"]

@@ -237,6 +237,9 @@ class PartitionPlan:
             out.extend(g.names())
         return out
 
+    def name_count(self) -> int:
+        return sum(g.count for g in self.groups)
+
 
 # --------------------------------------------------------------------------- validation
 
@@ -825,7 +828,7 @@ def run_partitions(
         return PartitionsResult(target, files, changed_files(files, target), plan=plan, node_set_change=change,
                                 refused=True)
     changed = write_outputs(files, target)
-    log.info("wrote %s in %s; %d node names", ", ".join(changed) or "nothing new", target, len(plan.names()))
+    log.info("wrote %s in %s; %d node names", ", ".join(changed) or "nothing new", target, plan.name_count())
     result = PartitionsResult(target, files, changed, plan=plan, node_set_change=change)
     if restart:
         slurm.restart_controller(cfg.slurm.restart_command)
