@@ -107,3 +107,39 @@ def test_config_file_that_is_not_utf8(tmp_path):
     path.write_bytes(b'[cluster]\nurl = "https://x"\nname = "\xff\xfe"\n')
     with pytest.raises(ConfigError, match="not valid UTF-8"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("change,section,key,expected", [
+    ({"cluster": {**BASE["cluster"], "timeout": "5"}}, "cluster", "timeout", 5.0),  # pydantic's lax conversion
+    ({"cluster": {**BASE["cluster"], "retries": 3.0}}, "cluster", "retries", 3),
+    ({"resume": {"follower": "false"}}, "resume", "follower", False),
+    ({"partitions": {"nodearrays": {"hpc": {"max_nodes": "7"}}}}, "partitions", "nodearrays", None),
+])
+def test_values_pydantic_converts_are_kept_converted(change, section, key, expected):
+    """A value the plain check does not take as it is, but pydantic converts, reads as pydantic
+    converted it (as when pydantic checked every file)."""
+    cfg = config_from_dict({**BASE, **change})
+    value = getattr(getattr(cfg, section), key)
+    if key == "nodearrays":
+        assert value["hpc"].max_nodes == 7 and type(value["hpc"].max_nodes) is int
+    else:
+        assert value == expected and type(value) is type(expected)
+
+
+def test_a_valid_config_is_read_without_pydantic():
+    """The hooks read the config on every call: a valid one must not cost pydantic's imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hpc_bridge.config import config_from_dict; "
+            f"config_from_dict({BASE!r}); print('pydantic.main' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert out.stdout.strip() == "False"
+
+
+def test_a_section_made_in_code_with_a_bad_value_is_refused_in_one_line():
+    from hpc_bridge.config import ClusterConfig
+
+    with pytest.raises(ConfigError, match=r"^ClusterConfig: timeout: Input should be greater than 0$"):
+        ClusterConfig(url="https://x.example", name="c", username="u", timeout=0)
