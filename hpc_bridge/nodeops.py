@@ -227,15 +227,14 @@ def take_out_of_service(slurm, nodemap, reasons: Mapping[str, str], exclude: set
     nodes = slurm.show_nodes()
     out: dict[str, str] = {}
     per_key: dict[str, list[str]] = defaultdict(list)
-    for key, why in reasons.items():
-        array, machine_type = key.split("/", 1)
-        for name, node in nodes.items():
-            entry = nodemap.get(name)
-            if name in exclude or entry is None or (entry.nodearray, entry.machine_type) != (array, machine_type):
-                continue
-            if "POWERED_DOWN" in node.state_flags and node.state == "IDLE":
-                out[name] = why
-                per_key[key].append(name)
+    for name, node in nodes.items():
+        entry = nodemap.get(name)
+        if name in exclude or entry is None:
+            continue
+        key = bucket_key(entry.nodearray, entry.machine_type)
+        if key in reasons and "POWERED_DOWN" in node.state_flags and node.state == "IDLE":
+            out[name] = reasons[key]
+            per_key[key].append(name)
     return out, dict(per_key)
 
 
