@@ -145,7 +145,6 @@ class Call:
         self.request_id = request_id or new_request_id()
         self.result: NodeCreationResult | NodeManagementResult | None = None
         self.error: ApiError | None = None
-        self.unrecorded: StateError | None = None  # sent, but its outcome could not be recorded
 
 
 def send(client: ClusterClient, call: Call, resend: bool = False):
@@ -155,7 +154,7 @@ def send(client: ClusterClient, call: Call, resend: bool = False):
 
 
 def record_and_send(store: StateStore, client: ClusterClient, calls: list[Call],
-                    now: Callable[[], float] = time.time) -> list[Call]:
+                    now: Callable[[], float] = time.time) -> StateError | None:
     """Record every call (one lock), send them in order, record the outcomes (one lock).
 
     An unreachable API leaves the record PENDING: the call may have reached the server, and
@@ -163,7 +162,7 @@ def record_and_send(store: StateStore, client: ClusterClient, calls: list[Call],
     """
     calls = [c for c in calls if c.nodes]
     if not calls:
-        return calls
+        return None
     with store.transaction() as state:
         record(state, calls, now())
     return send_recorded(store, client, calls, now)
@@ -178,8 +177,9 @@ def record(state, calls: list[Call], now: float) -> None:
 
 
 def send_recorded(store: StateStore, client: ClusterClient, calls: list[Call],
-                  now: Callable[[], float] = time.time) -> list[Call]:
-    """Send calls already recorded, in order, then record their outcomes (one lock)."""
+                  now: Callable[[], float] = time.time) -> StateError | None:
+    """Send calls already recorded, in order, then record their outcomes (one lock). Each call
+    gets its result or error; returns why the outcomes could not be recorded, or None."""
     calls = [c for c in calls if c.nodes]
     for c in calls:
         try:
@@ -201,9 +201,8 @@ def send_recorded(store: StateStore, client: ClusterClient, calls: list[Call],
         # recognised (409) and settled then.
         log.error("outcome of %s not recorded (left pending for repair): %s",
                   ", ".join(f"{c.action} {c.request_id}" for c in calls), err)
-        for c in calls:
-            c.unrecorded = err
-    return calls
+        return err
+    return None
 
 
 def settle(op: Operation, call: Call, now: float) -> None:

@@ -331,8 +331,8 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store:
         log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(plan.unknown))
     # From here on the calls are made: every later step happens whatever failed before it
     # (the state file, an scontrol call), and what failed is reported at the end.
-    send_recorded(store, client, calls, now)
-    report.errors += [str(c.unrecorded) for c in calls[:1] if c.unrecorded is not None]
+    if (unrecorded := send_recorded(store, client, calls, now)) is not None:
+        report.errors.append(str(unrecorded))
 
     down = dict(plan.down)
     capacity: dict[str, str] = {}
