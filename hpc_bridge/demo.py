@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hpc_bridge.api.client import ClusterClient
+from hpc_bridge.cloud import DEALLOCATED, FAILED_STATUS, GONE, READY
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.hostlist import compress
 from hpc_bridge.sim.server import SimServer
 from hpc_bridge.state import StateStore
 from hpc_bridge.table import format_table
 
-SETTLED_UP = {"Ready", "Failed"}
-SETTLED_DOWN = {"Deallocated", "Terminated", "Failed"}
+# Where the demo stops waiting: booted (or failed to), and shut down (or failed).
+SETTLED_UP = frozenset({READY, FAILED_STATUS})
+SETTLED_DOWN = GONE | {DEALLOCATED, FAILED_STATUS}
 
 
 def _say(out: TextIO, text: str = "") -> None:
@@ -65,7 +67,7 @@ class ShownSlurm:
         return {}
 
 
-def _wait(client: ClusterClient, names: list[str], settled: set[str], out: TextIO, label: str,
+def _wait(client: ClusterClient, names: list[str], settled: frozenset[str], out: TextIO, label: str,
           timeout: float = 120.0) -> dict[str, str]:
     """Poll GET /nodes until every named node is in a settled status; show progress."""
     tty = out.isatty()
@@ -185,7 +187,7 @@ def run_demo(scenario: Any = None, out: TextIO | None = None, per_bucket: int = 
         _say(out, f"    generated files: {result.out_dir} ({plan.name_count() if plan else 0} node names)")
         _say(out, f"    state file:      {cfg.state_file};  logs: {work / 'log'}")
         _say(out, f"    elapsed:         {time.monotonic() - started:.1f} s")
-        failed = [n for n, s in up.items() if s != "Ready"]
+        failed = [n for n, s in up.items() if s != READY]
         if failed:
             _say(out, f"    boot failures:   {', '.join(failed)}")
         client.close()

@@ -34,18 +34,8 @@ from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, SlurmError, StateError
 from hpc_bridge.lease import HOST, is_mine, lease_held
-from hpc_bridge.nodeops import (
-    BOOTING,
-    FAILED_STATUS,
-    GONE,
-    READY,
-    Call,
-    address_of,
-    address_problem,
-    index_by_name,
-    mark_down,
-    record_and_send,
-)
+from hpc_bridge.cloud import BOOTING, FAILED_STATUS, GONE, READY, address_of, address_problem, index_by_name
+from hpc_bridge.nodeops import Call, mark_down, record_and_send
 from hpc_bridge.state import DONE, RESUME_ACTIONS, SUSPEND_ACTIONS, Lease, State, Watch
 
 log = logging.getLogger("hpc_bridge.follower")

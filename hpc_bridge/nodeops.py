@@ -4,92 +4,19 @@ call in the state file before making it, and telling Slurm a node is down and wh
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from hpc_bridge.api.client import ClusterClient, new_request_id
-from hpc_bridge.api.models import Node, NodeCreationResult, NodeManagementResult
+from hpc_bridge.api.models import NodeCreationResult, NodeManagementResult
+from hpc_bridge.cloud import bucket_key
 from hpc_bridge.errors import ApiError, SlurmError, StateError, UsageError
-from hpc_bridge.log import escape_controls, log_per_message, node_names
+from hpc_bridge.log import log_per_message, node_names
+from hpc_bridge.reasons import hold_reason, reason
 from hpc_bridge.state import FAILED, PENDING, Cooloff, Operation, StateStore
 
 log = logging.getLogger("hpc_bridge.nodeops")
-
-# Every Slurm Reason we set starts with this, so that repair can tell our reasons from an admin's.
-REASON_PREFIX = "hpc-bridge: "
-
-# Cloud Status values, as the hooks and repair group them.
-BOOTING = frozenset({"Acquiring", "Preparing", "Allocation", "Validation", "Starting"})
-READY = "Ready"
-TRANSITIONAL_DOWN = frozenset({"Terminating", "Deallocating", "Stopping", "Removing"})
-GONE = frozenset({"Terminated", "Off"})
-DEALLOCATED = "Deallocated"
-FAILED_STATUS = "Failed"
-
-
-def bucket_key(nodearray: str, machine_type: str) -> str:
-    """How a VM size of a nodearray is named in the state file's cool-offs and in reasons."""
-    return f"{nodearray}/{machine_type}"
-
-
-def reason(text: str) -> str:
-    """A Slurm Reason of ours: prefixed, one line, no characters scontrol would choke on (an
-    API message may carry ESC, BEL or NUL: they are written escaped)."""
-    clean = escape_controls(" ".join(str(text).replace("=", ":").split()))[:200]
-    return clean if clean.startswith(REASON_PREFIX) else REASON_PREFIX + clean
-
-
-def is_our_reason(text: str | None) -> bool:
-    return bool(text) and text.startswith(REASON_PREFIX.strip())
-
-
-def index_by_name(nodes: Iterable[Node]) -> dict[str, Node]:
-    """Cloud nodes by name; where a name has several records, the live one wins over a gone one."""
-    found: dict[str, Node] = {}
-    for node in nodes:
-        if not node.name:
-            continue
-        prev = found.get(node.name)
-        if prev is None or (prev.status in GONE and node.status not in GONE):
-            found[node.name] = node
-    return found
-
-
-_ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
-
-
-def _address_pair(node: Node, mode: str) -> tuple[str, str] | None:
-    # A booting VM's address counts as soon as the API reports one: Slurm must have it before the
-    # VM's slurmd registers, or slurmctld launches the job to the node's name, which does not
-    # resolve (~10 s of retries, then the launch fails and the job is requeued elsewhere).
-    if node.status != READY and node.status not in BOOTING:
-        return None
-    if mode == "ip" and node.private_ip:
-        return node.private_ip, node.hostname or node.private_ip
-    if mode == "hostname" and node.hostname:
-        return node.hostname, node.hostname
-    return None
-
-
-def address_problem(node: Node, mode: str) -> str | None:
-    """Why the cloud's address for a Ready or booting node cannot be given to scontrol, or None."""
-    pair = _address_pair(node, mode)
-    bad = [v for v in pair or () if not _ADDRESS_RE.match(v)]
-    if not bad:
-        return None
-    return f"invalid address from the cluster API for {node.name}: {bad[0]!r} (not set in Slurm)"
-
-
-def address_of(node: Node, mode: str) -> tuple[str, str] | None:
-    """(NodeAddr, NodeHostName) that Slurm should use for a cloud node, or None if not known yet
-    or not safe to pass to scontrol (see address_problem). A bad value is dropped for this node
-    only, so one hostile record cannot block the addresses of all the others."""
-    pair = _address_pair(node, mode)
-    if pair is None or address_problem(node, mode):
-        return None
-    return pair
 
 
 def remember_down(state, reasons: Mapping[str, str], now: float) -> None:
@@ -239,11 +166,6 @@ def take_out_of_service(slurm, nodemap, reasons: Mapping[str, str], exclude: set
 
 # A hold lasts until an admin clears it; `until` only has to be later than any clock we run under.
 HOLD_SECONDS = 100 * 365 * 86400.0
-NEVER_REGISTERED = "VM Ready, slurmd did not register within ResumeTimeout"
-
-
-def hold_reason(key: str, why: str) -> str:
-    return f"{key} out of service until an admin clears it (hpc-bridge clear-hold {key}): {why}"
 
 
 def count_boot_failures(store: StateStore, failed: Mapping[str, list[str]], limit: int, now: float

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import BridgeError
-from hpc_bridge.nodeops import BOOTING, FAILED_STATUS, READY, index_by_name
+from hpc_bridge.cloud import FAILED_STATUS, RUNNING, index_by_name, seconds_since_created
 
 log = logging.getLogger("hpc_bridge.nodes")
 
@@ -57,13 +57,6 @@ def format_age(seconds: float | None) -> str | None:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
-
-
-
-def cloud_age(node: Node, now: float) -> float | None:
-    """Seconds since the cloud node was created (CreateTime), when the record says."""
-    created = node.epoch("CreateTime")
-    return None if created is None else max(0.0, now - created)
 
 
 @dataclass
@@ -168,8 +161,8 @@ def node_rows(
             row.ip = cn.private_ip
             row.placement_group = cn.placement_group_id
             row.status_message = cn.status_message
-            if cn.status in BOOTING or cn.status in (READY, FAILED_STATUS):
-                row.age = cloud_age(cn, now)
+            if cn.status in RUNNING or cn.status == FAILED_STATUS:
+                row.age = seconds_since_created(cn, now)
         elif entry is not None:
             row.nodearray = entry.nodearray
             row.machine_type = entry.machine_type

@@ -35,24 +35,20 @@ from hpc_bridge.files import touch_owned
 from hpc_bridge.lease import pid_alive
 from hpc_bridge.log import node_names
 from hpc_bridge.nodemap import NodeMap
-from hpc_bridge.nodeops import (
-    BOOTING,
+from hpc_bridge.cloud import (
     DEALLOCATED,
     FAILED_STATUS,
     GONE,
     READY,
+    RUNNING,
     TRANSITIONAL_DOWN,
-    Call,
     address_of,
     bucket_key,
     index_by_name,
-    is_our_reason,
-    mark_down,
-    reason as our_reason,
-    record_and_send,
-    send,
-    settle,
+    seconds_since_change,
 )
+from hpc_bridge.nodeops import Call, mark_down, record_and_send, send, settle
+from hpc_bridge.reasons import is_our_reason, reason as our_reason
 from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Operation, State, StateStore
 
 log = logging.getLogger("hpc_bridge.repair")
@@ -79,8 +75,6 @@ DRAIN_FLAGS = frozenset({"DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING"})
 POWERING_DOWN_FLAGS = frozenset({"POWERING_DOWN", "POWER_DOWN"})
 # Reasons Slurm itself sets on cloud nodes in power saving: not an admin's, repair may clear them.
 SLURM_OWN_REASONS = ("ResumeTimeout reached", "Not responding")
-
-RUNNING = BOOTING | {READY}
 
 
 @dataclass(frozen=True)
@@ -124,16 +118,6 @@ def slurm_summary(node) -> str:
 
 def cloud_summary(node: Node | None) -> str:
     return node.status or "?" if node is not None else "-"
-
-
-
-def cloud_age(node: Node, now: float) -> float | None:
-    """Seconds since the node's last status change (StatusTime), else since CreateTime; None
-    when the API gives neither."""
-    times = [t for t in (node.epoch("StatusTime"), node.epoch("CreateTime")) if t is not None]
-    if not times:
-        return None
-    return now - max(times)
 
 
 def hook_stale_after(cfg) -> float:
@@ -307,7 +291,7 @@ def _recent(name: str, node: Node | None, ctx: _Ctx, action: str, reason: str) -
     if op is not None and ctx.now - op.started < ctx.grace:
         ends.append(op.started + ctx.grace)
     if node is not None:
-        age = cloud_age(node, ctx.now)
+        age = seconds_since_change(node, ctx.now)
         if age is not None and age < ctx.grace:
             ends.append(ctx.now - age + ctx.grace)
     if ends:

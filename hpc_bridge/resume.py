@@ -20,19 +20,20 @@ from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError, ApiUnreachable, SlurmError, StateError
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
-from hpc_bridge.nodeops import (
+from hpc_bridge.cloud import (
     BOOTING,
     DEALLOCATED,
     FAILED_STATUS,
     GONE,
     READY,
     TRANSITIONAL_DOWN,
-    Call,
     address_of,
     address_problem,
     bucket_key,
-    hold_reason,
     index_by_name,
+)
+from hpc_bridge.nodeops import (
+    Call,
     mark_down,
     record,
     record_and_send,
@@ -40,6 +41,7 @@ from hpc_bridge.nodeops import (
     send_recorded,
     take_out_of_service,
 )
+from hpc_bridge.reasons import hold_reason
 from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
 from hpc_bridge.state import FAILED, Cooloff, Operation, StateStore
 

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from hpc_bridge.api.models import Node, NodeCreationResult
+from hpc_bridge.cloud import FAILED_STATUS, NOT_COMING_UP, READY
 from hpc_bridge.errors import UsageError
 
 log = logging.getLogger("hpc_bridge.scale")
-
-FAILED_STATUSES = frozenset({"Failed"})
-GONE_STATUSES = frozenset({"Terminated", "Terminating", "Off", "Deallocated", "Deallocating"})
 
 
 @dataclass
@@ -54,9 +52,9 @@ def progress(nodes: Sequence[Node]) -> Progress:
         status = n.status or "Unknown"
         p.counts[status] = p.counts.get(status, 0) + 1
         name = n.name or n.node_id or "?"
-        if status == "Ready":
+        if status == READY:
             p.ready.append(name)
-        elif status in FAILED_STATUSES or status in GONE_STATUSES:
+        elif status == FAILED_STATUS or status in NOT_COMING_UP:
             p.failed[name] = n.status_message or status
         else:
             p.waiting.append(name)

@@ -21,25 +21,17 @@ from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
+from hpc_bridge.cloud import DEALLOCATED, FAILED_STATUS, GONE, READY, TRANSITIONAL_DOWN, bucket_key, index_by_name
 from hpc_bridge.nodeops import (
-    DEALLOCATED,
-    FAILED_STATUS,
-    GONE,
-    NEVER_REGISTERED,
-    READY,
-    TRANSITIONAL_DOWN,
-    REASON_PREFIX,
     Call,
-    bucket_key,
     count_boot_failures,
     hold_nodes,
-    hold_reason,
-    index_by_name,
     mark_down,
     record,
     record_and_send,
     take_out_of_service,
 )
+from hpc_bridge.reasons import NEVER_REGISTERED, REASON_PREFIX, hold_reason
 from hpc_bridge.state import StateStore
 
 log = logging.getLogger("hpc_bridge.suspend")

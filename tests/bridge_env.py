@@ -187,7 +187,7 @@ class BridgeEnv:
     def cloud_nodes(self) -> dict[str, dict]:
         """Cloud node records by name (the live one where a name has several)."""
         from hpc_bridge.api.client import ClusterClient
-        from hpc_bridge.nodeops import index_by_name
+        from hpc_bridge.cloud import index_by_name
 
         with ClusterClient(self.sim.url, self.sim.cluster_name, self.sim.username, self.sim.password) as c:
             return {n: node.to_wire() for n, node in index_by_name(c.get_nodes().nodes).items()}

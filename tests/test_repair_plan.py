@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hpc_bridge.api.models import Bucket, Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.nodemap import NodeMap, NodeRange
-from hpc_bridge.nodeops import REASON_PREFIX
+from hpc_bridge.reasons import REASON_PREFIX
 from hpc_bridge.repair import (
     ALLOCATED_FLAGS,
     CLOSE,

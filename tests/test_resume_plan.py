@@ -275,7 +275,7 @@ def test_fail_reason_keeps_the_cloud_message():
 
 
 def test_hostile_address_from_the_api_is_dropped_for_that_node_only():
-    from hpc_bridge.nodeops import address_of
+    from hpc_bridge.cloud import address_of
 
     good = node("a", "Ready", PrivateIp="127.1.0.9", Hostname="ip-7F010009")
     assert address_of(good, "ip") == ("127.1.0.9", "ip-7F010009")
@@ -288,7 +288,7 @@ def test_hostile_address_from_the_api_is_dropped_for_that_node_only():
 def test_a_booting_node_has_its_address_as_soon_as_the_api_reports_one():
     """Slurm must have it before the VM's slurmd registers: a job launched to a node whose
     NodeAddr is still its name fails after ~10 s of DNS retries and is requeued."""
-    from hpc_bridge.nodeops import address_of
+    from hpc_bridge.cloud import address_of
 
     assert address_of(node("a", "Preparing", PrivateIp="10.0.0.5", Hostname="h5"), "ip") == ("10.0.0.5", "h5")
     assert address_of(node("a", "Preparing", Hostname="h5"), "hostname") == ("h5", "h5")
