@@ -431,7 +431,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
     return 0 if not report.unresolved and not report.failed else 1
 
 
-# --------------------------------------------------------------------------- operator commands (issue 11)
+# --------------------------------------------------------------------------- operator commands
 
 
 def _cmd_nodes(args: argparse.Namespace) -> int:

@@ -66,8 +66,19 @@ RESOLVE = "resolve_operation"  # accepted call past its deadline: look it up and
 END_COOLOFF = "end_cooloff"  # expired capacity cool-off: forget the nodes it took out of service
 REPORT = "report"  # nothing to change; tell the admin
 
-KINDS = (SLURM_DOWN, POWER_DOWN_FORCE, TERMINATE, RESEND, RESOLVE, CLOSE, END_COOLOFF, SLURM_RESUME, SET_ADDRESS,
-         REPORT)
+# --------------------------------------------------------------------------- drifts: what was found
+
+LEAKED_VM = "leaked_vm"  # a VM runs while Slurm has the node powered down
+FAILED_VM = "failed_vm"  # the cloud node failed
+STUCK_POWERING_UP = "stuck_powering_up"  # Slurm powers it up past our call's deadline, no healthy VM
+DOWN_WITHOUT_VM = "down_without_vm"  # down~ (our reason or Slurm's) and no VM
+UP_WITHOUT_VM = "up_without_vm"  # Slurm has it up but there is no live VM
+UNKNOWN_TO_SLURM = "unknown_to_slurm"  # a cloud node whose name Slurm does not know
+ADDRESS_MISSING = "address_missing"  # a Ready VM whose address Slurm does not have
+COOLOFF_ENDED = "cooloff_ended"  # a capacity cool-off is over: its nodes go back in service
+OVERDUE_OPERATION = "overdue_operation"  # an accepted call past its deadline
+UNFINISHED_OPERATION = "unfinished_operation"  # a recorded call whose hook is gone
+
 
 # Slurm flags, as sets (base state included in SlurmNode.state_flags).
 ALLOCATED_FLAGS = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
@@ -87,7 +98,7 @@ class RepairAction:
     cloud_state: str  # cloud Status, "-" when there is no cloud node
     kind: str
     reason: str
-    case: str = ""  # the case number ("1".."10") or "op"
+    drift: str = ""  # what was found (LEAKED_VM, ... above)
     node_id: str | None = None  # TERMINATE
     slurm_reason: str | None = None  # SLURM_DOWN / POWER_DOWN_FORCE (None: keep the current one)
     address: tuple[str, str] | None = None  # SET_ADDRESS
@@ -199,8 +210,8 @@ def plan_repair(
     for key in expired:
         names = node_names(expired[key].nodes)
         actions.append(RepairAction(key, "-", "-", END_COOLOFF,
-                                    f"capacity cool-off ended; {names} no longer held out of service", case="9",
-                                    cooloff=key))
+                                    f"capacity cool-off ended; {names} no longer held out of service",
+                                    drift=COOLOFF_ENDED, cooloff=key))
 
     # One node-map look-up per name (each is a name split and a range search).
     entries = {n: e for n in slurm_nodes if (e := nodemap.get(n)) is not None}
@@ -232,8 +243,8 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
             continue
 
         def act(kind: str, why: str) -> RepairAction:
-            case = "8" if kind == RESOLVE else "op"
-            return RepairAction(_op_label(op), "-", "-", kind, f"{op_ref(op)}: {why}", case=case,
+            drift = OVERDUE_OPERATION if kind == RESOLVE else UNFINISHED_OPERATION
+            return RepairAction(_op_label(op), "-", "-", kind, f"{op_ref(op)}: {why}", drift=drift,
                                 request_id=op.request_id)
 
         if op.outcome == ACCEPTED:
@@ -306,23 +317,23 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
     status = live.status if live is not None else None
     op = ctx.in_flight.get(name)
 
-    def act(kind: str, why: str, case: str, **kw: Any) -> RepairAction:
-        return RepairAction(name, sstate, cstate, kind, why, case=case, **kw)
+    def act(kind: str, why: str, drift: str, **kw: Any) -> RepairAction:
+        return RepairAction(name, sstate, cstate, kind, why, drift=drift, **kw)
 
-    # ---- Slurm does not know the name (case 6)
+    # ---- Slurm does not know the name
     if s is None:
         if live is None or status in TRANSITIONAL_DOWN or live.keep_alive or op is not None:
             return []
         array = live.template or (entry.nodearray if entry is not None else "")
         if not array or not cfg.partitions.is_managed(array):
             return [act(REPORT, f"cloud node in unmanaged nodearray {array or '?'} that Slurm does not know; "
-                                "left alone", "6")]
+                                "left alone", UNKNOWN_TO_SLURM)]
         if _recent(name, live, ctx, TERMINATE, f"cloud node in managed nodearray {array} that Slurm does not know"):
             return []
         if not live.node_id:
-            return [act(REPORT, "cloud node unknown to Slurm has no NodeId; cannot terminate it", "6")]
+            return [act(REPORT, "cloud node unknown to Slurm has no NodeId; cannot terminate it", UNKNOWN_TO_SLURM)]
         return [act(TERMINATE, f"cloud node in managed nodearray {array} that Slurm does not know, "
-                               f"older than the {ctx.grace:g}s grace", "6", node_id=live.node_id)]
+                               f"older than the {ctx.grace:g}s grace", UNKNOWN_TO_SLURM, node_id=live.node_id)]
     if entry is None:
         return []  # a Slurm node that is not ours (not in nodemap.json)
 
@@ -339,20 +350,20 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
     ours = is_our_reason(s.reason)
     slurm_own = bool(s.reason) and s.reason.startswith(SLURM_OWN_REASONS)
 
-    # ---- case 10: an admin's DOWN/DRAIN (reason not ours, not Slurm's own power-save reason)
+    # ---- an admin's DOWN/DRAIN (reason not ours, not Slurm's own power-save reason)
     if (down or drained) and s.reason and not ours and not slurm_own:
         return []
 
-    # ---- case 7: a Ready cloud node whose address Slurm does not have
+    # ---- a Ready cloud node whose address Slurm does not have
     address: list[RepairAction] = []
     mode = cfg.slurm.address_mode
     if status == READY and mode in ("ip", "hostname") and (powering_up or not (powered_down or powering_down)):
         addr = address_of(live, mode)
         if addr and s.node_addr != addr[0]:
             address.append(act(SET_ADDRESS, f"cloud node Ready at {addr[0]}, Slurm has NodeAddr={s.node_addr or '-'}",
-                               "7", address=addr))
+                               ADDRESS_MISSING, address=addr))
 
-    # ---- case 10: KeepAlive nodes: nothing but their address
+    # ---- KeepAlive nodes: nothing but their address
     if live is not None and live.keep_alive:
         return address
 
@@ -366,25 +377,27 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
             if _recent(name, live, ctx, TERMINATE, f"cloud node {status} while Slurm has it powered down (leaked VM)"):
                 return []
             if not live.node_id:
-                return [act(REPORT, "leaked cloud node has no NodeId; cannot terminate it", "1")]
+                return [act(REPORT, "leaked cloud node has no NodeId; cannot terminate it", LEAKED_VM)]
             return [act(TERMINATE, f"cloud node {status} while Slurm has it powered down and no operation in "
-                                   f"flight, for more than the {ctx.grace:g}s grace (leaked VM)", "1",
+                                   f"flight, for more than the {ctx.grace:g}s grace (leaked VM)", LEAKED_VM,
                         node_id=live.node_id)]
         if status == FAILED_STATUS:
             if allocated or op is not None or not live.node_id:
                 return []
             return [act(TERMINATE, f"cloud node failed ({live.status_message or 'no message'}) while Slurm has it "
-                                   "powered down", "2", node_id=live.node_id)]
+                                   "powered down", FAILED_VM, node_id=live.node_id)]
         if status in TRANSITIONAL_DOWN:
             return []  # on its way out; looked at again next run
         # no cloud node (none, Terminated/Off, or Deallocated)
         if down and (ours or slurm_own or not s.reason) and op is None:
             if name in ctx.expired_nodes:
                 k = ctx.expired_nodes[name]
-                return [act(SLURM_RESUME, f"capacity cool-off for {k} ended: back in service", "9", cooloff=k)]
+                return [act(SLURM_RESUME, f"capacity cool-off for {k} ended: back in service", COOLOFF_ENDED,
+                            cooloff=k)]
             if key in ctx.cooling_keys or name in ctx.held:
                 return []  # held out of service by a capacity cool-off
-            return [act(SLURM_RESUME, "down~ with no cloud node and no capacity cool-off: back to idle~", "4")]
+            return [act(SLURM_RESUME, "down~ with no cloud node and no capacity cool-off: back to idle~",
+                        DOWN_WITHOUT_VM)]
         return []
 
     # ---- Slurm is powering it up (…#)
@@ -396,10 +409,10 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
             return address  # Slurm's own ResumeTimeout is the authority without a record of ours
         why = (f"powering up past the deadline of {op_ref(last)} with no healthy cloud node "
                f"({status or 'none'})")
-        out = [act(POWER_DOWN_FORCE, why + ": powered down, reason kept", "3",
+        out = [act(POWER_DOWN_FORCE, why + ": powered down, reason kept", STUCK_POWERING_UP,
                    slurm_reason=None if s.reason else our_reason(why))]
         if status == FAILED_STATUS and not allocated and live.node_id:
-            out.append(act(TERMINATE, f"cloud node failed: {live.status_message or 'no message'}", "3",
+            out.append(act(TERMINATE, f"cloud node failed: {live.status_message or 'no message'}", STUCK_POWERING_UP,
                            node_id=live.node_id))
         return out
 
@@ -411,19 +424,19 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
         if down or op is not None:
             return []
         what = "no cloud node" if live is None else f"cloud node is {status}"
-        return [act(SLURM_DOWN, f"Slurm has it up but {what}: DOWN so its jobs go elsewhere", "5",
+        return [act(SLURM_DOWN, f"Slurm has it up but {what}: DOWN so its jobs go elsewhere", UP_WITHOUT_VM,
                     slurm_reason=our_reason(what))]
     if status == FAILED_STATUS:
         if op is not None:
             return []
         msg = f"cloud node failed: {live.status_message or 'no message'}"
         if allocated:
-            return [act(REPORT, f"{msg}; Slurm still runs jobs on it, left until they end", "2")]
+            return [act(REPORT, f"{msg}; Slurm still runs jobs on it, left until they end", FAILED_VM)]
         out = []
         if not (down and ours):
-            out.append(act(SLURM_DOWN, msg, "2", slurm_reason=our_reason(msg)))
+            out.append(act(SLURM_DOWN, msg, FAILED_VM, slurm_reason=our_reason(msg)))
         if live.node_id:
-            out.append(act(TERMINATE, msg + ": VM terminated", "2", node_id=live.node_id))
+            out.append(act(TERMINATE, msg + ": VM terminated", FAILED_VM, node_id=live.node_id))
         return out
     return address
 

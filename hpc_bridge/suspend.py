@@ -36,8 +36,6 @@ from hpc_bridge.state import StateStore
 
 log = logging.getLogger("hpc_bridge.suspend")
 
-POLICY_ACTIONS = {"shutdown": "shutdown", "deallocate": "deallocate", "terminate": "terminate"}
-
 
 @dataclass
 class SuspendPlan:
@@ -69,7 +67,7 @@ def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg
         policy = policy_override or cfg.partitions.for_array(array).suspend_policy
         if node.status == FAILED_STATUS:
             policy = "terminate"  # a failed VM is never worth keeping deallocated
-        plan.actions.setdefault(POLICY_ACTIONS[policy], {})[name] = node.node_id or ""
+        plan.actions.setdefault(policy, {})[name] = node.node_id or ""
     return plan
 
 

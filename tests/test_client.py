@@ -78,7 +78,7 @@ def test_backoff_is_bounded_in_total_time():
 def test_mutating_call_reuses_request_id_on_retry():
     with ScriptedServer(sequence(Reply(502), Reply(202, {"operationId": OP, "nodes": []}))) as srv:
         c, _ = client(srv.url)
-        result = c.terminate_nodes(names=["hpc-1"])
+        result = c.manage_nodes("terminate", names=["hpc-1"])
     ids = [s.body["requestId"] for s in srv.seen]
     assert len(ids) == 2 and ids[0] == ids[1] and result.request_id == ids[0]
     assert srv.seen[0].body["names"] == ["hpc-1"]
@@ -153,7 +153,7 @@ def test_409_on_retry_found_only_in_the_operations_list_is_a_success():
     op = {"action": "terminate", "startTime": "2026-01-01T00:00:00Z"}
     with _after_500_then_409(Reply(200, {"nodes": [], "operation": op}), [op]) as srv:
         c, _ = client(srv.url)
-        result = c.terminate_nodes(names=["htc-1"])
+        result = c.manage_nodes("terminate", names=["htc-1"])
     assert result.recovered and result.nodes == [] and result.operation_id == ""
 
 
@@ -168,7 +168,7 @@ def test_409_on_resend_of_an_unknown_request_id_is_a_rejection():
     with ScriptedServer(script) as srv:
         c, _ = client(srv.url)
         with pytest.raises(ConflictError, match="invalid input"):
-            c.start_nodes(ids=["n1"], request_id="r-1", resend=True)
+            c.manage_nodes("start", ids=["n1"], request_id="r-1", resend=True)
 
 
 def test_operation_id_comes_from_the_202_body_else_its_location_header():
@@ -178,7 +178,7 @@ def test_operation_id_comes_from_the_202_body_else_its_location_header():
     with ScriptedServer(sequence(*replies)) as srv:
         c, _ = client(srv.url)
         assert c.create_nodes([{"count": 1, "nodearray": "hpc"}]).operation_id == "op/9"
-        assert c.terminate_nodes(names=["a"]).operation_id == "op-8"
+        assert c.manage_nodes("terminate", names=["a"]).operation_id == "op-8"
         assert c.scale("hpc", total_node_count=1).operation_id == "op-body"
 
 
@@ -196,7 +196,7 @@ def test_409_on_first_attempt_is_a_conflict():
     with ScriptedServer(sequence(Reply(409, "request id already used"))) as srv:
         c, _ = client(srv.url)
         with pytest.raises(ConflictError) as err:
-            c.start_nodes(ids=["n1"], request_id="r-1")
+            c.manage_nodes("start", ids=["n1"], request_id="r-1")
     assert "409" in str(err.value) and "already used" in str(err.value)
 
 

@@ -18,7 +18,11 @@ from hpc_bridge.reasons import REASON_PREFIX
 from hpc_bridge.repair import (
     ALLOCATED_FLAGS,
     CLOSE,
+    COOLOFF_ENDED,
+    DOWN_WITHOUT_VM,
     END_COOLOFF,
+    LEAKED_VM,
+    OVERDUE_OPERATION,
     POWER_DOWN_FORCE,
     REPORT,
     RESEND,
@@ -26,7 +30,10 @@ from hpc_bridge.repair import (
     SET_ADDRESS,
     SLURM_DOWN,
     SLURM_RESUME,
+    STUCK_POWERING_UP,
     TERMINATE,
+    UNKNOWN_TO_SLURM,
+    UP_WITHOUT_VM,
     RepairAction,
     format_plan,
     plan_repair,
@@ -115,22 +122,22 @@ UP_BUSY = [("MIXED", "CLOUD"), ("ALLOCATED", "CLOUD"), ("ALLOCATED", "CLOUD", "N
 UP = UP_FREE + UP_BUSY
 
 
-# --------------------------------------------------------------------------- case 1: leaked VM
+# --------------------------------------------------------------------------- leaked VM
 
 
 @pytest.mark.parametrize("flags", PD + DOWN_PD)
 @pytest.mark.parametrize("status", ["Acquiring", "Preparing", "Ready"])
-def test_1_running_vm_while_powered_down_is_terminated_after_grace(flags, status):
+def test_running_vm_while_powered_down_is_terminated_after_grace(flags, status):
     reason = OURS if "DOWN" in flags else None
     acts = plan([snode("hpc-1", *flags, reason=reason)], [cnode("hpc-1", status)])
-    assert [(a.kind, a.node_id, a.case) for a in acts] == [(TERMINATE, "id-hpc-1", "1")]
+    assert [(a.kind, a.node_id, a.drift) for a in acts] == [(TERMINATE, "id-hpc-1", LEAKED_VM)]
     assert "leaked" in acts[0].reason
 
 
 @pytest.mark.parametrize("flags", PD)
 @pytest.mark.parametrize("guard", ["recent status", "recent op", "create in flight", "suspend in flight",
                                    "keepalive"])
-def test_1_guards(flags, guard):
+def test_leaked_vm_guards(flags, guard):
     cloud = cnode("hpc-1", "Ready", age=GRACE / 2 if guard == "recent status" else 10_000,
                   KeepAlive=guard == "keepalive")
     ops = []
@@ -143,18 +150,18 @@ def test_1_guards(flags, guard):
     assert kinds(plan([snode("hpc-1", *flags)], [cloud], ops), "hpc-1") == []
 
 
-def test_1_cloud_timestamps_missing_means_old_unless_a_recent_operation():
+def test_leaked_vm_cloud_timestamps_missing_means_old_unless_a_recent_operation():
     bare = Node.model_validate({"Name": "hpc-1", "NodeId": "id-hpc-1", "Status": "Ready", "Template": "hpc"})
     assert kinds(plan([snode("hpc-1", *PD[0])], [bare])) == [TERMINATE]
     recent = op("r", "create", ["hpc-1"], outcome=FAILED, started=NOW - 10, deadline=NOW - 1)
     assert kinds(plan([snode("hpc-1", *PD[0])], [bare], [recent])) == []
 
 
-# --------------------------------------------------------------------------- case 2: failed VM
+# --------------------------------------------------------------------------- failed VM
 
 
 @pytest.mark.parametrize("flags", UP_FREE + [("IDLE", "CLOUD", "DRAIN"), ("DOWN", "CLOUD", "NOT_RESPONDING")])
-def test_2_failed_vm_slurm_down_with_cloud_message_and_terminated(flags):
+def test_failed_vm_slurm_down_with_cloud_message_and_terminated(flags):
     reason = "Not responding" if "DOWN" in flags else (OURS if "DRAIN" in flags else None)
     acts = plan([snode("hpc-1", *flags, reason=reason)], [cnode("hpc-1", "Failed", StatusMessage="disk image gone")])
     assert kinds(acts) == [SLURM_DOWN, TERMINATE]
@@ -162,46 +169,46 @@ def test_2_failed_vm_slurm_down_with_cloud_message_and_terminated(flags):
     assert down.slurm_reason.startswith(REASON_PREFIX) and "disk image gone" in down.slurm_reason
 
 
-def test_2_failed_vm_already_down_with_our_reason_only_terminated():
+def test_failed_vm_already_down_with_our_reason_only_terminated():
     acts = plan([snode("hpc-1", "DOWN", "CLOUD", reason=OURS)], [cnode("hpc-1", "Failed")])
     assert kinds(acts) == [TERMINATE]
 
 
 @pytest.mark.parametrize("flags", UP_BUSY)
-def test_2_failed_vm_under_a_running_job_is_only_reported(flags):
+def test_failed_vm_under_a_running_job_is_only_reported(flags):
     acts = plan([snode("hpc-1", *flags)], [cnode("hpc-1", "Failed", StatusMessage="converge failed")])
     assert kinds(acts) == [REPORT] and "converge failed" in acts[0].reason
 
 
 @pytest.mark.parametrize("flags", PD + DOWN_PD)
-def test_2_failed_vm_while_powered_down_terminated_slurm_untouched(flags):
+def test_failed_vm_while_powered_down_terminated_slurm_untouched(flags):
     acts = plan([snode("hpc-1", *flags, reason=OURS if "DOWN" in flags else None)], [cnode("hpc-1", "Failed")])
     assert kinds(acts) == [TERMINATE]
 
 
-def test_2_failed_vm_being_created_is_left_to_the_hook():
+def test_failed_vm_being_created_is_left_to_the_hook():
     ops = [op("r", "create", ["hpc-1"], deadline=NOW + 100)]
     assert plan([snode("hpc-1", *UP_FREE[0])], [cnode("hpc-1", "Failed")], ops) == []
 
 
-# --------------------------------------------------------------------------- case 3: stuck power-up
+# --------------------------------------------------------------------------- stuck power-up
 
 
 @pytest.mark.parametrize("flags", PU)
 @pytest.mark.parametrize("cloud", [None, "Terminated", "Failed", "Terminating"])
-def test_3_powering_up_past_deadline_without_healthy_node_is_powered_down(flags, cloud):
+def test_stuck_powering_up_powering_up_past_deadline_without_healthy_node_is_powered_down(flags, cloud):
     ops = [op("r", "create", ["hpc-1"], started=NOW - 700, deadline=NOW - 100)]
     acts = plan([snode("hpc-1", *flags)], [cnode("hpc-1", cloud)] if cloud else [], ops)
     pdf = [a for a in acts if a.kind == POWER_DOWN_FORCE]
-    assert len(pdf) == 1 and pdf[0].case == "3"
+    assert len(pdf) == 1 and pdf[0].drift == STUCK_POWERING_UP
     assert pdf[0].slurm_reason is not None and pdf[0].slurm_reason.startswith(REASON_PREFIX)
     allocated = bool(set(flags) & ALLOCATED_FLAGS)
-    # the accepted create past its deadline is also looked up and closed (case 8)
+    # the accepted create past its deadline is also looked up and closed
     want = [POWER_DOWN_FORCE, RESOLVE] + ([TERMINATE] if cloud == "Failed" and not allocated else [])
     assert kinds(acts) == sorted(want)
 
 
-def test_3_reason_kept_when_slurm_has_one():
+def test_stuck_powering_up_reason_kept_when_slurm_has_one():
     ops = [op("r", "create", ["hpc-1"], outcome=FAILED, started=NOW - 700, deadline=NOW - 100)]
     acts = plan([snode("hpc-1", "DOWN", "CLOUD", "POWERING_UP", reason=OURS)], [], ops)
     assert [(a.kind, a.slurm_reason) for a in acts] == [(POWER_DOWN_FORCE, None)]
@@ -209,7 +216,7 @@ def test_3_reason_kept_when_slurm_has_one():
 
 @pytest.mark.parametrize("flags", PU)
 @pytest.mark.parametrize("setup", ["op in flight", "no record", "healthy booting", "healthy ready"])
-def test_3_left_alone(flags, setup):
+def test_stuck_powering_up_left_alone(flags, setup):
     ops = [op("r", "create", ["hpc-1"], started=NOW - 700,
               deadline=NOW + 100 if setup == "op in flight" else NOW - 100, outcome=FAILED)]
     if setup == "no record":
@@ -220,21 +227,21 @@ def test_3_left_alone(flags, setup):
     assert [a for a in acts if a.changes] == []
 
 
-# --------------------------------------------------------------------------- case 4: down~ with no VM
+# --------------------------------------------------------------------------- down~ with no VM
 
 
 @pytest.mark.parametrize("flags", DOWN_PD)
 @pytest.mark.parametrize("reason", [OURS, "ResumeTimeout reached", "Not responding"])
 @pytest.mark.parametrize("cloud", [None, "Terminated", "Off", "Deallocated"])
-def test_4_down_powered_down_without_vm_back_to_idle(flags, reason, cloud):
+def test_down_without_vm_down_powered_down_without_vm_back_to_idle(flags, reason, cloud):
     acts = plan([snode("hpc-1", *flags, reason=reason)], [cnode("hpc-1", cloud)] if cloud else [])
-    assert [(a.kind, a.case) for a in acts] == [(SLURM_RESUME, "4")]
+    assert [(a.kind, a.drift) for a in acts] == [(SLURM_RESUME, DOWN_WITHOUT_VM)]
 
 
 @pytest.mark.parametrize("flags", DOWN_PD)
 @pytest.mark.parametrize("why", ["cool-off in state", "bucket capacity failure", "admin reason", "terminating",
                                  "idle~ not down"])
-def test_4_left_alone(flags, why):
+def test_down_without_vm_left_alone(flags, why):
     reason = "replace DIMM" if why == "admin reason" else OURS
     if why == "idle~ not down":
         flags = ("IDLE",) + flags[1:]
@@ -246,59 +253,60 @@ def test_4_left_alone(flags, why):
     assert plan([snode("hpc-1", *flags, reason=reason)], cloud, cooloffs=cooloffs, buckets=buckets) == []
 
 
-# --------------------------------------------------------------------------- case 5: up with no VM
+# --------------------------------------------------------------------------- up with no VM
 
 
 @pytest.mark.parametrize("flags", UP + [("IDLE", "CLOUD", "DRAIN")])
 @pytest.mark.parametrize("cloud", [None, "Terminated", "Deallocated", "Terminating"])
-def test_5_up_without_cloud_node_goes_down(flags, cloud):
+def test_up_without_vm_up_without_cloud_node_goes_down(flags, cloud):
     reason = OURS if "DRAIN" in flags else None
     acts = plan([snode("hpc-1", *flags, reason=reason)], [cnode("hpc-1", cloud)] if cloud else [])
-    assert [(a.kind, a.case) for a in acts] == [(SLURM_DOWN, "5")]
+    assert [(a.kind, a.drift) for a in acts] == [(SLURM_DOWN, UP_WITHOUT_VM)]
     assert acts[0].slurm_reason.startswith(REASON_PREFIX)
     assert ("no cloud node" if cloud in (None, "Terminated") else cloud) in acts[0].slurm_reason
 
 
 @pytest.mark.parametrize("flags", [("DOWN", "CLOUD"), ("DOWN", "CLOUD", "NOT_RESPONDING")])
-def test_5_already_down_stays(flags):
+def test_up_without_vm_already_down_stays(flags):
     assert plan([snode("hpc-1", *flags, reason=OURS)]) == []
 
 
-def test_5_not_while_a_create_is_in_flight():
+def test_up_without_vm_not_while_a_create_is_in_flight():
     assert plan([snode("hpc-1", "IDLE", "CLOUD")], [], [op("r", "create", ["hpc-1"])]) == []
 
 
-# --------------------------------------------------------------------------- case 6: unknown to Slurm
+# --------------------------------------------------------------------------- unknown to Slurm
 
 
 @pytest.mark.parametrize("status", ["Acquiring", "Ready", "Failed", "Deallocated"])
-def test_6_cloud_node_slurm_does_not_know_terminated_after_grace(status):
+def test_unknown_to_slurm_cloud_node_slurm_does_not_know_terminated_after_grace(status):
     acts = plan([], [cnode("hpc-99", status), cnode("ghost-1", status, template="htc")])
-    assert [(a.node, a.kind, a.case) for a in acts] == [("ghost-1", TERMINATE, "6"), ("hpc-99", TERMINATE, "6")]
+    assert [(a.node, a.kind, a.drift) for a in acts] == [("ghost-1", TERMINATE, UNKNOWN_TO_SLURM),
+                                                         ("hpc-99", TERMINATE, UNKNOWN_TO_SLURM)]
 
 
 @pytest.mark.parametrize("why", ["recent", "in flight", "terminating", "keepalive"])
-def test_6_left_alone(why):
+def test_unknown_to_slurm_left_alone(why):
     cloud = cnode("ghost-1", "Terminating" if why == "terminating" else "Ready",
                   age=GRACE / 3 if why == "recent" else 10_000, template="htc", KeepAlive=why == "keepalive")
     ops = [op("r", "create", ["ghost-1"], started=NOW - 2 * GRACE)] if why == "in flight" else []
     assert plan([], [cloud], ops) == []
 
 
-def test_6_unmanaged_nodearray_reported_only():
+def test_unknown_to_slurm_unmanaged_nodearray_reported_only():
     acts = plan([], [cnode("login-1", "Ready", template="login")])
-    assert [(a.kind, a.case) for a in acts] == [(REPORT, "6")] and "unmanaged" in acts[0].reason
+    assert [(a.kind, a.drift) for a in acts] == [(REPORT, UNKNOWN_TO_SLURM)] and "unmanaged" in acts[0].reason
 
 
 def test_slurm_nodes_not_in_the_node_map_are_not_ours():
     assert plan([snode("static-1", "IDLE")]) == []
 
 
-# --------------------------------------------------------------------------- case 7: addresses
+# --------------------------------------------------------------------------- addresses
 
 
 @pytest.mark.parametrize("flags", UP + PU)
-def test_7_ready_node_gets_its_address(flags):
+def test_address_ready_node_gets_its_address(flags):
     ops = [op("r", "create", ["hpc-1"], deadline=NOW + 100)] if "POWERING_UP" in flags else []
     acts = plan([snode("hpc-1", *flags)], [cnode("hpc-1", "Ready", PrivateIp="127.1.0.7", Hostname="ip-7")], ops)
     assert [(a.kind, a.address) for a in acts] == [(SET_ADDRESS, ("127.1.0.7", "ip-7"))]
@@ -306,24 +314,24 @@ def test_7_ready_node_gets_its_address(flags):
 
 @pytest.mark.parametrize("mode,addr,want", [("ip", "127.1.0.7", []), ("registration", None, []), ("dns", None, []),
                                             ("hostname", None, [SET_ADDRESS]), ("ip", "127.1.0.1", [SET_ADDRESS])])
-def test_7_address_modes(mode, addr, want):
+def test_address_modes(mode, addr, want):
     cfg = config_from_dict({**CFG.to_dict(), "slurm": {"address_mode": mode}})
     acts = plan([snode("hpc-1", "IDLE", "CLOUD", addr=addr)],
                 [cnode("hpc-1", "Ready", PrivateIp="127.1.0.7", Hostname="ip-7")], cfg=cfg)
     assert kinds(acts) == want
 
 
-# --------------------------------------------------------------------------- case 8 and hooks killed mid-way
+# ------------------------------------------------------------------- overdue operations and hooks killed mid-way
 
 
 @pytest.mark.parametrize("operation_id", [None, "op-1"])
-def test_8_accepted_past_deadline_is_resolved(operation_id):
+def test_overdue_operation_accepted_past_deadline_is_resolved(operation_id):
     ops = [op("r", "create", ["hpc-1"], deadline=NOW - 1, operation_id=operation_id)]
     acts = plan([snode("hpc-1", *PD[0])], [], ops)
-    assert [(a.kind, a.request_id, a.case) for a in acts] == [(RESOLVE, "r", "8")]
+    assert [(a.kind, a.request_id, a.drift) for a in acts] == [(RESOLVE, "r", OVERDUE_OPERATION)]
 
 
-def test_8_accepted_before_deadline_is_in_flight():
+def test_overdue_operation_accepted_before_deadline_is_in_flight():
     assert plan([snode("hpc-1", *PU[0])], [], [op("r", "create", ["hpc-1"])]) == []
 
 
@@ -377,38 +385,39 @@ def test_pending_without_recorded_request_is_closed_not_resent():
     assert kinds(plan([snode("hpc-1", *PD[0])], [], ops)) == [CLOSE]
 
 
-# --------------------------------------------------------------------------- case 9: cool-off
+# --------------------------------------------------------------------------- cool-off
 
 
 @pytest.mark.parametrize("flags", DOWN_PD)
-def test_9_expired_cooloff_puts_its_nodes_back(flags):
+def test_expired_cooloff_puts_its_nodes_back(flags):
     cooloffs = {HPC_KEY: Cooloff(NOW - 1, "no capacity", nodes=["hpc-2", "hpc-3", "hpc-4"])}
     slurm = [snode("hpc-2", *flags, reason=OURS), snode("hpc-3", *flags, reason=OURS),
              snode("hpc-4", *flags, reason="admin: keep out")]
     acts = plan(slurm, cooloffs=cooloffs)
-    assert [(a.kind, a.node, a.case) for a in acts] == [
-        (END_COOLOFF, HPC_KEY, "9"), (SLURM_RESUME, "hpc-2", "9"), (SLURM_RESUME, "hpc-3", "9")]
+    assert [(a.kind, a.node, a.drift) for a in acts] == [
+        (END_COOLOFF, HPC_KEY, COOLOFF_ENDED), (SLURM_RESUME, "hpc-2", COOLOFF_ENDED),
+        (SLURM_RESUME, "hpc-3", COOLOFF_ENDED)]
 
 
-def test_9_active_cooloff_keeps_them_out():
+def test_active_cooloff_keeps_them_out():
     cooloffs = {HPC_KEY: Cooloff(NOW + 60, "no capacity", nodes=["hpc-2"])}
     assert plan([snode("hpc-2", *DOWN_PD[0], reason=OURS)], cooloffs=cooloffs) == []
 
 
-# --------------------------------------------------------------------------- case 10: left alone
+# --------------------------------------------------------------------------- left alone
 
 
 @pytest.mark.parametrize("flags", [("IDLE", "CLOUD", "DRAIN"), ("MIXED", "CLOUD", "DRAIN"), ("DOWN", "CLOUD"),
                                    ("DOWN", "CLOUD", "POWERED_DOWN"), ("IDLE", "CLOUD", "POWERED_DOWN", "DRAIN")])
 @pytest.mark.parametrize("cloud", [None, "Ready", "Failed"])
-def test_10_admin_drained_or_downed_nodes_left_alone(flags, cloud):
+def test_admin_drained_or_downed_nodes_left_alone(flags, cloud):
     acts = plan([snode("hpc-1", *flags, reason="bad DIMM, ticket 42")], [cnode("hpc-1", cloud)] if cloud else [])
     assert acts == []
 
 
 @pytest.mark.parametrize("flags", PD + UP)
 @pytest.mark.parametrize("status", ["Ready", "Failed", "Acquiring"])
-def test_10_keepalive_nodes_left_alone(flags, status):
+def test_keepalive_nodes_left_alone(flags, status):
     c = cnode("hpc-1", status, KeepAlive=True, PrivateIp="127.1.0.9")
     acts = plan([snode("hpc-1", *flags, addr="127.1.0.9")], [c])
     assert acts == []

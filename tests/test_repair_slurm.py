@@ -1,6 +1,6 @@
 """Repair against a REAL slurmctld (+ two real slurmds) and the simulator over real HTTP.
 
-Every drift case of the issue is created for real (VMs made behind Slurm's back, nodes set DOWN
+Every drift repair knows is created for real (VMs made behind Slurm's back, nodes set DOWN
 with our reason or an admin's, a boot failure injected in the simulator, records left in the
 state file as a killed hook leaves them, an expired capacity cool-off), then ONE
 `python -m hpc_bridge --config X repair` runs, and the end state is read back from scontrol and
@@ -86,18 +86,18 @@ def build_drift(env) -> dict:
     now = time.time()
     facts = {}
     # Healthy VMs first (they must be Ready before boot failures are switched on).
-    facts["leak_op"] = create(env, "htc-f2sv2-1", "htc", F2)  # 1: leaked VM, Slurm idle~
-    create(env, "htc-ghost-1", "htc", F2)  # 6: managed nodearray, unknown to Slurm
-    create(env, "gpu-ghost-1", "gpu", "Standard_NC24ads_A100_v4")  # 6: unmanaged nodearray
-    create(env, "htc-f2sv2-6", "htc", F2, KeepAlive=True)  # 10: KeepAlive, Slurm idle~
+    facts["leak_op"] = create(env, "htc-f2sv2-1", "htc", F2)  # leaked VM, Slurm idle~
+    create(env, "htc-ghost-1", "htc", F2)  # unknown to Slurm: managed nodearray, unknown to Slurm
+    create(env, "gpu-ghost-1", "gpu", "Standard_NC24ads_A100_v4")  # unknown to Slurm: unmanaged nodearray
+    create(env, "htc-f2sv2-6", "htc", F2, KeepAlive=True)  # left alone: KeepAlive, Slurm idle~
     rid_409 = RID_409
     create(env, "htc-f4sv2-4", "htc", F4, request_id=rid_409)  # killed hook whose call had gone through
-    # 8: a terminate accepted without an operation id (recovered after a 409), past its deadline;
+    # overdue operation: a terminate accepted without an operation id (recovered after a 409), past its deadline;
     # under the reference its node record is gone once terminated: found by request id all the same
     create(env, "htc-f2sv2-8", "htc", F2)
     with client(env) as c:
-        c.terminate_nodes(names=["htc-f2sv2-8"], request_id="gone-terminate")
-    # 7: resume hook (follower off) creates htc-f2sv2-2 while Slurm powers it up; address never set
+        c.manage_nodes("terminate", names=["htc-f2sv2-8"], request_id="gone-terminate")
+    # address missing: resume hook (follower off) creates htc-f2sv2-2 while Slurm powers it up; address never set
     scontrol(env, "update", "NodeName=htc-f2sv2-2,htc-f2sv2-3,htc-f4sv2-3,htc-f4sv2-4", "State=POWER_UP")
     run = env.hook("resume", "htc-f2sv2-2")
     assert run.rc == 0, run.stderr
@@ -107,7 +107,7 @@ def build_drift(env) -> dict:
     gone_after_terminate = (None,) if env.form != "default" else ("Terminated",)
     env.wait_for(lambda: statuses(env).get("htc-f2sv2-8") in gone_after_terminate, timeout=30,
                  what="htc-f2sv2-8 terminated (its record removed, under the reference)")
-    # 2: boot failures, for a node Slurm has up (a real slurmd) and one Slurm has powered down
+    # failed VMs: boot failures, for a node Slurm has up (a real slurmd) and one Slurm has powered down
     env.sim.set_faults(boot_failure_rate=1.0)
     create(env, "htc-f4sv2-1", "htc", F4)
     create(env, "htc-f2sv2-5", "htc", F2)
@@ -116,7 +116,7 @@ def build_drift(env) -> dict:
     env.sim.set_faults(boot_failure_rate=0.0)
     facts["fail_message"] = env.cloud_nodes()["htc-f4sv2-1"].get("StatusMessage") or ""
 
-    # 2 and 5 need Slurm nodes that are up: real slurmds registering on 127.0.0.1.
+    # failed VMs and up without a VM need Slurm nodes that are up: real slurmds registering on 127.0.0.1.
     up = ["htc-f4sv2-1", "htc-f4sv2-2"]
     scontrol(env, "update", f"NodeName={','.join(up)}", "NodeAddr=127.0.0.1,127.0.0.1",
              "NodeHostName=localhost,localhost")
@@ -125,7 +125,7 @@ def build_drift(env) -> dict:
         env.cluster.start_slurmd(n)
     env.wait_for(lambda: all(env.cluster._responding(n) for n in up), timeout=30, what="slurmds registered")
 
-    # 4: down~ with our reason, no VM. 9: an expired cool-off's nodes. 10: an admin's DOWN.
+    # down~ with our reason, no VM; an expired cool-off's nodes; an admin's DOWN.
     scontrol(env, "update", "NodeName=htc-f2sv2-4", "State=DOWN", f"Reason={OURS}drift test")
     scontrol(env, "update", "NodeName=hpc-hb120rsv3-[5-6]", "State=DOWN",
              f"Reason={OURS}capacity cool-off for hpc/{HB}")
@@ -136,10 +136,11 @@ def build_drift(env) -> dict:
     store = StateStore(env.state_dir / "state.json")
     with store.transaction() as state:
         for o in (
-            # 8 + 1: the leak's create, accepted long ago, past its deadline (the API knows it)
+            # overdue operation, leaked VM: the leak's create, accepted long ago, past its deadline (the API knows it)
             Operation("leak-create", "create", ["htc-f2sv2-1"], now - 1000, now - 500, pid=pid, outcome=ACCEPTED,
                       operation_id=facts["leak_op"], request=create_request("htc-f2sv2-1", "htc", F2)),
-            # 3 + 8: a create whose nodes never appeared, past its deadline, the API does not know it
+            # stuck powering up, overdue operation: a create whose nodes never appeared, past its
+            # deadline, the API does not know it
             Operation("lost-create", "create", ["htc-f2sv2-3"], now - 1000, now - 10, pid=pid, outcome=ACCEPTED,
                       operation_id="no-such-operation", request=create_request("htc-f2sv2-3", "htc", F2)),
             # killed resume hooks: one call never reached the API, one did (409 on re-send)
@@ -186,7 +187,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
                     ("htc-f4sv2-4", "resend_operation"), ("htc-f2sv2-1", "resolve_operation"),
                     ("htc-f2sv2-3", "resolve_operation"), ("htc-f2sv2-8", "resolve_operation")]:
             assert row in planned, (row, sorted(planned))
-        assert not {n for n, _ in planned} & {"hpc-hb120rsv3-7", "htc-f2sv2-6"}  # case 10
+        assert not {n for n, _ in planned} & {"hpc-hb120rsv3-7", "htc-f2sv2-6"}  # an admin's DOWN, a KeepAlive node
 
         # one real run
         env.sim.reset_stats()
@@ -203,7 +204,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
         assert cloud.get("htc-f4sv2-1") in gone and cloud.get("htc-f2sv2-5") in gone  # 2
         assert "DOWN" in s["htc-f4sv2-1"].state_flags and "cloud node failed" in s["htc-f4sv2-1"].reason
         assert facts["fail_message"] in s["htc-f4sv2-1"].reason
-        assert "POWERING_UP" not in s["htc-f2sv2-3"].state_flags  # 3: powered down, reason ours
+        assert "POWERING_UP" not in s["htc-f2sv2-3"].state_flags  # stuck powering up: powered down, reason ours
         assert s["htc-f2sv2-3"].reason.startswith(OURS)
         assert s["htc-f2sv2-4"].state_flags >= {"IDLE", "POWERED_DOWN"} and "DOWN" not in s["htc-f2sv2-4"].state_flags
         assert "DOWN" in s["htc-f4sv2-2"].state_flags and "no cloud node" in s["htc-f4sv2-2"].reason  # 5
@@ -220,7 +221,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
             assert s[n].state_flags >= {"IDLE", "POWERED_DOWN"} and "DOWN" not in s[n].state_flags
         assert env.state()["cooloffs"][f"hpc/{HB}"]["nodes"] == []
         assert "DOWN" in s["hpc-hb120rsv3-7"].state_flags and s["hpc-hb120rsv3-7"].reason == "bad DIMM ticket 42"
-        assert cloud["htc-f2sv2-6"] == "Ready"  # 10: KeepAlive left running
+        assert cloud["htc-f2sv2-6"] == "Ready"  # KeepAlive left running
         terminate = [o for o in ops.values() if o["action"] == "terminate" and o["request_id"] != "gone-terminate"]
         assert len(terminate) == 1 and terminate[0]["outcome"] == "accepted"  # recorded before it was sent
         log = (env.log_dir / "repair.log").read_text()

@@ -9,7 +9,7 @@ from hpc_bridge.api.models import NodeList
 from hpc_bridge.errors import ConflictError, NotFoundError
 from bridge_env import FORMS
 from hpc_bridge.sim.server import SimServer
-from test_sim_server import client_for, fast_scenario, raw, wait_for
+from test_sim_server import client_for, fast_scenario, nodearray, raw, wait_for
 
 CREATE = {"sets": [{"count": 1, "nodearray": "htc", "nameFormat": "htc-1",
                     "definition": {"machineType": "Standard_F2s_v2"}},
@@ -69,7 +69,7 @@ def test_strict_409_and_404_have_no_content_and_the_client_still_says_what_happe
     assert raw(strict, "GET", "/operations/nope").content == b""
     with client_for(strict) as c:
         with pytest.raises(ConflictError, match="409.*invalid input"):
-            c.terminate_nodes(names=["htc-1"], request_id="rq-dup")
+            c.manage_nodes("terminate", names=["htc-1"], request_id="rq-dup")
         with pytest.raises(NotFoundError):
             c.get_operation("nope")
 
@@ -129,7 +129,8 @@ def test_quirks_nested_attributes_nulls_and_floats_are_read(quirks):
     assert node.private_ip is None and node.core_count == 2 and node.get("Software")
     with client_for(quirks) as c:
         st = c.get_status()
-        assert st.nodearray("hpc").buckets[0].available_count == 16 and not st.nodearray("hpc").buckets[0].had_capacity_failure
+        hpc = nodearray(st, "hpc").buckets[0]
+        assert hpc.available_count == 16 and not hpc.had_capacity_failure
         wait_for(lambda: {n.name: n for n in c.get_nodes().nodes}["htc-1"].private_ip)
 
 
@@ -139,7 +140,7 @@ def test_quirks_capacity_message_is_worded_its_own_way(quirks):
     message = r.json()["sets"][0]["message"]
     assert r.json()["sets"][0]["added"] == 0 and "capacity" not in message.lower()
     with client_for(quirks) as c:
-        bucket = c.get_status().nodearray("htc").buckets[0]
+        bucket = nodearray(c.get_status(), "htc").buckets[0]
     assert bucket.capacity_failure_within(60)  # the documented signal
 
 

@@ -464,21 +464,6 @@ class ClusterClient:
         result._request_id = request.request_id
         return result
 
-    def start_nodes(self, **selection: Any) -> NodeManagementResult:
-        return self.manage_nodes("start", **selection)
-
-    def shutdown_nodes(self, **selection: Any) -> NodeManagementResult:
-        return self.manage_nodes("shutdown", **selection)
-
-    def deallocate_nodes(self, **selection: Any) -> NodeManagementResult:
-        return self.manage_nodes("deallocate", **selection)
-
-    def terminate_nodes(self, **selection: Any) -> NodeManagementResult:
-        return self.manage_nodes("terminate", **selection)
-
-    def remove_nodes(self, **selection: Any) -> NodeManagementResult:
-        return self.manage_nodes("remove", **selection)
-
     # ------------------------------------------------------------------ 409 recovery
 
     def find_request(self, request_id: str) -> NodeList | None:

@@ -245,13 +245,6 @@ class OperationStatus(WireModel):
     action: str
     start_time: str
 
-    @property
-    def started(self) -> datetime | None:
-        try:
-            return datetime.fromisoformat(self.start_time.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-
 
 class NodeList(WireModel):
     nodes: NodeRecords
@@ -343,9 +336,6 @@ class ClusterStatus(WireModel):
     nodes: NodeRecords | None = None
     state: str | None = None
     target_state: str | None = None
-
-    def nodearray(self, name: str) -> NodearrayStatus | None:
-        return next((na for na in self.nodearrays if na.name == name), None)
 
 
 # --------------------------------------------------------------------------- usage

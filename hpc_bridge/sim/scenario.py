@@ -399,14 +399,6 @@ def check_capacity_target(target: str, nodearrays: list[NodearraySpec]) -> None:
         raise _Bad(f"faults.capacity_failure: no machineType {target!r} in any nodearray")
 
 
-def capacity_target_error(target: str, nodearrays: list[NodearraySpec]) -> str | None:
-    try:
-        check_capacity_target(target, nodearrays)
-    except _Bad as err:
-        return str(err)
-    return None
-
-
 def faults_error(data: Any, nodearrays: list[NodearraySpec]) -> tuple[dict[str, Any] | None, str | None]:
     """Validate a partial faults update: (normalised, None) or (None, one-line error)."""
     try:
