@@ -3,6 +3,11 @@
 Slurm part (slurm helper): ``slurm_cluster_factory`` builds real clusters on loopback
 (tests/slurmcluster.py). Without root or the Debian Slurm packages the tests using it are
 skipped with the reason; with env CI=true that is a failure instead (CI must run them).
+
+Every cluster a test starts comes through one of SLURM_FIXTURES (``slurm_cluster_factory`` and
+the module fixtures that build their own clusters ask for ``slurm_release`` or ``host_slurm``):
+a test using one is marked ``slurm`` at collection, so ``-m "not slurm"`` starts no Slurm. A test
+that starts a slurmctld without the mark fails (the mark is then missing from its fixture).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import slurmcluster  # noqa: E402
 from slurmcluster import SlurmCluster, SlurmRelease, releases_from_env  # noqa: E402
 
 RELEASES = releases_from_env()
@@ -62,6 +68,41 @@ def slurm_release(request) -> SlurmRelease:
     return request.param
 
 
+@pytest.fixture(scope="module")
+def host_slurm() -> SlurmRelease:
+    """The host's Slurm, for module fixtures that build clusters of their own (another SlurmUser,
+    their own factory): skips (fails with CI=true) when it cannot run."""
+    _require_slurm()
+    return SlurmRelease("host")
+
+
+#: Fixtures through which every test that starts a slurmctld gets its Slurm.
+SLURM_FIXTURES = frozenset({"slurm_release", "host_slurm"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLURM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slurm)
+
+
+def _check_slurm_mark(item):
+    """Wraps each phase of a test: a slurmctld started in it by a test not marked slurm fails it."""
+    before = slurmcluster.SLURMCTLD_STARTS
+    result = yield
+    started = slurmcluster.SLURMCTLD_STARTS - before
+    if started and item.get_closest_marker("slurm") is None:
+        raise pytest.fail.Exception(
+            f"{item.nodeid} started {started} slurmctld but is not marked slurm: get Slurm through one of "
+            f"{sorted(SLURM_FIXTURES)} (conftest.py)", pytrace=False)
+    return result
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_check_slurm_mark)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_check_slurm_mark)
+pytest_runtest_teardown = pytest.hookimpl(wrapper=True)(_check_slurm_mark)
+
+
 def pytest_report_header(config):
     return "Slurm releases: " + ", ".join(
         f"{r.name} ({r.version if r.unavailable() is None else 'unavailable'}, {r.where})" for r in RELEASES)
@@ -71,6 +112,7 @@ def pytest_terminal_summary(terminalreporter):
     if _ran:
         terminalreporter.write_line("real Slurm clusters ran: " + ", ".join(
             f"Slurm {version}: {count}" for version, count in sorted(_ran.items())))
+    terminalreporter.write_line(f"slurmctld started: {slurmcluster.SLURMCTLD_STARTS}")
 
 
 @pytest.fixture

@@ -234,6 +234,11 @@ def add_node_ports(text: str, expand: Callable[[str], list[str]], port_of: Calla
     return "\n".join(out) + "\n"
 
 
+#: slurmctlds this process started (SlurmCluster.start): the tests' conftest checks that only
+#: tests marked ``slurm`` start one.
+SLURMCTLD_STARTS = 0
+
+
 class SlurmCluster:
     """One slurmctld + munged (+ slurmds on demand) under ``workdir``. See module doc.
 
@@ -618,6 +623,8 @@ class SlurmCluster:
                 start_new_session=True,
             )
             log.close()
+            global SLURMCTLD_STARTS
+            SLURMCTLD_STARTS += 1
             self.wait_for(self._ctld_up, timeout, what="slurmctld answering scontrol ping")
         except BaseException:
             self.stop()

@@ -14,8 +14,6 @@ import pytest
 from bridge_env import BridgeEnv, all_forms, default_scenario
 from hpc_bridge import hostlist
 
-pytestmark = pytest.mark.slurm
-
 # Every scenario runs against at least one form that follows the reference (strict, or quirks:
 # strict plus what a real service adds), the cheapest against every form; the slower ones are
 # not multiplied (the hook and repair tests cover every form for the same paths). All of them

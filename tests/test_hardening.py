@@ -52,11 +52,9 @@ def slurm_user():
 
 
 @pytest.fixture(scope="module")
-def env(slurm_user):
-    from conftest import _require_slurm
+def env(slurm_user, host_slurm):
     from slurmcluster import SlurmCluster
 
-    _require_slurm()
     # Not under pytest's base temp dir: every pytest session that starts (another run on this
     # machine) makes /tmp/pytest-of-root 0700 again, and slurmctld, running as SlurmUser, would
     # lose its munge socket and state directory mid-test.
@@ -65,7 +63,7 @@ def env(slurm_user):
     clusters = []
 
     def factory(start: bool = False, **kwargs):
-        c = SlurmCluster(base / "slurm", slurm_user=SLURM_USER, **kwargs)
+        c = SlurmCluster(base / "slurm", slurm_user=SLURM_USER, release=host_slurm, **kwargs)
         clusters.append(c)
         return c
 

@@ -568,7 +568,6 @@ def test_compress_of_expansion_expands_back(expr):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slurm
 def test_tables_expand_the_same_in_every_release(slurm_release, tmp_path):
     """What this module accepts in the tables, each release's scontrol expands and compresses the
     same way (24.11 also reads text after the last bracket and refuses an unclosed one, where

@@ -9,15 +9,11 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from hpc_bridge import doctor
 from hpc_bridge.cli import main
 from hpc_bridge.sim.server import SimServer
 from slurmcluster import SiteCluster
 from test_ops_sim import write_config
-
-pytestmark = pytest.mark.slurm
 
 
 def _open_traverse(path: Path) -> None:

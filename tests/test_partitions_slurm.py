@@ -14,8 +14,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from hpc_bridge.api.models import ClusterStatus
 from hpc_bridge.hostlist import expand
 from hpc_bridge.nodemap import load_nodemap
@@ -23,8 +21,6 @@ from hpc_bridge.partitions import plan_partitions, render, write_outputs
 from hpc_bridge.sim.model import ClusterModel
 from bridge_env import FORMS, all_forms
 from test_partitions_plan import array, bucket, make_cfg, make_status
-
-pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = REPO / "hpc_bridge" / "sim" / "default.toml"

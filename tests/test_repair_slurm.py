@@ -14,14 +14,11 @@ import subprocess
 import time
 
 import filelock
-import pytest
 
 from bridge_env import BridgeEnv, all_forms
 from hpc_bridge.api.client import ClusterClient
 from hpc_bridge.api.models import NodeCreationSet
 from hpc_bridge.state import ACCEPTED, PENDING, Cooloff, Operation, StateStore
-
-pytestmark = pytest.mark.slurm
 
 F2, F4, HB = "Standard_F2s_v2", "Standard_F4s_v2", "Standard_HB120rs_v3"
 OURS = "hpc-bridge: "

@@ -21,15 +21,13 @@ PASSWORD = "Xq7-s3cr3t-pa55w0rd-ZZ"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from conftest import _require_slurm
+def env(tmp_path_factory, host_slurm):
     from slurmcluster import SlurmCluster
 
-    _require_slurm()
     clusters = []
 
     def factory(start: bool = False, **kwargs):
-        c = SlurmCluster(tmp_path_factory.mktemp("slurm"), **kwargs)
+        c = SlurmCluster(tmp_path_factory.mktemp("slurm"), release=host_slurm, **kwargs)
         clusters.append(c)
         return c
 

@@ -342,7 +342,6 @@ def cluster(slurm_cluster_factory):
     return slurm_cluster_factory(nodes_conf_text=NODES)
 
 
-@pytest.mark.slurm
 def test_show_nodes_powered_down_cloud_nodes(cluster):
     s = cluster.slurm()
     nodes = s.show_nodes()
@@ -365,7 +364,6 @@ def test_show_nodes_powered_down_cloud_nodes(cluster):
     assert not cloud_nodes_hidden(config)
 
 
-@pytest.mark.slurm
 def test_update_down_with_reason_and_back_batched(cluster):
     s = cluster.slurm()
     reason = "Capacity failure: Standard_F2s (quota=0) in [eastus] x=y"
@@ -383,7 +381,6 @@ def test_update_down_with_reason_and_back_batched(cluster):
     assert s.calls == 4
 
 
-@pytest.mark.slurm
 def test_unknown_node_fails_the_whole_call(cluster):
     s = cluster.slurm()
     with pytest.raises(SlurmError) as err:
@@ -393,7 +390,6 @@ def test_unknown_node_fails_the_whole_call(cluster):
     assert s.show_nodes()["t-1"].state == "IDLE"  # Slurm applied nothing
 
 
-@pytest.mark.slurm
 def test_set_and_reset_addresses(cluster):
     s = cluster.slurm()
     assert s.set_addresses({"t-1": ("127.0.0.11", "h-one"), "t-2": ("127.0.0.12", "h-two"), "u-1": ("127.0.0.13", None)}) == 2
@@ -405,7 +401,6 @@ def test_set_and_reset_addresses(cluster):
     assert all(n.node_addr == n.name == n.node_hostname for n in s.show_nodes().values())
 
 
-@pytest.mark.slurm
 def test_ping_false_when_controller_gone(cluster):
     s = cluster.slurm(timeout=2)
     assert s.ping()
@@ -428,7 +423,6 @@ def _pids_with(marker: str) -> list[int]:
     return out
 
 
-@pytest.mark.slurm
 def test_power_saving_loop_runs_jobs_on_cloud_nodes(slurm_cluster_factory):
     """sbatch -N2 on powered-down cloud nodes: resume (one batched call, no PATH in env) ->
     slurmds via sim-boot-hook -> job completes -> SuspendTime -> idle~ again, slurmds gone."""
@@ -458,7 +452,6 @@ def test_power_saving_loop_runs_jobs_on_cloud_nodes(slurm_cluster_factory):
     assert c.node_flags("u-1") == {"IDLE", "CLOUD", "POWERED_DOWN"}
 
 
-@pytest.mark.slurm
 def test_stop_kills_running_jobs_and_daemons(slurm_cluster_factory):
     c = slurm_cluster_factory(nodes_conf_text=NODES, start=False)
     c.use_test_hooks()
