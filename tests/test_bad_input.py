@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge_env import REPO, BridgeEnv
@@ -546,14 +546,22 @@ def test_expand_either_names_or_one_line_hostlist_error(expr):
 
 @settings(max_examples=20, deadline=None)
 @given(st.integers(2, 6), st.integers(1, 65536))
+@example(2, 1000)  # exactly MAX_TOTAL names
+@example(2, 1001)  # the smallest square above it
 def test_expand_cartesian_products_are_capped(groups, width):
+    """Up to MAX_TOTAL names: every one of them, in order, none twice; above: one line naming
+    the cap (or the bracket group that alone yields too many), never a partial list."""
     expr = "n" + "".join(f"x[0-{width - 1}]" for _ in range(groups))
     total = width ** groups
     if total > hostlist.MAX_TOTAL:
-        with pytest.raises(HostlistError, match="more than"):
+        with pytest.raises(HostlistError, match="more than") as refused:
             hostlist.expand(expr)
-    elif total <= 20000:
-        assert len(hostlist.expand(expr)) == total
+        assert "\n" not in str(refused.value)
+        return
+    names = hostlist.expand(expr)
+    assert len(names) == total
+    assert names[0] == "n" + "x0" * groups and names[-1] == "n" + f"x{width - 1}" * groups
+    assert len(set(names)) == total
 
 
 # --------------------------------------------------------------------------- bulk: resume files (hypothesis)
