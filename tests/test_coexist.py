@@ -296,8 +296,8 @@ def test_doctor_runs_each_hook_as_slurmuser_and_catches_what_it_cannot_reach(slu
             run = subprocess.run([sys.executable, "-m", "hpc_bridge", "--config", str(good), "install-hooks",
                                   "--slurm-conf-dir", str(root), "--hooks-dir", str(root / where), "--systemd-dir",
                                   str(root / "systemd"), "--python", python, "--pythonpath", str(REPO), "--write"],
-                                 capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
-                                                                      "HPC_BRIDGE_CONFIG": str(config)}, cwd="/")
+                                 capture_output=True, text=True, cwd="/",
+                                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HPC_BRIDGE_CONFIG": str(config)})
             assert run.returncode == 0, run.stderr
             return root / where
 
