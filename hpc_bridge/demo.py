@@ -8,7 +8,6 @@ Slurm on the machine, the Slurm commands the hooks would run are shown instead o
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,13 +93,13 @@ def _wait(client: ClusterClient, names: list[str], settled: frozenset[str], out:
         time.sleep(0.2)
 
 
-def run_demo(scenario: Any = None, out: TextIO | None = None, per_bucket: int = 2, workdir: str | None = None) -> int:
+def run_demo(out: TextIO, scenario: Any = None, per_bucket: int = 2, workdir: str | None = None) -> int:
+    """The walk-through, narrated on `out` (the CLI passes stdout)."""
     from hpc_bridge.nodemap import load_nodemap
     from hpc_bridge.partitions import run_partitions
     from hpc_bridge.resume import Job, run_resume
     from hpc_bridge.suspend import run_suspend
 
-    out = out or sys.stdout
     started = time.monotonic()
     work = Path(workdir or tempfile.mkdtemp(prefix="hpc-bridge-demo-"))
     with SimServer(scenario) as sim:

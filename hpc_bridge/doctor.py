@@ -583,25 +583,15 @@ def list_files(*directories: str) -> tuple[list[FileFacts], str | None]:
     return out, None
 
 
-def run_cli(args) -> int:
-    """`hpc-bridge doctor` (called by hpc_bridge.cli): exit 1 when any check fails."""
-    from hpc_bridge.cli import emit_json, wants_json
+def run_doctor(config_path: str | None, systemd_dir: str | None, command: str = "doctor",
+               verbose: int = 0) -> list[Check]:
+    """Every check, in order (a check that cannot run says so: none raises)."""
     from hpc_bridge.log import setup_logging
 
-    systemd_dir = getattr(args, "systemd_dir", None)
-    facts = gather(getattr(args, "config", None), systemd_dirs=[systemd_dir] if systemd_dir else SYSTEMD_DIRS)
+    facts = gather(config_path, systemd_dirs=[systemd_dir] if systemd_dir else SYSTEMD_DIRS)
     if facts.cfg is not None:
         try:
-            _, facts.log_problem = setup_logging(args.command, facts.cfg.paths.log_dir, getattr(args, "verbose", 0))
+            _, facts.log_problem = setup_logging(command, facts.cfg.paths.log_dir, verbose)
         except (BridgeError, OSError):
             pass
-    checks = run_checks(facts)
-    bad = failed(checks)
-    if wants_json(args):
-        emit_json({"ok": not bad, "checks": [c.to_json() for c in checks]})
-    else:
-        for c in checks:
-            print(c.line())
-        n = sum(c.result == FAIL for c in checks)
-        print(f"{n} check(s) failed" if bad else "all checks passed")
-    return 1 if bad else 0
+    return run_checks(facts)

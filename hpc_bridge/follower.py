@@ -51,6 +51,40 @@ def detach_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+def spawn(config_path: str, log_dir: str | None, command: str, now: float) -> Lease:
+    """Start the detached follower and return its lease (the caller records it in the state
+    file, under the lock): own session, no stdin or stdout tied to slurmctld, mask cleared
+    in the child (hooks inherit slurmctld's blocked signals). It runs in `/`, so the config
+    path is made absolute first; its stderr goes to the starting command's log file, so a
+    follower that cannot start says why where that command's own lines are."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "hpc_bridge", "--config", os.path.abspath(config_path), "follow"]
+    stderr = _open_log(log_dir, command)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL if stderr is None else stderr,
+                                start_new_session=True, close_fds=True, env=dict(os.environ), cwd="/")
+    finally:
+        if stderr is not None:
+            os.close(stderr)
+    log.info("follower started (pid %d)", proc.pid)
+    return Lease(host=HOST, pid=proc.pid, heartbeat=now, since=now)
+
+
+def _open_log(log_dir: str | None, command: str) -> int | None:
+    """The command's log file for appending (None when there is none or it cannot be opened)."""
+    from hpc_bridge.files import open_owned
+
+    if not log_dir:
+        return None
+    try:
+        return open_owned(os.path.join(log_dir, f"{command}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------- plan (pure)
 
 

@@ -574,66 +574,59 @@ def problems_lines(problems: Iterable[Problem]) -> list[str]:
     return [f"problem: {p.message}\n  fix: {p.fix}" for p in problems]
 
 
-def run_cli(args) -> int:
-    """`hpc-bridge install-hooks --slurm-conf-dir DIR [--write | --check]` (called by hpc_bridge.cli)."""
-    from hpc_bridge.cli import emit_json, load_config_for, wants_json
+def problem_json(p: Problem) -> dict[str, str]:
+    return {"key": p.key, "message": p.message, "fix": p.fix}
 
-    if args.hooks_dir is None:  # the CLI leaves the defaults to us (it does not import this module)
-        args.hooks_dir = DEFAULT_HOOKS_DIR
-    if args.systemd_dir is None:
-        args.systemd_dir = DEFAULT_SYSTEMD_DIR
-    cfg = load_config_for(args)
-    conf_dir = os.path.abspath(args.slurm_conf_dir)
+
+def check_install(cfg, slurm_conf_dir: str, hooks_dir: str | None = None) -> tuple[str, list[Problem]]:
+    """`install-hooks --check`: DIR/slurm.conf as read (its path) and what it lacks for hpc-bridge."""
+    existing = read_slurm_conf(os.path.join(os.path.abspath(slurm_conf_dir), "slurm.conf"))
+    return existing.path, check_settings(existing, cfg, hooks_dir=hooks_dir or DEFAULT_HOOKS_DIR)
+
+
+@dataclass
+class Installation:
+    """The files install-hooks writes (or shows), and after writing what slurm.conf still sets
+    against hpc-bridge."""
+
+    plan: InstallPlan
+    next_steps: list[str]
+    slurm_conf: str
+    hooks_dir: str
+    has_slurm_conf: bool  # DIR/slurm.conf could be read
+    written: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def prepare_install(cfg, *, slurm_conf_dir: str, hooks_dir: str | None = None, systemd_dir: str | None = None,
+                    python: str | None = None, pythonpath: str | None = None, user: str | None = None,
+                    logrotate_dir: str | None = None) -> Installation:
+    """The files for this config and DIR/slurm.conf (its own values merged in when it can be read)."""
+    hooks_dir = hooks_dir or DEFAULT_HOOKS_DIR
+    conf_dir = os.path.abspath(slurm_conf_dir)
     slurm_conf = os.path.join(conf_dir, "slurm.conf")
-    include_path = os.path.join(conf_dir, INCLUDE_FILE)
     existing = site = None
     try:
         existing = read_slurm_conf(slurm_conf)
-        site = read_slurm_conf(slurm_conf, skip=[include_path])  # the site's own values, to merge with
+        site = read_slurm_conf(slurm_conf, skip=[os.path.join(conf_dir, INCLUDE_FILE)])  # the site's own values
     except ConfigError:
-        if args.check:
-            raise
-    if args.check:
-        problems = check_settings(existing, cfg, hooks_dir=args.hooks_dir)
-        if wants_json(args):
-            emit_json({"slurmConf": existing.path, "ok": not problems,
-                       "missing": [{"key": p.key, "message": p.message, "fix": p.fix} for p in problems]})
-            return 1 if problems else 0
-        for line in problems_lines(problems):
-            print(line)
-        print(f"{existing.path}: " + (f"{len(problems)} problem(s)" if problems else "everything hpc-bridge needs is set"))
-        return 1 if problems else 0
-    plan = plan_install(cfg, slurm_conf_dir=conf_dir, hooks_dir=args.hooks_dir, systemd_dir=args.systemd_dir,
-                        python=args.python, pythonpath=args.pythonpath, user=args.user or user_from_conf(existing),
-                        site=site, logrotate_dir=args.logrotate_dir)
-    if args.write:
-        written = write_install(plan)
-        for path in written:
-            log.info("wrote %s", path)
-        # what slurm.conf still sets against hpc-bridge (twice, a foreign hook, a global SuspendTime)
-        left = [p for p in check_settings(read_slurm_conf(slurm_conf), cfg, hooks_dir=args.hooks_dir)
-                if p.key not in ("include",)] if existing is not None else []
-        for p in left:
-            log.warning("%s; fix: %s", p.message, p.fix)
-        if wants_json(args):
-            emit_json({"written": written, "next": instructions(plan, conf_dir),
-                       "problems": [{"key": p.key, "message": p.message, "fix": p.fix} for p in left]})
-            return 0
-        for path in written:
-            print(f"wrote {path}")
-        for line in problems_lines(left):
-            print(line)
-        print("next steps:")
-        for line in instructions(plan, conf_dir):
-            print(f"  {line}")
-        return 0
-    if wants_json(args):
-        emit_json({"files": {p: t for p, (t, _) in plan.files.items()}, "next": instructions(plan, conf_dir)})
-        return 0
-    for path, (text, mode) in plan.files.items():
-        print(f"----- {path} (mode {mode:o})")
-        print(text.rstrip("\n"))
-    print("----- (nothing written; --write writes the files above)")
-    for line in instructions(plan, conf_dir):
-        print(line)
-    return 0
+        pass
+    plan = plan_install(cfg, slurm_conf_dir=conf_dir, hooks_dir=hooks_dir, systemd_dir=systemd_dir or DEFAULT_SYSTEMD_DIR,
+                        python=python, pythonpath=pythonpath, user=user or user_from_conf(existing), site=site,
+                        logrotate_dir=logrotate_dir)
+    return Installation(plan=plan, next_steps=instructions(plan, conf_dir), slurm_conf=slurm_conf,
+                        hooks_dir=hooks_dir, has_slurm_conf=existing is not None)
+
+
+def install(cfg, inst: Installation) -> Installation:
+    """Write the files, then read slurm.conf again for what it still sets against hpc-bridge
+    (a key twice, a foreign hook, a global SuspendTime); both logged."""
+    inst.written = write_install(inst.plan)
+    for path in inst.written:
+        log.info("wrote %s", path)
+    if inst.has_slurm_conf:
+        inst.problems = [p for p in check_settings(read_slurm_conf(inst.slurm_conf), cfg, hooks_dir=inst.hooks_dir)
+                         if p.key not in ("include",)]
+    for p in inst.problems:
+        log.warning("%s; fix: %s", p.message, p.fix)
+    return inst

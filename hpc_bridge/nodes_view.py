@@ -234,29 +234,3 @@ def gather(cfg, client, *, hostlist: str | None = None, states: Sequence[str] = 
     for w in warnings:
         log.warning("%s", w)
     return NodesView(rows=rows, warnings=warnings, slurm_ok=slurm_nodes is not None)
-
-
-def run_cli(args) -> int:
-    """`hpc-bridge nodes [HOSTLIST] [--state S ...]` (called by hpc_bridge.cli)."""
-    import sys
-
-    from hpc_bridge.cli import client_for, emit_json, load_config_for, wants_json
-    from hpc_bridge.table import format_table
-
-    cfg = load_config_for(args)
-    with client_for(cfg) as client:
-        view = gather(cfg, client, hostlist=args.hostlist, states=args.state or ())
-    for w in view.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if wants_json(args):
-        emit_json([r.to_json() for r in view.rows])
-        return 0
-    if not view.rows:
-        print("no nodes" + (" match" if args.hostlist or args.state else ""))
-        return 0
-    headers = HEADERS if view.slurm_ok else [h for h in HEADERS if h not in ("slurm", "reason")]
-    cells = [r.cells() for r in view.rows]
-    if not view.slurm_ok:
-        cells = [[c for i, c in enumerate(row) if i not in (1, 2)] for row in cells]
-    print(format_table(headers, cells))
-    return 0

@@ -103,56 +103,35 @@ def wait_for_operation(
         sleep(max(0.0, min(poll, deadline - clock())))
 
 
-def run_cli(args) -> int:
-    """`hpc-bridge scale NODEARRAY (--nodes N | --cores N) [--wait]` (called by hpc_bridge.cli)."""
-    import sys
+@dataclass
+class ScaleRequest:
+    """What one scale call asked for and got."""
 
-    from hpc_bridge.cli import client_for, emit_json, load_config_for, wants_json
-    from hpc_bridge.table import format_table
+    nodearray: str
+    target: str  # "4 nodes" / "8 cores"
+    result: NodeCreationResult
+    warning: str | None = None  # the nodearray is managed by hpc-bridge
 
-    check_target(args.nodes, args.cores)
-    cfg = load_config_for(args)
-    as_json = wants_json(args)
-    target = f"{args.nodes} nodes" if args.nodes is not None else f"{args.cores} cores"
-    log.info("scale %s to %s requested", args.nodearray, target)
-    with client_for(cfg) as client:
-        result = run_scale(client, args.nodearray, nodes=args.nodes, cores=args.cores)
-        messages = [s.message for s in result.sets if s.message]
-        log.info("scale %s to %s: added %d node(s), operation %s%s", args.nodearray, target, added(result),
-                 result.operation_id, "".join(f"; {m}" for m in messages))
-        if cfg.partitions.is_managed(args.nodearray):
-            warning = (f"nodearray {args.nodearray} is managed by hpc-bridge: the scale endpoint names its nodes "
+    @property
+    def messages(self) -> list[str]:
+        return [s.message for s in self.result.sets if s.message]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"operationId": self.result.operation_id, "added": added(self.result), "messages": self.messages}
+
+
+def request_scale(cfg, client, nodearray: str, *, nodes: int | None = None, cores: int | None = None) -> ScaleRequest:
+    """One scale call, logged; warns (in the log and the result) when hpc-bridge manages the
+    nodearray, whose Slurm nodes the endpoint's own names are not."""
+    target = f"{nodes} nodes" if nodes is not None else f"{cores} cores"
+    log.info("scale %s to %s requested", nodearray, target)
+    req = ScaleRequest(nodearray, target, run_scale(client, nodearray, nodes=nodes, cores=cores))
+    log.info("scale %s to %s: added %d node(s), operation %s%s", nodearray, target, added(req.result),
+             req.result.operation_id, "".join(f"; {m}" for m in req.messages))
+    if cfg.partitions.is_managed(nodearray):
+        req.warning = (f"nodearray {nodearray} is managed by hpc-bridge: the scale endpoint names its nodes "
                        f"its own way, which Slurm does not know, and repair terminates them after [repair] grace "
                        f"({cfg.repair.grace:g}s); to bring Slurm nodes up use scontrol update NodeName=... "
                        "State=POWER_UP")
-            log.warning("%s", warning)
-            print(f"warning: {warning}", file=sys.stderr)
-        if not as_json:
-            print(f"scale {args.nodearray} to {target}: added {added(result)} node(s), operation {result.operation_id}")
-            for m in messages:
-                print(f"  {m}")
-        if not args.wait:
-            if as_json:
-                emit_json({"operationId": result.operation_id, "added": added(result), "messages": messages})
-            return 0
-
-        def show(p: Progress) -> None:
-            if not as_json:
-                print(f"  {p.line()}", flush=True)
-
-        p, nodes = wait_for_operation(client, result.operation_id, timeout=args.timeout, poll=args.poll,
-                                      on_progress=show)
-    if as_json:
-        emit_json({"operationId": result.operation_id, "added": added(result), "messages": messages,
-                   "progress": p.to_json(), "nodes": [n.to_wire() for n in nodes]})
-    else:
-        if nodes:
-            print(format_table(["name", "status", "machine type", "ip", "message"],
-                               ([n.name, n.status, n.machine_type, n.private_ip, n.status_message] for n in
-                                sorted(nodes, key=lambda n: n.name or ""))))
-        if not p.done:
-            print(f"gave up after {args.timeout:g}s: {len(p.waiting)} node(s) not Ready yet "
-                  f"(follow with: hpc-bridge operations {result.operation_id})", file=sys.stderr)
-        elif p.failed:
-            print(f"{len(p.failed)} node(s) failed", file=sys.stderr)
-    return 0 if p.ok else 1
+        log.warning("%s", req.warning)
+    return req

@@ -1,8 +1,10 @@
-"""Status view: the cluster's buckets as plain rows (pure)."""
+"""Status view: the cluster's buckets as plain rows (`status_rows`, pure), and `gather`, which
+reads them (one GET status, one state-file read for the VM sizes out of service)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hpc_bridge.api.models import ClusterStatus
@@ -44,3 +46,30 @@ def status_rows(status: ClusterStatus, cooloffs: Mapping[str, Any] | None = None
                 "inService": service_of((cooloffs or {}).get(f"{array.name}/{bucket.machine_type}"), now),
             })
     return rows
+
+
+@dataclass
+class StatusView:
+    cluster: str
+    status: ClusterStatus
+    rows: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "maxCount": self.status.max_count,
+                "maxCoreCount": self.status.max_core_count, "buckets": self.rows}
+
+
+def gather(cfg, client, now: float | None = None) -> StatusView:
+    from hpc_bridge.errors import BridgeError
+    from hpc_bridge.state import StateStore
+
+    status = client.get_status()
+    warnings = []
+    try:
+        cooloffs = StateStore.from_config(cfg).read().cooloffs
+    except BridgeError as err:  # the API's view is still worth showing
+        warnings.append(str(err))
+        cooloffs = {}
+    rows = status_rows(status, cooloffs, time.time() if now is None else now)
+    return StatusView(cluster=cfg.cluster.name, status=status, rows=rows, warnings=warnings)

@@ -269,40 +269,46 @@ def render_svg(c: Chart) -> str:
     return env.get_template("usage.svg.j2").render(chart=c)
 
 
-def run_cli(args) -> int:
-    """`hpc-bridge usage ...` (called by hpc_bridge.cli)."""
-    import sys
+@dataclass
+class UsageView:
+    """One GET usage answer, ready for the table, CSV, JSON or chart."""
 
-    from hpc_bridge.cli import client_for, emit_json, load_config_for, wants_json
-    from hpc_bridge.table import format_table
+    cluster: str
+    timeframe: str
+    granularity: str
+    records: list[UsageRecord]
+    intervals: list[tuple[str, str]]  # (start, end) of each interval, in order
 
-    timeframe = check_options(args.timeframe, args.from_, args.to, args.granularity)
-    if args.svg is not None and not args.svg.strip():
-        raise UsageError("--svg needs a file name")
-    cfg = load_config_for(args)
-    with client_for(cfg) as client:
-        usage = client.get_usage(timeframe=timeframe, from_=args.from_, to=args.to, granularity=args.granularity)
+    @property
+    def summary(self) -> list[dict[str, Any]]:
+        return summarize(self.records)
+
+    @property
+    def total(self) -> dict[str, Any]:
+        return totals(self.records)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"timeframe": self.timeframe, "granularity": self.granularity, "summary": self.summary,
+                "total": self.total, "intervals": [r.to_json() for r in self.records]}
+
+
+def gather(cfg, client, *, timeframe: str | None, from_: str | None, to: str | None,
+           granularity: str | None) -> UsageView:
+    """One GET usage (options checked first by check_options)."""
+    usage = client.get_usage(timeframe=timeframe, from_=from_, to=to, granularity=granularity)
     records = usage_records(usage)
-    if args.svg:
-        svg = render_svg(chart(records, args.metric, args.granularity or "daily",
-                               title=f"{cfg.cluster.name}: {'cost' if args.metric == 'cost' else 'core-hours'} "
-                                     "per nodearray and VM size"))
-        try:
-            with open(args.svg, "w", encoding="utf-8") as fh:
-                fh.write(svg)
-        except OSError as err:
-            raise UsageError(f"--svg {args.svg}: {err.strerror}") from None
-        print(f"wrote {args.svg}", file=sys.stderr)
-    if args.csv:
-        sys.stdout.write(to_csv(records))
-        return 0
-    summary, total = summarize(records), totals(records)
-    if wants_json(args):
-        emit_json({"timeframe": timeframe or "monthToDate", "granularity": args.granularity or "daily",
-                   "summary": summary, "total": total, "intervals": [r.to_json() for r in records]})
-        return 0
     intervals = list(dict.fromkeys((r.start, r.end) for r in records)) or [(u.start, u.end) for u in usage.usage]
-    if intervals:
-        print(f"usage of {cfg.cluster.name} from {intervals[0][0]} to {intervals[-1][1]} (UTC)")
-    print(format_table(["nodearray", "vm size", "core-hours", "cost"], table_rows(summary, total)))
-    return 0
+    return UsageView(cluster=cfg.cluster.name, timeframe=timeframe or "monthToDate",
+                     granularity=granularity or "daily", records=records, intervals=intervals)
+
+
+def write_chart(path: str, view: UsageView, metric: str) -> None:
+    """The stacked bar chart of `metric` over the view's intervals, as an SVG file."""
+    svg = render_svg(chart(view.records, metric, view.granularity,
+                           title=f"{view.cluster}: {'cost' if metric == 'cost' else 'core-hours'} "
+                                 "per nodearray and VM size"))
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(svg)
+    except OSError as err:
+        raise UsageError(f"--svg {path}: {err.strerror}") from None

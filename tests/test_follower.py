@@ -126,13 +126,11 @@ def test_followers_racing_for_the_lease_end_with_one(env):
 
 
 def test_a_follower_that_cannot_start_says_so_in_the_hooks_log(env, tmp_path, monkeypatch):
-    import argparse
-
-    from hpc_bridge.cli import HookContext
+    from hpc_bridge.context import HookContext, open_config
 
     monkeypatch.setenv("PYTHONPATH", env.cli_env()["PYTHONPATH"])  # the follower inherits it: this code
 
-    ctx = HookContext(argparse.Namespace(config=str(env.config_path), command="resume", verbose=0))
+    ctx = HookContext(open_config("resume", str(env.config_path))[0], "resume")
     ctx.config_path = str(tmp_path / "gone.toml")  # e.g. the file was moved after the hook read it
     ctx.spawn_follower(time.time())
     env.wait_for(lambda: log_lines(env, "resume.log", "follow: error: config file"), what="the follower's error")

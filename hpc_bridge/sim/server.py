@@ -27,7 +27,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from hpc_bridge.config import is_loopback_host
@@ -511,10 +511,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 
-def run_cli(scenario: str | None, host: str, port: int, allow_remote: bool = False, quiet: bool = True) -> int:
-    """`hpc-bridge sim`: serve until SIGTERM/SIGINT, print one `listening on URL` line when ready."""
+def serve(scenario: str | None, host: str, port: int, *, allow_remote: bool = False, quiet: bool = True,
+          on_ready: Callable[[str], None] = lambda url: None) -> int:
+    """`hpc-bridge sim`: serve until SIGTERM/SIGINT; on_ready(url) once it listens."""
     import signal
-    import sys
 
     from hpc_bridge.errors import ConfigError
 
@@ -531,10 +531,9 @@ def run_cli(scenario: str | None, host: str, port: int, allow_remote: bool = Fal
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        print(f"listening on {sim.url}", flush=True)
+        on_ready(sim.url)
         sim.serve_until(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    sys.stdout.flush()
     return 0
