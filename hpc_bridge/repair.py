@@ -24,7 +24,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import filelock
@@ -113,10 +113,11 @@ class RepairAction:
         return [self.node, self.slurm_state, self.cloud_state, self.kind, self.reason]
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
-        if self.address is not None:
-            data["address"] = list(self.address)
-        return data
+        data = {"node": self.node, "slurmState": self.slurm_state, "cloudState": self.cloud_state, "kind": self.kind,
+                "reason": self.reason, "drift": self.drift, "nodeId": self.node_id, "slurmReason": self.slurm_reason,
+                "address": None if self.address is None else list(self.address), "requestId": self.request_id,
+                "cooloff": self.cooloff}
+        return {k: v for k, v in data.items() if v is not None and v != ""}
 
 
 def slurm_summary(node) -> str:

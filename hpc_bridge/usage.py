@@ -20,7 +20,7 @@ from hpc_bridge.errors import UsageError
 TIMEFRAMES = ("monthToDate", "lastMonth", "weekToDate", "custom")
 GRANULARITIES = ("total", "daily", "hourly")
 METRICS = ("cost", "hours")
-CSV_FIELDS = ["start", "end", "nodearray", "vm_size", "core_hours", "cost_usd"]
+CSV_FIELDS = ["start", "end", "nodearray", "vmSize", "coreHours", "cost"]  # as in --json; cost in USD
 
 # Distinguishable on white, and for the common kinds of colour blindness (Okabe-Ito + extras).
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000",

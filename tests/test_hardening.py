@@ -347,11 +347,11 @@ def test_a_state_lock_timeout_after_the_create_still_marks_refused_nodes_down(en
 def test_unknown_names_cost_no_scontrol_call_and_no_state(env):
     before = len((env.state_dir / "state.json").read_bytes())
     run = env.cli("--json", "resume", "stale-[1-300]")
-    assert json.loads(run.stdout)["scontrol_calls"] == 0
+    assert json.loads(run.stdout)["scontrolCalls"] == 0
     # a mistyped range: 65,437 names neither Slurm nor the map knows
     run = env.cli("--json", "resume", "htc-f2sv2-[100-65536]")
     assert run.rc == 1 and "Traceback" not in run.stderr
-    assert json.loads(run.stdout)["scontrol_calls"] == 0
+    assert json.loads(run.stdout)["scontrolCalls"] == 0
     state = env.state()
     assert not any(n.startswith("stale-") or n == "htc-f2sv2-100" for n in state.get("down_reasons", {}))
     assert len((env.state_dir / "state.json").read_bytes()) < before + 4096

@@ -139,7 +139,7 @@ def test_usage_records_summary_and_csv():
     assert usage.totals(recs) == {"coreHours": 374.0, "cost": 37.7}
     rows = list(csv.DictReader(io.StringIO(usage.to_csv(recs))))
     assert list(rows[0]) == usage.CSV_FIELDS and len(rows) == 5
-    assert rows[1]["nodearray"] == "htc" and float(rows[1]["cost_usd"]) == 0.5
+    assert rows[1]["nodearray"] == "htc" and float(rows[1]["cost"]) == 0.5
 
 
 def test_usage_without_cost_data():
@@ -544,3 +544,40 @@ def test_scale_progress_counts_a_node_that_will_not_come_up_as_failed(status):
 def test_scale_progress_waits_for_a_node_on_its_way_up(status):
     p = scale.progress([Node.model_validate({"Name": "x", "Status": status})])
     assert (p.failed, p.waiting, p.done) == ({}, ["x"], False)
+
+
+# --------------------------------------------------------------------------- JSON for scripts: one style
+
+CAMEL = re.compile(r"^[a-z][A-Za-z0-9]*$")
+
+
+def test_hook_and_repair_json_keys_are_camel_case(capsys):
+    """Every key hpc-bridge itself names in --json output is camelCase (the API's own records
+    keep the API's names); node names, actions and bucket keys are data, not keys we name."""
+    import argparse
+    import json
+
+    from hpc_bridge.cli import hooks
+    from hpc_bridge.repair import GraceWait, RepairAction, RepairReport
+    from hpc_bridge.resume import ResumeReport
+    from hpc_bridge.suspend import SuspendReport
+
+    for report in (ResumeReport(names=1, down={"htc_1": "why"}, api_calls=2, scontrol_calls=1),
+                   SuspendReport(names=1, by_action={"terminate": ["htc-1"]}, keep_alive=["htc-2"], api_calls=1)):
+        hooks._hook_result(argparse.Namespace(json=True, command="x"), report, report.ok)
+        data = json.loads(capsys.readouterr().out)
+        assert all(CAMEL.match(k) for k in data), sorted(data)
+        assert data["apiCalls"] >= 1 and "api_calls" not in data
+    action = RepairAction("htc-1", "IDLE+CLOUD", "Ready", "terminate", "leaked", drift="leaked_vm", node_id="n1",
+                          slurm_reason="r", address=("10.0.0.1", "h"), request_id="q", cooloff="htc/F2")
+    report = RepairReport(actions=[action], waiting=[GraceWait("htc-1", "terminate", "leaked", 1.0)], dry_run=True)
+    data = report.to_json()
+    keys = set(data) | {k for a in data["actions"] for k in a} | {k for w in data["waiting"] for k in w}
+    assert all(CAMEL.match(k) for k in keys), sorted(keys)
+    assert data["actions"][0]["slurmState"] == "IDLE+CLOUD" and data["actions"][0]["nodeId"] == "n1"
+
+
+def test_usage_csv_columns_are_the_json_interval_keys():
+    record = usage.UsageRecord("2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z", "htc", "F2", 1.0, 0.5)
+    header = next(csv.reader(io.StringIO(usage.to_csv([record]))))
+    assert header == list(record.to_json())

@@ -432,7 +432,7 @@ def test_plan_table_and_json():
     assert text.splitlines()[0].split() == ["NODE", "SLURM", "STATE", "CLOUD", "STATE", "ACTION", "REASON"]
     assert "hpc-1  IDLE+CLOUD+NOT_RESPONDING  -" in text and "down" in text
     data = acts[0].to_json()
-    assert data["kind"] == SLURM_DOWN and data["node"] == "hpc-1" and data["slurm_reason"].startswith(REASON_PREFIX)
+    assert data["kind"] == SLURM_DOWN and data["node"] == "hpc-1" and data["slurmReason"].startswith(REASON_PREFIX)
     assert slurm_summary(snode("x", "IDLE", "POWERED_DOWN", "CLOUD")) == "IDLE+CLOUD+POWERED_DOWN"
 
 

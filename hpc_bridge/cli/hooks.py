@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from hpc_bridge.cli.output import emit_json, open_config, wants_json
+from hpc_bridge.cli.output import camel_keys, emit_json, open_config, wants_json
 from hpc_bridge.log import escape_controls
 
 log = logging.getLogger("hpc_bridge.cli")
@@ -24,7 +24,7 @@ def _hook_result(args: argparse.Namespace, report, ok: bool, verb: str | None = 
     if wants_json(args):
         from dataclasses import asdict
 
-        emit_json(asdict(report) | {"ok": ok})
+        emit_json(camel_keys(asdict(report)) | {"ok": ok})
     else:
         print(line)
     errors = getattr(report, "errors", [])
