@@ -104,28 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     hook_epilog = ("Slurm runs this with one argument, a hostlist; point slurm.conf at the wrapper in "
                    "scripts/hooks/, which copes with the hook's empty environment.")
-    p = _add_command(
-        sub, "resume", hooks.cmd_resume, "ResumeProgram: create or start the cloud nodes for a Slurm hostlist",
-        description="Create (or start, if deallocated) the cloud nodes named by a Slurm hostlist, in one API "
-                    "call each, and return at once. Nodes that cannot be created go DOWN with the reason. "
-                    + hook_epilog,
-        example="hpc-bridge resume 'hpc-[1-4],gpu-1'",
-    )
-    p.add_argument("hostlist", help="Slurm hostlist expression")
-    p = _add_command(
-        sub, "suspend", hooks.cmd_suspend, "SuspendProgram: shut down / deallocate / terminate nodes",
-        description="Apply each nodearray's suspend policy (shutdown = the node's ShutdownPolicy, deallocate, "
-                    "terminate) to the cloud nodes named by a Slurm hostlist. " + hook_epilog,
-        example="hpc-bridge suspend 'hpc-[1-4]'",
-    )
-    p.add_argument("hostlist", help="Slurm hostlist expression")
-    p = _add_command(
-        sub, "resume-fail", hooks.cmd_resume_fail, "ResumeFailProgram: clean up nodes that never came up",
-        description="Terminate the VMs of nodes that did not come up within ResumeTimeout and put the cloud's "
-                    "reason in the Slurm reason (see sinfo -R). " + hook_epilog,
-        example="hpc-bridge resume-fail 'hpc-3'",
-    )
-    p.add_argument("hostlist", help="Slurm hostlist expression")
+    for name, func, summary, description, example in (
+        ("resume", hooks.cmd_resume, "ResumeProgram: create or start the cloud nodes for a Slurm hostlist",
+         "Create (or start, if deallocated) the cloud nodes named by a Slurm hostlist, in one API call each, and "
+         "return at once. Nodes that cannot be created go DOWN with the reason. ",
+         "hpc-bridge resume 'hpc-[1-4],gpu-1'"),
+        ("suspend", hooks.cmd_suspend, "SuspendProgram: shut down / deallocate / terminate nodes",
+         "Apply each nodearray's suspend policy (shutdown = the node's ShutdownPolicy, deallocate, terminate) to "
+         "the cloud nodes named by a Slurm hostlist. ",
+         "hpc-bridge suspend 'hpc-[1-4]'"),
+        ("resume-fail", hooks.cmd_resume_fail, "ResumeFailProgram: clean up nodes that never came up",
+         "Terminate the VMs of nodes that did not come up within ResumeTimeout and put the cloud's reason in the "
+         "Slurm reason (see sinfo -R). ",
+         "hpc-bridge resume-fail 'hpc-3'"),
+    ):
+        p = _add_command(sub, name, func, summary, description=description + hook_epilog, example=example)
+        p.add_argument("hostlist", help="Slurm hostlist expression")
     p = sub.add_parser("follow", parents=[_common_options()])  # internal: started by resume, detached
     p.set_defaults(func=hooks.cmd_follow, command="follow")
     _add_operator_commands(sub)
