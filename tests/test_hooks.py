@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -234,7 +233,8 @@ def test_killed_resume_never_duplicates(env):
     env.sim.set_faults(latency=1.5)
     proc = env.popen_hook("resume", "htc-f2sv2-[1-3]")
     env.wait_for(lambda: env.state().get("operations"), timeout=20, what="operation recorded")
-    time.sleep(0.3)
+    # killed while its create is in flight: the simulator has it and holds its answer (latency)
+    env.wait_for(lambda: env.sim.stats()["requests"].get("nodes/create"), timeout=20, what="create sent")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     env.sim.set_faults(latency=0)
