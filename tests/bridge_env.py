@@ -28,6 +28,7 @@ from hpc_bridge.sim.scenario import default_scenario_text
 from hpc_bridge.sim.server import SimServer
 
 REPO = Path(__file__).resolve().parent.parent
+CLI_WITH_CLOCK = Path(__file__).resolve().parent / "cli_with_clock.py"
 
 # The simulator's forms the bridge is tested against: ours, the reference's strict contract, and
 # the strict contract plus what a real service adds ([cluster] switches of the scenario).
@@ -154,16 +155,19 @@ class BridgeEnv:
             env["SLURM_CONF"] = str(self.cluster.conf_path)
         return env
 
-    def argv(self, *args: str) -> list[str]:
-        """``python -m hpc_bridge ARGS`` with the cluster's release (its root's Python inside it)."""
+    def argv(self, *args: str, clock_ahead: float | None = None) -> list[str]:
+        """``python -m hpc_bridge ARGS`` with the cluster's release (its root's Python inside it);
+        with ``clock_ahead``, tests/cli_with_clock.py runs it as if that many seconds later."""
+        entry = ["-m", "hpc_bridge"] if clock_ahead is None else [str(CLI_WITH_CLOCK), repr(float(clock_ahead))]
         c = self.release_of or self.cluster
         if c is None:
-            return [sys.executable, "-m", "hpc_bridge", *args]
-        return c.command([c.python, "-m", "hpc_bridge", *args])
+            return [sys.executable, *entry, *args]
+        return c.command([c.python, *entry, *args])
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> HookRun:
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            clock_ahead: float | None = None) -> HookRun:
         proc = subprocess.run(
-            self.argv("--config", str(self.config_path), *args),
+            self.argv("--config", str(self.config_path), *args, clock_ahead=clock_ahead),
             capture_output=True, text=True, timeout=timeout, env={**self.cli_env(), **(env or {})},
         )
         return HookRun(proc.returncode, proc.stdout, proc.stderr)

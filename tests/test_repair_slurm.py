@@ -28,6 +28,9 @@ CONFIG_EXTRA = (
     "[repair]\ngrace = 1.0\n"
     "[resume]\nresume_timeout = 90\nfollower = false\n"
 )
+# Repair runs this far ahead of the real clock (tests/cli_with_clock.py): every drift case just
+# made is past the 1 s grace, as if the test had waited it out.
+PAST_GRACE = 1.5
 
 
 def make_env(tmp_path, factory, form="default") -> BridgeEnv:
@@ -151,7 +154,6 @@ def build_drift(env) -> dict:
             state.operations[o.request_id] = o
         state.cooloffs[f"hpc/{HB}"] = Cooloff(until=now - 1, reason="no capacity",
                                               nodes=["hpc-hb120rsv3-5", "hpc-hb120rsv3-6"])
-    time.sleep(1.5)  # past the 1 s grace
     return facts
 
 
@@ -166,11 +168,11 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
 
         # --dry-run prints the table and changes nothing; --json gives the same as data
         env.sim.reset_stats()
-        dry = env.cli("repair", "--dry-run")
+        dry = env.cli("repair", "--dry-run", clock_ahead=PAST_GRACE)
         assert dry.rc == 0, dry.stderr
         header = dry.stdout.splitlines()[0].split()
         assert header == ["NODE", "SLURM", "STATE", "CLOUD", "STATE", "ACTION", "REASON"]
-        data = json.loads(env.cli("repair", "--dry-run", "--json").stdout)
+        data = json.loads(env.cli("repair", "--dry-run", "--json", clock_ahead=PAST_GRACE).stdout)
         planned = {(a["node"], a["kind"]) for a in data["actions"]}
         assert data["dryRun"] is True
         assert mutations(env) == {}
@@ -188,7 +190,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
 
         # one real run
         env.sim.reset_stats()
-        run = env.cli("repair")
+        run = env.cli("repair", clock_ahead=PAST_GRACE)
         assert run.rc == 0, run.stdout + run.stderr
         mutating = mutations(env)
         # one terminate call for all; one re-send per killed call (each keeps its requestId)
@@ -226,7 +228,7 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
 
         # idempotent: a second run right after changes nothing
         env.sim.reset_stats()
-        again = env.cli("repair", "--json")
+        again = env.cli("repair", "--json", clock_ahead=PAST_GRACE)
         assert again.rc == 0, again.stderr
         changes = [a for a in json.loads(again.stdout)["actions"] if a["kind"] != "report"]
         assert changes == []

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Callable
 
 from hpc_bridge.errors import BridgeError
 
 log = logging.getLogger("hpc_bridge.cli")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, clock: Callable[[], float] = time.time) -> int:
+    """Run one command. ``clock`` is what repair takes for now (its grace, cool-offs, deadlines):
+    only a caller in Python can give another (the tests, to run repair "later" without sleeping);
+    no option or environment variable changes it, so `hpc-bridge` always runs on the real clock."""
     if argv is None:  # a process of its own (hooks, console script), not a call from a test
         from hpc_bridge.context import mark_own_process
 
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    args.clock = clock
     from hpc_bridge.log import setup_logging
 
     setup_logging(args.command, None, getattr(args, "verbose", 0))

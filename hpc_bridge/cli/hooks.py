@@ -129,7 +129,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     ctx = hook_context(args)
     with ctx.client:
         report = run_repair(ctx.cfg, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap,
-                            dry_run=args.dry_run, spawn_follower=ctx.spawn_follower)
+                            dry_run=args.dry_run, now=args.clock, spawn_follower=ctx.spawn_follower)
     if wants_json(args):
         emit_json(report.to_json())
         return 0 if report.ok else 1
