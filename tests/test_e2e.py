@@ -227,7 +227,8 @@ def test_capacity_failure_moves_jobs_to_the_other_size_until_cooloff_ends(tmp_pa
         f2 = env.cluster.slurm().show_nodes()["htc-f2sv2-3"]
         assert "DOWN" in f2.state_flags and "capacity cool-off" in f2.reason
         env.sim.set_faults(capacity_failure=[])
-        time.sleep(11)  # the cool-off ends
+        until = env.state()["cooloffs"]["htc/Standard_F2s_v2"]["until"]
+        env.wait_for(lambda: time.time() > until, timeout=15, what="the cool-off's end")
         repair(env)
         env.wait_for(lambda: "DOWN" not in env.cluster.slurm().show_nodes()["htc-f2sv2-3"].state_flags,
                      what="F2 nodes back in service")
