@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -80,10 +81,45 @@ def host_slurm() -> SlurmRelease:
 SLURM_FIXTURES = frozenset({"slurm_release", "host_slurm"})
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLURM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slurm)
+    if os.environ.get("HPC_BRIDGE_TEST_EVERY_PAIR") != "1":
+        _pair_forms_with_releases(config, items)
+
+
+def _pair_forms_with_releases(config, items) -> None:
+    """A test run once per API form (bridge_env.all_forms) and once per Slurm release runs each
+    form on one release, taking the releases in turn, instead of every form on every release:
+    every form and every release still runs every such test (the form is the simulator's side,
+    the release Slurm's; nothing of one depends on the other). HPC_BRIDGE_TEST_EVERY_PAIR=1 runs
+    them all."""
+    releases = [r.name for r in RELEASES]
+    forms_of: dict[tuple, list[str]] = {}
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "api_form" in params and "slurm_release" in params:
+            forms = forms_of.setdefault((item.path, item.originalname), [])
+            if params["api_form"] not in forms:
+                forms.append(params["api_form"])
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        forms = forms_of.get((item.path, item.originalname))
+        if forms and len(forms) > 1 and len(releases) > 1:
+            form, release = forms.index(params["api_form"]), releases.index(params["slurm_release"].name)
+            longer = max(len(forms), len(releases))
+            # pair the i-th of the longer list with the (i mod n)-th of the shorter, starting at a
+            # different release for each test (so no form always meets the same release)
+            turn = zlib.crc32(item.originalname.encode()) % len(releases)
+            if not any(i % len(forms) == form and (i + turn) % len(releases) == release for i in range(longer)):
+                drop.append(item)
+                continue
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _check_slurm_mark(item):
