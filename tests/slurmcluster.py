@@ -264,6 +264,7 @@ class SlurmCluster:
         gres_conf: str | os.PathLike | None = None,
         slurmctld_parameters: str = "idle_on_node_suspend,power_save_interval=1",
         prolog_wait_for_nodes: bool = True,
+        message_timeout: int = 10,
         cluster_name: str = "hb",
         sbin_dir: str = SBIN,
         bin_dir: str = BIN,
@@ -285,6 +286,7 @@ class SlurmCluster:
         self.gres_conf = gres_conf
         self.slurmctld_parameters = slurmctld_parameters
         self.prolog_wait_for_nodes = prolog_wait_for_nodes
+        self.message_timeout = message_timeout  # how long a client waits for slurmctld's answer
         self.cluster_name = cluster_name
         self.release = release or SlurmRelease("host")
         # Host-side paths (tests, the simulator's boot hook) and what slurmctld's children see.
@@ -503,7 +505,7 @@ class SlurmCluster:
             "PrivateData=cloud",
             "SlurmdParameters=config_overrides",
             "GresTypes=gpu",
-            "MessageTimeout=10",
+            f"MessageTimeout={self.message_timeout}",
             "SlurmdTimeout=300",
             "KillWait=2",
             "MinJobAge=300",

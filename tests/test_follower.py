@@ -17,8 +17,13 @@ FAST = f"[resume]\npoll_interval = {POLL}\npoll_max = 2.0\nfollower_lease = 10.0
 
 
 @pytest.fixture
-def env(tmp_path, slurm_cluster_factory):
-    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, config_extra=FAST)
+def message_timeout() -> int:
+    return 10
+
+
+@pytest.fixture
+def env(tmp_path, slurm_cluster_factory, message_timeout):
+    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, config_extra=FAST, message_timeout=message_timeout)
     yield e
     lease = e.state().get("follower")
     if lease:  # never leave a follower behind (it would poll a stopped simulator)
@@ -136,6 +141,7 @@ def test_a_follower_that_cannot_start_says_so_in_the_hooks_log(env, tmp_path, mo
     env.wait_for(lambda: log_lines(env, "resume.log", "follow: error: config file"), what="the follower's error")
 
 
+@pytest.mark.parametrize("message_timeout", [4], ids=["MessageTimeout=4"])  # Slurm's 10 s, the usual here, waited out for nothing
 def test_a_follower_whose_scontrol_fails_tries_again_next_round(env):
     """A slurmctld too busy to answer within MessageTimeout (here: stopped) fails the follower's
     scontrol update; the follower tries again next round instead of ending with the nodes
