@@ -35,8 +35,13 @@ def make_env(tmp_path, factory, scenario=None, config_extra="", form="default", 
 
 
 @pytest.fixture
-def env(tmp_path, slurm_cluster_factory, api_form):
-    e = make_env(tmp_path, slurm_cluster_factory, form=api_form)
+def resume_timeout() -> int:
+    return RESUME_TIMEOUT
+
+
+@pytest.fixture
+def env(tmp_path, slurm_cluster_factory, api_form, resume_timeout):
+    e = make_env(tmp_path, slurm_cluster_factory, form=api_form, resume_timeout=resume_timeout)
     yield e
     e.close()
 
@@ -184,7 +189,8 @@ def live_vms(env) -> dict[str, str]:
 
 
 @strict_form
-def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
+@pytest.mark.parametrize("resume_timeout", [18], ids=["ResumeTimeout=18"])  # waited out once: not the usual 25
+def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env, resume_timeout):
     env.sim.set_faults(boot_failure_rate=1.0)
     job = submit(env, "-p", "htc", "-C", "Standard_F4s_v2", "--wrap", "srun printenv SLURMD_NODENAME")
     # the node Slurm gave the job (Slurm allocates before it powers up)
@@ -194,7 +200,7 @@ def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
     def failed_down():
         node = env.cluster.slurm().show_nodes()[name]
         return "DOWN" in node.state_flags and "Simulated boot failure" in (node.reason or "")
-    env.wait_for(failed_down, timeout=RESUME_TIMEOUT - 5, what="DOWN with the simulator's failure message")
+    env.wait_for(failed_down, timeout=resume_timeout - 5, what="DOWN with the simulator's failure message")
     assert env.cluster.job_state(job) in ("PENDING", "REQUEUED", "CONFIGURING")
     env.sim.set_faults(boot_failure_rate=0.0)
     env.wait_for(lambda: name not in live_vms(env), what="failed VM terminated")
@@ -203,7 +209,7 @@ def test_boot_failure_goes_down_with_cloud_reason_then_recovers(env):
     def down_with_cloud_reason():
         node = env.cluster.slurm().show_nodes()[name]
         return {"DOWN", "POWERED_DOWN"} <= node.state_flags and "Simulated boot failure" in (node.reason or "")
-    env.wait_for(down_with_cloud_reason, timeout=RESUME_TIMEOUT + 15,
+    env.wait_for(down_with_cloud_reason, timeout=resume_timeout + 15,
                  what="down~ after ResumeTimeout, resume-fail keeping the cloud's reason")
     env.wait_for(lambda: "DOWN" not in env.cluster.node_flags(name) if repair(env) else False,
                  what="repair returns the node to service")
