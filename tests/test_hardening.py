@@ -215,10 +215,10 @@ def _config_with(env: BridgeEnv, tmp_path: Path, extra: str = "", url: str | Non
 
 
 def _config_for(env: BridgeEnv, url: str, tmp_path: Path) -> Path:
-    """A config for a server of the test's own: 1 s per request, 3 attempts, 6 s per call."""
+    """A config for a server of the test's own: 0.5 s per request, 3 attempts, 3 s per call."""
     cfg = _config_with(env, tmp_path, url=url)
     cfg.write_text(cfg.read_text().replace("retries = 3\nretry_budget = 10.0\ntimeout = 5.0\n",
-                                           "retries = 2\nretry_budget = 6.0\ntimeout = 1.0\n"))
+                                           "retries = 2\nretry_budget = 3.0\ntimeout = 0.5\n"))
     return cfg
 
 
