@@ -28,15 +28,19 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, SlurmError, StateError
 from hpc_bridge.lease import HOST, is_mine, lease_held
 from hpc_bridge.cloud import BOOTING, FAILED_STATUS, GONE, READY, address_of, address_problem, index_by_name
-from hpc_bridge.nodeops import Call, mark_down, record_and_send
+from hpc_bridge.journal import Call, Journal, close
+from hpc_bridge.nodeops import mark_down
 from hpc_bridge.state import DONE, RESUME_ACTIONS, SUSPEND_ACTIONS, Lease, State, Watch
+
+if TYPE_CHECKING:
+    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.follower")
 
@@ -172,8 +176,7 @@ def close_finished(state: State, ready: set[str], cloud: dict[str, Node], now: f
                 and state.watch.keys().isdisjoint(op.nodes)
                 and all((c := cloud.get(n)) is not None and c.status == READY for n in op.nodes)):
             op.ready = now
-            op.close(DONE, now, "all nodes Ready")
-            closed += 1
+            closed += close(state, op.request_id, DONE, now, "all nodes Ready")
     return closed
 
 
@@ -190,9 +193,11 @@ class FollowReport:
     lost_lease: bool = False
 
 
-def follow(cfg, *, client, slurm, store, resume_fn=None, now: Callable[[], float] = time.time,
+def follow(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
+           resume_fn: Callable[[list[str]], Any] | None = None, now: Clock = time.time,
            sleep: Callable[[float], None] = time.sleep, host: str = HOST, pid: int | None = None) -> FollowReport:
     pid = os.getpid() if pid is None else pid
+    journal = Journal(store, client, now)
     report = FollowReport()
     mode = cfg.slurm.address_mode
     poll_interval, poll_max, stale_after = cfg.resume.poll_interval, cfg.resume.poll_max, cfg.resume.follower_lease
@@ -247,8 +252,7 @@ def follow(cfg, *, client, slurm, store, resume_fn=None, now: Callable[[], float
         known = {n: addr for n, (since, addr) in told.items() if n in watch and watch[n].since == since}
         plan = plan_round(watch, cloud, mode, known)
         try:
-            _apply(plan, watch, cloud, report, told, client=client, slurm=slurm, store=store, resume_fn=resume_fn,
-                   now=now)
+            _apply(plan, watch, cloud, report, told, journal=journal, slurm=slurm, resume_fn=resume_fn)
         except (SlurmError, StateError) as err:
             # e.g. scontrol timed out while slurmctld was busy: what was not done is planned again
             _wait(store, watch, polled + back_off(err), polled + poll_interval, sleep)
@@ -279,7 +283,10 @@ def _hold_lease(state: State, now: float, stale_after: float, host: str, pid: in
 
 
 def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], report: FollowReport,
-           told: dict[str, tuple[float, tuple[str, str]]], *, client, slurm, store, resume_fn, now) -> None:
+           told: dict[str, tuple[float, tuple[str, str]]], *, journal: Journal, slurm: SlurmControl,
+           resume_fn) -> None:
+    """One round's changes: addresses, failed nodes DOWN and terminated, finished nodes off the
+    list (and their records closed), deferred names created."""
     if plan.addresses:
         slurm.set_addresses(plan.addresses)
         told.update({n: (watch[n].since, addr) for n, addr in plan.addresses.items()})
@@ -288,16 +295,15 @@ def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], rep
     for problem in plan.problems.values():
         log.error("follower: %s; left to repair", problem)
     if plan.failed:
-        mark_down(slurm, plan.failed, store)
+        mark_down(slurm, plan.failed, journal.store)
         ids = plan.terminate
         deadline = max(watch[n].deadline for n in plan.failed)
-        record_and_send(store, client, [Call("terminate", sorted(ids), {"ids": [ids[n] for n in sorted(ids)]},
-                                             deadline)], now)
+        journal.record_and_send([Call("terminate", sorted(ids), {"ids": [ids[n] for n in sorted(ids)]}, deadline)])
         report.failed.update(plan.failed)
     if plan.done:
-        with store.transaction() as state:
+        with journal.transaction() as state:
             state.drop_watch(plan.done)
-            close_finished(state, plan.ready, cloud, now())
+            close_finished(state, plan.ready, cloud, journal.now())
     if plan.gone and resume_fn is not None:
         # resume records the create and puts the names back on the list (or drops those it
         # marks DOWN), in its own transactions
@@ -306,7 +312,7 @@ def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], rep
         log.info("follower: old records gone, created %s", ",".join(result.created) or "nothing")
 
 
-def _wait(store, watch: dict[str, Watch], until: float, earliest: float, sleep) -> None:
+def _wait(store: StateStorage, watch: dict[str, Watch], until: float, earliest: float, sleep) -> None:
     """Sleep until `until` (monotonic), or from `earliest` on as soon as a hook has added a node
     to the watch list (seen by a stat of the state file, and a lock-free read when it changed)."""
     seen = _file_signature(store)
@@ -323,7 +329,7 @@ def _wait(store, watch: dict[str, Watch], until: float, earliest: float, sleep) 
             return
 
 
-def _file_signature(store) -> tuple[int, int, int] | None:
+def _file_signature(store: StateStorage) -> tuple[int, int, int] | None:
     try:
         st = os.stat(store.path)
     except OSError:

@@ -25,13 +25,14 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import filelock
 
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, BridgeError, NotFoundError, StateError
 from hpc_bridge.files import touch_owned
+from hpc_bridge.journal import Call, Journal, close, settle
 from hpc_bridge.lease import pid_alive
 from hpc_bridge.log import node_names
 from hpc_bridge.nodemap import NodeMap
@@ -47,9 +48,12 @@ from hpc_bridge.cloud import (
     index_by_name,
     seconds_since_change,
 )
-from hpc_bridge.nodeops import Call, mark_down, record_and_send, send, settle
+from hpc_bridge.nodeops import mark_down
 from hpc_bridge.reasons import is_our_reason, reason as our_reason
 from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Operation, State, StateStore
+
+if TYPE_CHECKING:
+    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.repair")
 
@@ -193,12 +197,12 @@ def plan_repair(
     latest = state.latest_by_node()
     in_flight = state.resume_in_flight(now)
 
-    cooling = {k for k, c in state.cooloffs.items() if c.until > now}
+    cooling = {k for k, c in state.cooloffs.items() if c.active(now)}
     for key, b in (buckets or {}).items():
         if b.capacity_failure_within(cfg.resume.capacity_cooloff):
             cooling.add(key)
-    held = {n for k, c in state.cooloffs.items() if c.until > now for n in c.nodes}
-    expired = {k: c for k, c in sorted(state.cooloffs.items()) if c.until <= now and c.nodes and k not in cooling}
+    held = {n for k, c in state.cooloffs.items() if c.active(now) for n in c.nodes}
+    expired = {k: c for k, c in sorted(state.cooloffs.items()) if not c.active(now) and c.nodes and k not in cooling}
     expired_nodes = {n: k for k, c in expired.items() for n in c.nodes if n not in held}
     ctx = _Ctx(cfg, now, grace, latest, in_flight, {}, cooling, held, expired_nodes)
 
@@ -506,7 +510,7 @@ def singleton(store: StateStore, timeout: float = 0.0):
         lock.release()
 
 
-def gather(cfg, *, client, slurm, store: StateStore):
+def gather(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage):
     """Read everything once: scontrol, GET nodes, GET status, then the state file (last)."""
     from hpc_bridge.resume import buckets_by_key
 
@@ -517,8 +521,8 @@ def gather(cfg, *, client, slurm, store: StateStore):
     return slurm_nodes, cloud, buckets, state
 
 
-def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_run: bool = False,
-               now: Callable[[], float] = time.time, is_alive: Callable[[int], bool] = pid_alive,
+def run_repair(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStore, nodemap: NodeMap,
+               dry_run: bool = False, now: Clock = time.time, is_alive: Callable[[int], bool] = pid_alive,
                spawn_follower=None) -> RepairReport:
     report = RepairReport(dry_run=dry_run)
     requests_before, calls_before = client.request_count, slurm.calls
@@ -537,7 +541,7 @@ def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_r
             log.info("%s%s %s [%s | %s]: %s", "would " if dry_run else "", a.kind, a.node, a.slurm_state,
                      a.cloud_state, a.reason)
         if not dry_run:
-            _apply(cfg, report, state, client=client, slurm=slurm, store=store, now=now)
+            _apply(cfg, report, state, journal=Journal(store, client, now), slurm=slurm)
             if cfg.resume.follower:
                 _step(report, "follower", lambda: _replace_follower(cfg, store, now, spawn_follower))
     report.api_calls = client.request_count - requests_before
@@ -546,7 +550,7 @@ def run_repair(cfg, *, client, slurm, store: StateStore, nodemap: NodeMap, dry_r
     return report
 
 
-def _replace_follower(cfg, store: StateStore, now, spawn_follower) -> None:
+def _replace_follower(cfg, store: StateStorage, now: Clock, spawn_follower) -> None:
     """Nodes left on the watch list with no follower holding the lease (it was killed, or its
     host is gone): start one, as the next resume would."""
     from hpc_bridge.resume import ensure_follower
@@ -564,53 +568,69 @@ def _step(report: RepairReport, kind: str, fn: Callable[[], Any]) -> Any:
         return None
 
 
-def _apply(cfg, report: RepairReport, planned: State, *, client, slurm, store: StateStore, now) -> None:
+def _apply(cfg, report: RepairReport, planned: State, *, journal: Journal, slurm: SlurmControl) -> None:
+    """Slurm first (a node leaves service before its VM goes), then the API calls, then one
+    state-file transaction for every record change, then back into service and addresses."""
     by_kind: dict[str, list[RepairAction]] = defaultdict(list)
     for a in report.changes:
         by_kind[a.kind].append(a)
+    _take_out_of_slurm(report, by_kind[SLURM_DOWN], by_kind[POWER_DOWN_FORCE], slurm)
+    _terminate(cfg, report, by_kind[TERMINATE], journal)
+    resent = _resend(report, by_kind[RESEND], planned, journal)
+    resolved = _resolve(report, by_kind[RESOLVE], planned, journal.client)
+    closes = {a.request_id: a.reason for a in by_kind[CLOSE]}
+    ends = [a.cooloff for a in by_kind[END_COOLOFF]]
+    if resent or resolved or closes or ends:
+        _step(report, "state", lambda: _update_records(report, journal, resent, resolved, closes, ends))
+    _back_into_slurm(report, by_kind[SLURM_RESUME], by_kind[SET_ADDRESS], slurm)
 
-    # 1. Slurm first: a node leaves service before its VM goes.
-    if by_kind[SLURM_DOWN]:
-        _step(report, SLURM_DOWN, lambda: mark_down(slurm, {a.node: a.slurm_reason for a in by_kind[SLURM_DOWN]}))
-    if by_kind[POWER_DOWN_FORCE]:
-        groups: dict[str | None, list[str]] = defaultdict(list)
-        for a in by_kind[POWER_DOWN_FORCE]:
-            groups[a.slurm_reason].append(a.node)
-        for why, names in groups.items():
-            _step(report, POWER_DOWN_FORCE,
-                  lambda names=names, why=why: slurm.update_nodes(sorted(names), state="POWER_DOWN_FORCE", reason=why))
 
-    # 2. One terminate call for every node to terminate, recorded before it is sent.
-    if by_kind[TERMINATE]:
-        targets = {a.node: a.node_id for a in by_kind[TERMINATE] if a.node_id}
-        names = sorted(targets)
-        call = Call("terminate", names, {"ids": [targets[n] for n in names]}, now() + cfg.resume.resume_timeout)
-        record_and_send(store, client, [call], now)
+def _take_out_of_slurm(report: RepairReport, downs: list[RepairAction], power_downs: list[RepairAction],
+                       slurm: SlurmControl) -> None:
+    """DOWN with our reason, and POWER_DOWN_FORCE per reason (None: the node's own is kept)."""
+    if downs:
+        _step(report, SLURM_DOWN, lambda: mark_down(slurm, {a.node: a.slurm_reason for a in downs}))
+    groups: dict[str | None, list[str]] = defaultdict(list)
+    for a in power_downs:
+        groups[a.slurm_reason].append(a.node)
+    for why, names in groups.items():
+        _step(report, POWER_DOWN_FORCE,
+              lambda names=names, why=why: slurm.update_nodes(sorted(names), state="POWER_DOWN_FORCE", reason=why))
+
+
+def _terminate(cfg, report: RepairReport, actions: list[RepairAction], journal: Journal) -> None:
+    """One terminate call for every node to terminate, recorded before it is sent."""
+    targets = {a.node: a.node_id for a in actions if a.node_id}
+    if not targets:
+        return
+    names = sorted(targets)
+    call = Call("terminate", names, {"ids": [targets[n] for n in names]}, journal.now() + cfg.resume.resume_timeout)
+    journal.record_and_send([call])
+    if call.error is not None:
+        report.errors[TERMINATE] = str(call.error)
+    elif call.result is not None:
+        bad = {m.name: m.error for m in call.result.nodes if not m.ok}
+        if bad:
+            report.errors[TERMINATE] = "; ".join(f"{n}: {e or 'refused'}" for n, e in sorted(bad.items()))
+
+
+def _resend(report: RepairReport, actions: list[RepairAction], planned: State, journal: Journal) -> list[Call]:
+    """Recorded calls whose hook was killed: sent again with their own requestId."""
+    calls = []
+    for a in actions:
+        call = journal.resend(planned.operations[a.request_id])
         if call.error is not None:
-            report.errors[TERMINATE] = str(call.error)
-        elif call.result is not None:
-            bad = {m.name: m.error for m in call.result.nodes if not m.ok}
-            if bad:
-                report.errors[TERMINATE] = "; ".join(f"{n}: {e or 'refused'}" for n, e in sorted(bad.items()))
+            report.errors[f"{RESEND} {call.request_id}"] = str(call.error)
+        calls.append(call)
+    return calls
 
-    # 3. Recorded calls whose hook was killed: re-send with the same requestId.
-    sent: list[tuple[Call, Operation]] = []
-    for a in by_kind[RESEND]:
-        op = planned.operations[a.request_id]
-        call = Call(op.action, list(op.nodes), dict(op.request or {}), op.deadline, request_id=op.request_id)
-        try:
-            call.result = send(client, call, resend=True)
-            log.info("re-sent %s %s: accepted%s", op.action, op.request_id,
-                     " (409: it had gone through)" if getattr(call.result, "recovered", False) else "")
-        except ApiError as err:
-            call.error = err
-            report.errors[f"{RESEND} {op.request_id}"] = str(err)
-            log.error("re-sending %s %s failed: %s", op.action, op.request_id, err)
-        sent.append((call, op))
 
-    # 4. Accepted calls past their deadline: what became of them?
+def _resolve(report: RepairReport, actions: list[RepairAction], planned: State,
+             client: ClusterApi) -> dict[str, tuple[str, str]]:
+    """Accepted calls past their deadline: what became of them? request id -> (outcome, why);
+    one the API cannot tell about now stays open for the next run."""
     resolved: dict[str, tuple[str, str]] = {}
-    for a in by_kind[RESOLVE]:
+    for a in actions:
         op = planned.operations[a.request_id]
         try:
             if op.operation_id:
@@ -624,42 +644,40 @@ def _apply(cfg, report: RepairReport, planned: State, *, client, slurm, store: S
             resolved[op.request_id] = (FAILED, "resolved by repair: operation unknown to the API (404)")
         except ApiError as err:  # unreachable included: stays open for the next run
             report.errors[f"{RESOLVE} {op.request_id}"] = str(err)
+    return resolved
 
-    # 5. One state-file transaction for every record change.
-    closes = {a.request_id: a.reason for a in by_kind[CLOSE]}
-    ends = [a.cooloff for a in by_kind[END_COOLOFF]]
-    if sent or resolved or closes or ends:
-        def update() -> None:
-            with store.transaction() as state:
-                t = now()
-                for call, planned_op in sent:
-                    op = state.operations.get(call.request_id)
-                    if op is None or op.outcome != PENDING:
-                        continue
-                    settle(op, call, t)
-                    if op.outcome == ACCEPTED and op.action not in RESUME_ACTIONS and t >= op.deadline:
-                        op.close(DONE, t, "re-sent by repair past its deadline")
-                for rid, why in closes.items():
-                    op = state.operations.get(rid)
-                    if op is not None and op.outcome == PENDING:
-                        op.close(FAILED, t, why)
-                for rid, (outcome, why) in resolved.items():
-                    op = state.operations.get(rid)
-                    if op is not None and op.open:
-                        op.close(outcome, t, why)
-                        report.resolved[rid] = outcome
-                for key in ends:
-                    c = state.cooloffs.get(key)
-                    if c is not None and c.until <= t:
-                        c.nodes = []
-        _step(report, "state", update)
 
-    # 6. Back into service, then addresses.
-    if by_kind[SLURM_RESUME]:
-        _step(report, SLURM_RESUME,
-              lambda: slurm.update_nodes(sorted(a.node for a in by_kind[SLURM_RESUME]), state="RESUME"))
-    if by_kind[SET_ADDRESS]:
-        _step(report, SET_ADDRESS, lambda: slurm.set_addresses({a.node: a.address for a in by_kind[SET_ADDRESS]}))
+def _update_records(report: RepairReport, journal: Journal, resent: list[Call],
+                    resolved: dict[str, tuple[str, str]], closes: dict[str, str], ends: list[str]) -> None:
+    """One state-file transaction: the re-sent calls settled, the given-up ones closed, the
+    resolved ones closed with what the API said, expired cool-offs let go of their nodes. A
+    record changed meanwhile by someone else (a hook that was slow, not gone) is left as it is."""
+    with journal.transaction() as state:
+        t = journal.now()
+        for call in resent:
+            op = state.operations.get(call.request_id)
+            if op is None or op.outcome != PENDING:
+                continue
+            settle(op, call, t)
+            if op.outcome == ACCEPTED and op.action not in RESUME_ACTIONS and t >= op.deadline:
+                close(state, op.request_id, DONE, t, "re-sent by repair past its deadline")
+        for rid, why in closes.items():
+            close(state, rid, FAILED, t, why, pending_only=True)
+        for rid, (outcome, why) in resolved.items():
+            if close(state, rid, outcome, t, why):
+                report.resolved[rid] = outcome
+        for key in ends:
+            c = state.cooloffs.get(key)
+            if c is not None and not c.active(t):
+                c.nodes = []
+
+
+def _back_into_slurm(report: RepairReport, resumes: list[RepairAction], addresses: list[RepairAction],
+                     slurm: SlurmControl) -> None:
+    if resumes:
+        _step(report, SLURM_RESUME, lambda: slurm.update_nodes(sorted(a.node for a in resumes), state="RESUME"))
+    if addresses:
+        _step(report, SET_ADDRESS, lambda: slurm.set_addresses({a.node: a.address for a in addresses}))
 
 
 def format_plan(actions: list[RepairAction]) -> str:

@@ -13,11 +13,13 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
 from hpc_bridge.config import Config
-from hpc_bridge.errors import ApiError, ApiUnreachable, SlurmError, StateError
+from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, SlurmError, StateError
+from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.cloud import (
@@ -32,18 +34,14 @@ from hpc_bridge.cloud import (
     bucket_key,
     index_by_name,
 )
-from hpc_bridge.nodeops import (
-    Call,
-    mark_down,
-    record,
-    record_and_send,
-    remember_down,
-    send_recorded,
-    take_out_of_service,
-)
+from hpc_bridge.nodeops import mark_down, remember_down, take_out_of_service
 from hpc_bridge.reasons import hold_reason
 from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
-from hpc_bridge.state import FAILED, Cooloff, Operation, StateStore
+from hpc_bridge.state import FAILED, Cooloff, Operation
+
+if TYPE_CHECKING:
+    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
+    from hpc_bridge.state import Lease
 
 log = logging.getLogger("hpc_bridge.resume")
 
@@ -93,9 +91,9 @@ def cooloff_reason(key: str, buckets: dict[str, Bucket], cooloffs: dict[str, Coo
                    now: float) -> str | None:
     """Why a bucket is out of service for a capacity cool-off, or None."""
     active = cooloffs.get(key)
-    if active and active.until_cleared:
+    if active and active.held:
         return hold_reason(key, active.reason)
-    if active and active.until > now:
+    if active and active.active(now):
         return f"capacity cool-off for {key} until {time.strftime('%H:%M:%S', time.localtime(active.until))} ({active.reason})"
     bucket = buckets.get(key)
     if bucket is not None and bucket.capacity_failure_within(cooloff_seconds):
@@ -274,7 +272,7 @@ class ResumeReport:
     unknown: list[str] = field(default_factory=list)
     api_calls: int = 0
     scontrol_calls: int = 0
-    errors: list[str] = field(default_factory=list)  # steps that failed after the calls were sent
+    errors: list[BridgeError] = field(default_factory=list)  # steps that failed after the calls were sent
 
     @property
     def ok(self) -> bool:
@@ -286,167 +284,235 @@ class ResumeReport:
                 f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
 
 
-def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client, slurm, store: StateStore, nodemap: NodeMap,
-               now=time.time, spawn_follower=None) -> ResumeReport:
+@dataclass
+class ResumeCalls:
+    """The calls one resume makes: at most one create, one start, one terminate (of failed
+    records). Create and start are given up when unreachable: their nodes go DOWN at once,
+    and nothing may bring them up behind Slurm's back; a terminate stays for repair."""
+
+    create: Call | None = None
+    start: Call | None = None
+    terminate: Call | None = None
+
+    @classmethod
+    def of(cls, plan: ResumePlan, deadline: float) -> "ResumeCalls":
+        calls = cls()
+        if plan.create:
+            sets = plan.create_sets()
+            calls.create = Call("create", [s.name_format for s in sets], {"sets": [s.to_wire() for s in sets]},
+                                deadline, if_unreachable=FAILED)
+        if plan.start:
+            names = sorted(plan.start)
+            calls.start = Call("start", names, {"ids": [plan.start[n] for n in names]}, deadline,
+                               if_unreachable=FAILED)
+        if plan.terminate:
+            names = sorted(plan.terminate)
+            calls.terminate = Call("terminate", names, {"ids": [plan.terminate[n] for n in names]}, deadline)
+        return calls
+
+    @property
+    def all(self) -> list[Call]:
+        return [c for c in (self.create, self.start, self.terminate) if c is not None]
+
+    @property
+    def bringing_up(self) -> list[Call]:
+        return [c for c in (self.create, self.start) if c is not None]
+
+
+@dataclass
+class _Outcome:
+    """What the answers to a resume's calls leave to do."""
+
+    down: dict[str, str]  # name -> reason
+    capacity: dict[str, str] = field(default_factory=dict)  # bucket key -> cause of its cool-off
+    superseded: list[str] = field(default_factory=list)  # suspended meanwhile: stopped again
+    taken: dict[str, list[str]] = field(default_factory=dict)  # bucket key -> nodes taken out of service
+
+
+def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client: ClusterApi, slurm: SlurmControl,
+               store: StateStorage, nodemap: NodeMap, now: Clock = time.time,
+               spawn_follower: Callable[[float], Lease] | None = None) -> ResumeReport:
+    """Gather (one GET nodes, one GET status), plan and record (one transaction), send (at most
+    one call per action), then act on the answers: DOWN with the cause for what cannot come up,
+    a capacity cool-off for a size the cloud refused, addresses for what is up already."""
     names = hostlist.expand(expr)
     report = ResumeReport(names=len(names))
     if not names:
         return report
-    requests_before = client.request_count
-    calls_before = slurm.calls
+    requests_before, calls_before = client.request_count, slurm.calls
     ours = [n for n in names if n in nodemap]  # on a failure below, the others are still left alone
     report.unknown = [n for n in names if n not in nodemap]
     if not ours:  # nothing of ours: no API call either
         log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(report.unknown))
         return report
-    read_at = now()
+    journal = Journal(store, client, now)
     try:
-        cloud = index_by_name(client.get_nodes().nodes)
-        status = client.get_status()
+        plan, calls = _plan_and_record(cfg, names, jobs, nodemap, journal, spawn_follower)
     except ApiError as err:
-        return _all_down(report, ours, _api_reason(err), slurm, store, client.request_count - requests_before,
-                         calls_before)
-    buckets = buckets_by_key(status)
-    deadline = now() + cfg.resume.resume_timeout
-
-    # Plan and record in one transaction: a concurrent resume sees these claims before it can
-    # plan the same names (no duplicate create, even between two hooks). The nodes to watch go
-    # on the follower's list in it too, and a follower is started when none holds the lease.
-    try:
-        with store.transaction() as state:
-            t = now()
-            plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t),
-                               state.active_cooloffs(t), jobs, cfg, t, state.brought_up_since(names, read_at))
-            calls, create_call, start_call = _calls_for(plan, deadline)
-            record(state, calls, t)
-            if cfg.resume.follower:
-                state.add_watch(plan.to_watch(), deadline, t, recreate=plan.deferred)
-                ensure_follower(state, cfg, t, spawn_follower)
+        _all_down(report, ours, _api_reason(err), slurm, store)
     except StateError as err:
         # Nothing was sent: without a record no call may be made, so the nodes cannot come up.
         log.error("%s", err)
-        return _all_down(report, ours, f"cannot record the request: {err}", slurm, None,
-                         client.request_count - requests_before, calls_before)
+        _all_down(report, ours, f"cannot record the request: {err}", slurm, None)
+    else:
+        # From here on the calls are made: every later step happens whatever failed before it
+        # (the state file, an scontrol call), and what failed is reported at the end.
+        if (unrecorded := journal.send(calls.all)) is not None:
+            report.errors.append(unrecorded)
+        outcome = _read_answers(cfg, plan, calls, client, nodemap, report)
+        _stop_superseded(journal, calls, outcome, report)
+        _take_sizes_out_of_service(slurm, nodemap, names, outcome, report)
+        _record_failures(store, cfg, outcome, now, report)
+        _tell_slurm(cfg, slurm, plan, outcome, report)
+    report.api_calls = client.request_count - requests_before
+    report.scontrol_calls = slurm.calls - calls_before
+    return report
+
+
+def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: NodeMap, journal: Journal,
+                     spawn_follower) -> tuple[ResumePlan, ResumeCalls]:
+    """Read the cloud, then plan and record in one transaction: a concurrent resume sees these
+    claims before it can plan the same names (no duplicate create, even between two hooks).
+    The nodes to watch go on the follower's list in it too, and a follower is started when none
+    holds the lease. ApiError: the cloud could not be read; StateError: nothing recorded."""
+    client, now = journal.client, journal.now
+    read_at = now()
+    cloud = index_by_name(client.get_nodes().nodes)
+    buckets = buckets_by_key(client.get_status())
+    deadline = now() + cfg.resume.resume_timeout
+    with journal.transaction() as state:
+        t = now()
+        plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t), state.active_cooloffs(t),
+                           jobs, cfg, t, state.brought_up_since(names, read_at))
+        calls = ResumeCalls.of(plan, deadline)
+        record(state, calls.all, t)
+        if cfg.resume.follower:
+            state.add_watch(plan.to_watch(), deadline, t, recreate=plan.deferred)
+            ensure_follower(state, cfg, t, spawn_follower)
     log_per_message(log, logging.INFO, plan.waiting)
     log_per_message(log, logging.INFO, plan.running, "%s: cloud node already %s, nothing to create")
     if plan.unknown:
         log.error("%s: unknown node (not in nodemap.json), left unchanged", node_names(plan.unknown))
-    # From here on the calls are made: every later step happens whatever failed before it
-    # (the state file, an scontrol call), and what failed is reported at the end.
-    if (unrecorded := send_recorded(store, client, calls, now)) is not None:
-        report.errors.append(str(unrecorded))
+    for problem in plan.problems.values():
+        log.error("%s", problem)
+    return plan, calls
 
-    down = dict(plan.down)
-    capacity: dict[str, str] = {}
-    if create_call is not None:
-        if create_call.result is None:
-            why = _api_reason(create_call.error)
-            down.update({n: why for n in create_call.nodes})
+
+def _read_answers(cfg: Config, plan: ResumePlan, calls: ResumeCalls, client: ClusterApi, nodemap: NodeMap,
+                  report: ResumeReport) -> _Outcome:
+    """What the create and start answers mean per name: created / started, or DOWN with the
+    cause; names a create did not add are classified on a fresh status (classify_refusals)."""
+    outcome = _Outcome(down=dict(plan.down))
+    if (create := calls.create) is not None:
+        if create.result is None:
+            outcome.down.update(dict.fromkeys(create.nodes, _api_reason(create.error)))
         else:
             refused: dict[str, str | None] = {}
-            for name, result_set in zip(create_call.nodes, create_call.result.sets):
+            for name, result_set in zip(create.nodes, create.result.sets):
                 if result_set.added >= 1:
                     report.created.append(name)
                 else:
                     refused[name] = result_set.message
             if report.created:
                 log.info("%s: create accepted (operation %s)", node_names(report.created),
-                         create_call.result.operation_id or "id unknown")
+                         create.result.operation_id or "id unknown")
             if refused:
-                outcome = classify_refusals(refused, nodemap, *_status_after(client), cfg.resume.capacity_cooloff)
-                for name in outcome.running:
+                classified = classify_refusals(refused, nodemap, *_status_after(client), cfg.resume.capacity_cooloff)
+                for name in classified.running:
                     log.info("%s: create refused but the node exists: created by someone else, not DOWN", name)
-                report.running.extend(outcome.running)
-                down.update(outcome.down)
-                capacity.update(outcome.capacity)
-    if start_call is not None:
-        if start_call.result is None:
-            why = _api_reason(start_call.error)
-            down.update({n: why for n in start_call.nodes})
+                report.running.extend(classified.running)
+                outcome.down.update(classified.down)
+                outcome.capacity.update(classified.capacity)
+    if (start := calls.start) is not None:
+        if start.result is None:
+            outcome.down.update(dict.fromkeys(start.nodes, _api_reason(start.error)))
         else:
-            errors = {m.name: m.error for m in start_call.result.nodes if not m.ok}
-            for name in start_call.nodes:
+            errors = {m.name: m.error for m in start.result.nodes if not m.ok}
+            for name in start.nodes:
                 if name in errors:
-                    down[name] = f"start refused: {errors[name] or 'no message'}"
+                    outcome.down[name] = f"start refused: {errors[name] or 'no message'}"
                 else:
                     report.started.append(name)
-    # Slurm may have suspended a node while our create was in flight (POWER_DOWN_FORCE): its
-    # suspend found nothing to stop yet. Honour the later intent now rather than leak the VM.
-    superseded = _suspended_meanwhile(store, [c for c in (create_call, start_call) if c is not None],
-                                      report.created + report.started)
-    if superseded:
-        log.info("%s: suspended while being brought up: stopping", node_names(superseded))
-        try:
-            record_and_send(store, client, [Call("terminate", superseded, {"names": superseded}, deadline)], now)
-        except StateError as err:
-            log.error("%s: not stopped, repair will: %s", node_names(superseded), err)
-            report.errors.append(str(err))
-        report.created = [n for n in report.created if n not in superseded]
-        report.started = [n for n in report.started if n not in superseded]
-    taken: dict[str, list[str]] = {}
-    if capacity:
-        try:
-            out_of_service, taken = take_out_of_service(
-                slurm, nodemap, {k: f"capacity cool-off for {k}: {m}" for k, m in capacity.items()},
-                exclude=set(names))
-        except SlurmError as err:
-            log.error("capacity cool-off: other nodes of the VM size not taken out of service: %s", err)
-            report.errors.append(str(err))
-        else:
-            down.update(out_of_service)
-    failed_calls = [c for c in (create_call, start_call) if c is not None and c.result is None]
-    if failed_calls or capacity or down or superseded:
-        try:
-            _record_failures(store, cfg, failed_calls, capacity, taken, down, superseded, now)
-        except StateError as err:
-            log.error("failures not recorded (repair finds them in Slurm and the API): %s", err)
-            report.errors.append(str(err))
+    return outcome
 
-    if down:
+
+def _stop_superseded(journal: Journal, calls: ResumeCalls, outcome: _Outcome, report: ResumeReport) -> None:
+    """Slurm may have suspended a node while our create was in flight (POWER_DOWN_FORCE): its
+    suspend found nothing to stop yet. Honour the later intent now rather than leak the VM."""
+    superseded = _suspended_meanwhile(journal.store, calls.bringing_up, report.created + report.started)
+    if not superseded:
+        return
+    log.info("%s: suspended while being brought up: stopping", node_names(superseded))
+    deadline = calls.bringing_up[0].deadline
+    try:
+        journal.record_and_send([Call("terminate", superseded, {"names": superseded}, deadline)])
+    except StateError as err:
+        log.error("%s: not stopped, repair will: %s", node_names(superseded), err)
+        report.errors.append(err)
+    report.created = [n for n in report.created if n not in superseded]
+    report.started = [n for n in report.started if n not in superseded]
+    outcome.superseded = superseded
+
+
+def _take_sizes_out_of_service(slurm: SlurmControl, nodemap: NodeMap, names: list[str], outcome: _Outcome,
+                               report: ResumeReport) -> None:
+    """A VM size the cloud has no capacity for: its idle powered-down nodes go DOWN too, so
+    Slurm places jobs on other sizes while the cool-off lasts."""
+    if not outcome.capacity:
+        return
+    try:
+        out_of_service, outcome.taken = take_out_of_service(
+            slurm, nodemap, {k: f"capacity cool-off for {k}: {m}" for k, m in outcome.capacity.items()},
+            exclude=set(names))
+    except SlurmError as err:
+        log.error("capacity cool-off: other nodes of the VM size not taken out of service: %s", err)
+        report.errors.append(err)
+    else:
+        outcome.down.update(out_of_service)
+
+
+def _record_failures(store: StateStorage, cfg: Config, outcome: _Outcome, now: Clock, report: ResumeReport) -> None:
+    """One transaction for what the failures leave behind (under an API outage every hook takes
+    this path at once): nothing is coming up for the nodes marked down or stopped; a capacity
+    failure starts a cool-off holding the nodes taken out of service; DOWN reasons are
+    remembered before Slurm is told. (The calls' own records were settled by the journal.)"""
+    if not (outcome.capacity or outcome.down or outcome.superseded):
+        return
+    try:
+        with store.transaction() as state:
+            state.drop_watch([*outcome.down, *outcome.superseded])
+            t = now()
+            for key, message in outcome.capacity.items():
+                until = t + cfg.resume.capacity_cooloff
+                # keep the nodes an earlier cool-off took out of service: repair puts them back
+                held = old.nodes if (old := state.cooloffs.get(key)) is not None else []
+                state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120],
+                                              nodes=sorted(set(held) | set(outcome.taken.get(key, ()))))
+                log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
+            remember_down(state, outcome.down, t)
+    except StateError as err:
+        log.error("failures not recorded (repair finds them in Slurm and the API): %s", err)
+        report.errors.append(err)
+
+
+def _tell_slurm(cfg: Config, slurm: SlurmControl, plan: ResumePlan, outcome: _Outcome, report: ResumeReport) -> None:
+    """DOWN with the cause for what cannot come up, addresses for what is up already; then the
+    report's last fields."""
+    if outcome.down:
         try:
-            mark_down(slurm, down)
+            mark_down(slurm, outcome.down)
         except SlurmError as err:
-            report.errors.append(str(err))
+            report.errors.append(err)
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
         try:
             slurm.set_addresses(plan.addresses)
         except SlurmError as err:
             log.error("%s: addresses not set, the follower sets them: %s", node_names(plan.addresses), err)
-            report.errors.append(str(err))
-
-
+            report.errors.append(err)
     report.running = sorted(set(plan.running) | set(report.running))
     report.problems = dict(plan.problems)
-    for problem in plan.problems.values():
-        log.error("%s", problem)
     report.waiting = sorted(plan.waiting)
-    report.down = down
-    report.api_calls = client.request_count - requests_before
-    report.scontrol_calls = slurm.calls - calls_before
-    return report
-
-
-def _record_failures(store: StateStore, cfg: Config, failed_calls: list[Call], capacity: dict[str, str],
-                     taken: dict[str, list[str]], down: dict[str, str], superseded: list[str], now) -> None:
-    """One transaction for what the failures leave behind (under an API outage every hook takes
-    this path at once): a call we marked down is closed, so repair does not re-send it; a
-    capacity failure starts a cool-off holding the nodes taken out of service; DOWN reasons
-    are remembered before Slurm is told."""
-    with store.transaction() as state:
-        state.drop_watch([*down, *superseded])  # nothing is coming up there
-        t = now()
-        for c in failed_calls:
-            op = state.operations.get(c.request_id)
-            if op is not None and op.open:
-                op.close(FAILED, t, str(c.error))
-        for key, message in capacity.items():
-            until = t + cfg.resume.capacity_cooloff
-            # keep the nodes an earlier cool-off took out of service: repair puts them back
-            held = old.nodes if (old := state.cooloffs.get(key)) is not None else []
-            state.cooloffs[key] = Cooloff(until=until, reason=" ".join(message.split())[:120],
-                                          nodes=sorted(set(held) | set(taken.get(key, ()))))
-            log.warning("capacity failure for %s: cool-off until %s", key, time.ctime(until))
-        remember_down(state, down, t)
+    report.down = outcome.down
 
 
 def ensure_follower(state, cfg: Config, now: float, spawn_follower) -> None:
@@ -465,21 +531,18 @@ def ensure_follower(state, cfg: Config, now: float, spawn_follower) -> None:
         state.follower = spawn_follower(now)
 
 
-def _all_down(report: ResumeReport, names: list[str], why: str, slurm, store: StateStore | None, api_calls: int,
-              calls_before: int) -> ResumeReport:
+def _all_down(report: ResumeReport, names: list[str], why: str, slurm: SlurmControl,
+              store: StateStorage | None) -> None:
     """Nothing can be brought up: every node DOWN now with the cause, so that Slurm reschedules
     instead of waiting for ResumeTimeout (the reasons are remembered when the store is usable)."""
-    report.down = {n: why for n in names}
+    report.down = dict.fromkeys(names, why)
     try:
         mark_down(slurm, report.down, store)
     except SlurmError as err:
-        report.errors.append(str(err))
-    report.api_calls = api_calls
-    report.scontrol_calls = slurm.calls - calls_before
-    return report
+        report.errors.append(err)
 
 
-def _status_after(client) -> tuple[dict[str, Node] | None, dict[str, Bucket] | None]:
+def _status_after(client: ClusterApi) -> tuple[dict[str, Node] | None, dict[str, Bucket] | None]:
     """Cloud nodes and buckets as the API reports them right after a create (one GET status
     with its nodes), or (None, None) when it cannot be read."""
     try:
@@ -490,23 +553,7 @@ def _status_after(client) -> tuple[dict[str, Node] | None, dict[str, Bucket] | N
     return index_by_name(status.nodes or []), buckets_by_key(status)
 
 
-def _calls_for(plan: ResumePlan, deadline: float) -> tuple[list[Call], Call | None, Call | None]:
-    calls = []
-    create_call = start_call = None
-    if plan.create:
-        sets = plan.create_sets()
-        create_call = Call("create", [s.name_format for s in sets], {"sets": [s.to_wire() for s in sets]}, deadline)
-        calls.append(create_call)
-    if plan.start:
-        start_call = Call("start", sorted(plan.start), {"ids": [plan.start[n] for n in sorted(plan.start)]}, deadline)
-        calls.append(start_call)
-    if plan.terminate:
-        calls.append(Call("terminate", sorted(plan.terminate),
-                          {"ids": [plan.terminate[n] for n in sorted(plan.terminate)]}, deadline))
-    return calls, create_call, start_call
-
-
-def _suspended_meanwhile(store: StateStore, calls: list[Call], names: list[str]) -> list[str]:
+def _suspended_meanwhile(store: StateStorage, calls: list[Call], names: list[str]) -> list[str]:
     """Names whose latest recorded operation is a suspend that started after our calls."""
     from hpc_bridge.state import SUSPEND_ACTIONS
 
@@ -523,7 +570,7 @@ def _suspended_meanwhile(store: StateStore, calls: list[Call], names: list[str])
                   and op.started > started and not ((w := state.watch.get(n)) and w.since > op.started))
 
 
-def _api_reason(err) -> str:
+def _api_reason(err: ApiError | None) -> str:
     if isinstance(err, ApiUnreachable):
         return "cluster API unreachable"
     return f"cluster API error: {err}"

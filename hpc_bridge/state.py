@@ -32,7 +32,8 @@ from hpc_bridge.log import ensure_private_dir
 
 log = logging.getLogger("hpc_bridge.state")
 
-SCHEMA_VERSION = 1
+# 2: a hold is a cool-off with `until` null (1: `until_cleared`, read and converted).
+SCHEMA_VERSION = 2
 
 # Outcomes of an operation record.
 PENDING = "pending"  # recorded, API call not (known to be) answered yet
@@ -84,10 +85,18 @@ class Operation:
 
 @dataclass
 class Cooloff:
-    until: float
+    """A VM size out of service: a capacity cool-off until `until`, or a hold (`until` None)
+    until an admin clears it (`hpc-bridge clear-hold`)."""
+    until: float | None
     reason: str
     nodes: list[str] = field(default_factory=list)  # names we took out of service for it
-    until_cleared: bool = False  # held until an admin clears it (`until` is then far away)
+
+    @property
+    def held(self) -> bool:
+        return self.until is None
+
+    def active(self, now: float) -> bool:
+        return self.until is None or self.until > now
 
 
 @dataclass
@@ -173,7 +182,7 @@ class State:
         return [op for op in self.operations.values() if op.open]
 
     def active_cooloffs(self, now: float) -> dict[str, Cooloff]:
-        return {key: c for key, c in self.cooloffs.items() if c.until > now}
+        return {key: c for key, c in self.cooloffs.items() if c.active(now)}
 
     # ------------------------------------------------------------------ changes
 
@@ -206,7 +215,8 @@ class State:
                and busy.isdisjoint(op.nodes)]
         for op in old:
             del self.operations[op.request_id]
-        for key in [k for k, c in self.cooloffs.items() if c.until < now - retention and not c.nodes]:
+        for key in [k for k, c in self.cooloffs.items()
+                    if c.until is not None and c.until < now - retention and not c.nodes]:
             del self.cooloffs[key]
         for name in [n for n, (at, _) in self.down_reasons.items() if at < now - retention]:
             del self.down_reasons[name]
@@ -253,8 +263,10 @@ class State:
             if not _well_typed(op):
                 raise ValueError(f"operation record of the wrong shape: {str(item)[:80]}")
             ops[op.request_id] = op
+        if version < 2:
+            cooloff_items = {k: _hold_of_version_1(v) for k, v in cooloff_items.items()}
         cooloffs = {k: Cooloff(**_known(Cooloff, v)) for k, v in cooloff_items.items()}
-        if not all(isinstance(c.until, (int, float)) and isinstance(c.nodes, list) and isinstance(c.until_cleared, bool)
+        if not all((c.until is None or isinstance(c.until, (int, float))) and isinstance(c.nodes, list)
                    for c in cooloffs.values()):
             raise ValueError("cool-off record of the wrong shape")
         down = {n: (float(at), str(why)) for n, (at, why) in down_items.items()}
@@ -292,6 +304,17 @@ def dump_state(data: dict[str, Any]) -> str:
 
 
 _EMPTY_FILE = dump_state(State().to_json()).encode()
+
+
+def _hold_of_version_1(item: Any) -> Any:
+    """Version 1 wrote a hold as `until_cleared: true` with `until` a century away; version 2
+    as `until: null`."""
+    if not isinstance(item, dict) or "until_cleared" not in item:
+        return item
+    item = dict(item)
+    if item.pop("until_cleared") is True:
+        item["until"] = None
+    return item
 
 
 def op_record(op: Operation) -> dict[str, Any]:

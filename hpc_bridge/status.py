@@ -12,9 +12,9 @@ from hpc_bridge.api.models import ClusterStatus
 
 def service_of(cooloff: Any, now: float) -> str:
     """Whether a VM size takes new nodes: "yes", a capacity cool-off, or a hold until cleared."""
-    if cooloff is None or not (cooloff.until_cleared or cooloff.until > now):
+    if cooloff is None or not cooloff.active(now):
         return "yes"
-    if cooloff.until_cleared:
+    if cooloff.held:
         return "held: hpc-bridge clear-hold"
     return f"cool-off until {time.strftime('%H:%M:%S', time.localtime(cooloff.until))}"
 

@@ -14,25 +14,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.config import Config
-from hpc_bridge.errors import ApiError
+from hpc_bridge.cloud import DEALLOCATED, FAILED_STATUS, GONE, READY, TRANSITIONAL_DOWN, bucket_key, index_by_name
+from hpc_bridge.errors import ApiError, SlurmError
+from hpc_bridge.journal import Call, Journal, record_done, record_unsent
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
-from hpc_bridge.cloud import DEALLOCATED, FAILED_STATUS, GONE, READY, TRANSITIONAL_DOWN, bucket_key, index_by_name
-from hpc_bridge.nodeops import (
-    Call,
-    count_boot_failures,
-    hold_nodes,
-    mark_down,
-    record,
-    record_and_send,
-    take_out_of_service,
-)
+from hpc_bridge.nodeops import count_boot_failures, idle_nodes_of, mark_down
 from hpc_bridge.reasons import NEVER_REGISTERED, REASON_PREFIX, hold_reason
-from hpc_bridge.state import StateStore
+
+if TYPE_CHECKING:
+    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.suspend")
 
@@ -93,12 +89,12 @@ class SuspendReport:
                 f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
 
 
-def _apply_actions(plan: SuspendPlan, client, store: StateStore, deadline: float, now, report: SuspendReport) -> None:
+def _apply_actions(plan: SuspendPlan, journal: Journal, deadline: float, report: SuspendReport) -> None:
     calls = [
         Call(action, sorted(targets), {"ids": [targets[n] for n in sorted(targets)]}, deadline)
         for action, targets in sorted(plan.actions.items())
     ]
-    record_and_send(store, client, calls, now)
+    journal.record_and_send(calls)
     for call in calls:
         if call.result is None:
             for name in call.nodes:
@@ -117,13 +113,13 @@ def _apply_actions(plan: SuspendPlan, client, store: StateStore, deadline: float
                      call.result.operation_id)
 
 
-def run_suspend(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
-                now=time.time) -> SuspendReport:
+def run_suspend(cfg: Config, expr: str, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
+                nodemap: NodeMap, now: Clock = time.time) -> SuspendReport:
     return _shut_down(cfg, expr, client=client, slurm=slurm, store=store, nodemap=nodemap, now=now, failing=False)
 
 
-def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap, now,
-               failing: bool) -> SuspendReport:
+def _shut_down(cfg: Config, expr: str, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
+               nodemap: NodeMap, now: Clock, failing: bool) -> SuspendReport:
     """Suspend (failing=False) or resume-fail (failing=True: terminate whatever is there, KeepAlive
     or not, and put the cause in the Slurm reason)."""
     names = hostlist.expand(expr)
@@ -131,16 +127,15 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
     if not names:
         return report
     requests_before, calls_before = client.request_count, slurm.calls
+    journal = Journal(store, client, now)
     deadline = now() + cfg.resume.resume_timeout
     try:
         cloud = index_by_name(client.get_nodes().nodes)
     except ApiError as err:
-        # Record the intent, not sent, PENDING whatever the error was, so that repair sends it
-        # (a call closed FAILED here would never be sent, and the VMs would run on).
+        # Record the intent, not sent, whatever the error was, so that repair sends it.
         call = Call("terminate" if failing else "shutdown", names, {"names": names}, deadline)
         with store.transaction() as state:
-            record(state, [call], now())
-            state.operations[call.request_id].message = f"not sent: {err}"
+            record_unsent(state, call, now(), str(err))
         if failing:
             mark_down(slurm, {n: "resume failed; cluster API unreachable, VM cleanup left to repair" for n in names})
         report.failed = {n: str(err) for n in names}
@@ -152,7 +147,7 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
         log_per_message(log, logging.INFO, plan.nothing, "%s: %s, nothing to do")
         if plan.unknown:
             log.error("%s: unknown node (not in nodemap.json and no cloud node)", node_names(plan.unknown))
-        _apply_actions(plan, client, store, deadline, now, report)
+        _apply_actions(plan, journal, deadline, report)
         _mark_intent(store, [n for n in plan.nothing if n in nodemap], now())
         report.keep_alive, report.nothing, report.unknown = plan.keep_alive, sorted(plan.nothing), plan.unknown
         if failing:
@@ -169,12 +164,9 @@ def _shut_down(cfg: Config, expr: str, *, client, slurm, store: StateStore, node
     return report
 
 
-def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
+def _mark_intent(store: StateStorage, nothing: list[str], now: float) -> None:
     """Nodes with nothing to stop yet but a create/start in flight: record the suspend, so the
     resume that is still creating them terminates what it makes (Slurm's later intent wins)."""
-    from hpc_bridge.api.client import new_request_id
-    from hpc_bridge.state import DONE
-
     # A lock-free look first: usually nothing is in flight and the state file is left alone.
     if not nothing or not any(n in store.read().resume_in_flight(now) for n in nothing):
         return
@@ -182,8 +174,7 @@ def _mark_intent(store: StateStore, nothing: list[str], now: float) -> None:
         in_flight = state.resume_in_flight(now)
         racing = [n for n in nothing if n in in_flight]
         if racing:
-            op = state.begin("shutdown", racing, new_request_id(), now, now)
-            op.close(DONE, now, "nothing to stop yet: a create/start was in flight")
+            record_done(state, "shutdown", racing, now, "nothing to stop yet: a create/start was in flight")
     if not racing:
         return
     log.info("%s: suspended while a create/start is in flight; the resume hook will stop them",
@@ -209,11 +200,11 @@ def fail_reason(node: Node | None, recorded: str | None = None) -> str:
     return f"resume failed: never became Ready (cloud status {node.status})"
 
 
-def _hold_failing_sizes(cfg: Config, store: StateStore, slurm, nodemap: NodeMap, cloud: dict[str, Node],
-                        names: list[str], now: float) -> dict[str, str]:
-    """Count the VMs that were Ready but never registered, per VM size; a size that reached
-    [resume] boot_failure_limit has its idle powered-down nodes taken out of service too.
-    Returns name -> reason for those nodes."""
+def _hold_failing_sizes(cfg: Config, store: StateStorage, slurm: SlurmControl, nodemap: NodeMap,
+                        cloud: dict[str, Node], names: list[str], now: float) -> dict[str, str]:
+    """Count the VMs that were Ready but never registered, per VM size; a size that reaches
+    [resume] boot_failure_limit is held, its idle powered-down nodes out of service too (read
+    before the one transaction that counts and holds). Returns name -> reason for those nodes."""
     never: dict[str, list[str]] = {}
     for name in names:
         node, entry = cloud.get(name), nodemap.get(name)
@@ -221,15 +212,17 @@ def _hold_failing_sizes(cfg: Config, store: StateStore, slurm, nodemap: NodeMap,
             never.setdefault(bucket_key(entry.nodearray, entry.machine_type), []).append(name)
     if not never:
         return {}
-    held = count_boot_failures(store, never, cfg.resume.boot_failure_limit, now)
-    if not held:
-        return {}
-    out, taken = take_out_of_service(slurm, nodemap, {k: hold_reason(k, why) for k, why in held.items()},
-                                     exclude=set(names))
-    hold_nodes(store, taken)
-    return out
+    limit = cfg.resume.boot_failure_limit
+    idle: dict[str, list[str]] = {}
+    if limit:
+        try:
+            idle = idle_nodes_of(slurm, nodemap, never, exclude=set(names))
+        except SlurmError as err:
+            log.error("boot failures: the idle nodes of %s not taken out of service: %s", ", ".join(sorted(never)), err)
+    held = count_boot_failures(store, never, limit, now, idle)
+    return {n: hold_reason(k, why) for k, why in held.items() for n in idle.get(k, ())}
 
 
-def run_resume_fail(cfg: Config, expr: str, *, client, slurm, store: StateStore, nodemap: NodeMap,
-                    now=time.time) -> SuspendReport:
+def run_resume_fail(cfg: Config, expr: str, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
+                    nodemap: NodeMap, now: Clock = time.time) -> SuspendReport:
     return _shut_down(cfg, expr, client=client, slurm=slurm, store=store, nodemap=nodemap, now=now, failing=True)

@@ -216,7 +216,7 @@ def test_a_deferred_name_whose_node_came_up_after_all_is_followed_not_created():
 
 
 def test_a_resume_after_the_suspend_keeps_the_node_the_earlier_create_made(tmp_path):
-    from hpc_bridge.nodeops import Call
+    from hpc_bridge.journal import Call
     from hpc_bridge.resume import _suspended_meanwhile
     from hpc_bridge.state import StateStore
 

@@ -159,7 +159,7 @@ def test_invalid_bucket_and_missing_bucket():
 
 
 def test_a_size_held_until_cleared_takes_no_new_vm():
-    held = Cooloff(NOW - 5, "3 VM(s) of this size were Ready but their slurmd never registered", until_cleared=True)
+    held = Cooloff(None, "3 VM(s) of this size were Ready but their slurmd never registered")
     p = plan(["htc-f2sv2-1", "htc-f4sv2-1"], cooloffs={bucket_key("htc", F2): held})
     assert p.down["htc-f2sv2-1"].startswith(
         "htc/Standard_F2s_v2 out of service until an admin clears it (hpc-bridge clear-hold htc/Standard_F2s_v2)")

@@ -379,20 +379,22 @@ def test_lock_wait_is_bounded_outside_the_main_thread_too(tmp_path):
 
 def test_boot_failures_hold_a_size_at_the_limit_until_cleared(tmp_path):
     from hpc_bridge.errors import UsageError
-    from hpc_bridge.nodeops import clear_hold, count_boot_failures, hold_nodes
+    from hpc_bridge.nodeops import clear_hold, count_boot_failures
 
     st = store(tmp_path)
     T = time.time()  # the store prunes by the real clock
     key = "htc/Standard_F2s_v2"
     assert count_boot_failures(st, {key: ["htc-f2sv2-1"]}, 3, T) == {}
     assert count_boot_failures(st, {"htc/other": ["htc-other-1"]}, 3, T) == {}  # counted per size
-    held = count_boot_failures(st, {key: ["htc-f2sv2-2", "htc-f2sv2-3"]}, 3, T + 10)
+    # the hold starts in the transaction that counts, with the idle nodes it takes out of service
+    held = count_boot_failures(st, {key: ["htc-f2sv2-2", "htc-f2sv2-3"]}, 3, T + 10,
+                               idle={key: ["htc-f2sv2-4"], "htc/other": ["htc-other-2"]})
     assert held == {key: "3 VM(s) of this size were Ready but their slurmd never registered"}
-    hold_nodes(st, {key: ["htc-f2sv2-4"]})
     assert count_boot_failures(st, {key: ["htc-f2sv2-5"]}, 3, T + 20) == {}  # already held: no second hold
     state = st.read()  # and it all survives the file
     c = state.cooloffs[key]
-    assert c.until_cleared and c.until > T + 1e9 and c.nodes == ["htc-f2sv2-2", "htc-f2sv2-3", "htc-f2sv2-4", "htc-f2sv2-5"]
+    assert c.held and c.until is None and c.nodes == ["htc-f2sv2-2", "htc-f2sv2-3", "htc-f2sv2-4", "htc-f2sv2-5"]
+    assert "htc/other" not in state.cooloffs
     assert state.active_cooloffs(T + 1e6) == {key: c} and len(state.boot_failures[key]) == 4
     state.prune(T + 1e6, retention=10.0)
     assert key in state.cooloffs  # a hold outlives retention; the counts do not
@@ -401,6 +403,28 @@ def test_boot_failures_hold_a_size_at_the_limit_until_cleared(tmp_path):
         clear_hold(st, "htc/other", T + 30)
     assert clear_hold(st, key, T + 30) == c.nodes
     state = st.read()
-    assert not state.cooloffs[key].until_cleared and state.cooloffs[key].until == T + 30
+    assert not state.cooloffs[key].held and state.cooloffs[key].until == T + 30
     assert key not in state.boot_failures and state.active_cooloffs(T + 31) == {}
     assert count_boot_failures(st, {key: ["x"]}, 0, T + 40) == {}  # limit 0: never held
+
+
+def test_a_version_1_file_is_read_and_its_holds_rewritten_as_version_2(tmp_path):
+    s = store(tmp_path)
+    s.path.parent.mkdir(parents=True)
+    T = time.time()
+    s.path.write_text(json.dumps({"version": 1, "operations": [], "cooloffs": {
+        "htc/Standard_F2s_v2": {"until": T + 100 * 365 * 86400, "reason": "held", "nodes": ["htc-f2sv2-1"],
+                                "until_cleared": True},
+        "htc/Standard_F4s_v2": {"until": T + 60, "reason": "capacity", "nodes": [], "until_cleared": False},
+        "hpc/Standard_HB120rs_v3": {"until": T + 60, "reason": "capacity, from before holds"}}}))
+    cooloffs = s.read().cooloffs
+    assert cooloffs["htc/Standard_F2s_v2"].held and cooloffs["htc/Standard_F2s_v2"].nodes == ["htc-f2sv2-1"]
+    assert cooloffs["htc/Standard_F4s_v2"].until == T + 60 and not cooloffs["htc/Standard_F4s_v2"].held
+    assert cooloffs["hpc/Standard_HB120rs_v3"].until == T + 60
+    with s.transaction():
+        pass
+    data = json.loads(s.path.read_text())
+    assert data["version"] == SCHEMA_VERSION == 2
+    assert data["cooloffs"]["htc/Standard_F2s_v2"] == {"until": None, "reason": "held", "nodes": ["htc-f2sv2-1"]}
+    assert data["cooloffs"]["htc/Standard_F4s_v2"] == {"until": T + 60, "reason": "capacity", "nodes": []}
+    assert s.read().cooloffs == cooloffs
