@@ -284,15 +284,18 @@ class ResumeReport:
                 f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
 
 
-@dataclass
 class ResumeCalls:
     """The calls one resume makes: at most one create, one start, one terminate (of failed
     records). Create and start are given up when unreachable: their nodes go DOWN at once,
-    and nothing may bring them up behind Slurm's back; a terminate stays for repair."""
+    and nothing may bring them up behind Slurm's back; a terminate stays for repair.
+    (A plain class, as _Outcome: every dataclass is code generated at each hook's start.)"""
 
-    create: Call | None = None
-    start: Call | None = None
-    terminate: Call | None = None
+    __slots__ = ("create", "start", "terminate")
+
+    def __init__(self) -> None:
+        self.create: Call | None = None
+        self.start: Call | None = None
+        self.terminate: Call | None = None
 
     @classmethod
     def of(cls, plan: ResumePlan, deadline: float) -> "ResumeCalls":
@@ -319,14 +322,16 @@ class ResumeCalls:
         return [c for c in (self.create, self.start) if c is not None]
 
 
-@dataclass
 class _Outcome:
     """What the answers to a resume's calls leave to do."""
 
-    down: dict[str, str]  # name -> reason
-    capacity: dict[str, str] = field(default_factory=dict)  # bucket key -> cause of its cool-off
-    superseded: list[str] = field(default_factory=list)  # suspended meanwhile: stopped again
-    taken: dict[str, list[str]] = field(default_factory=dict)  # bucket key -> nodes taken out of service
+    __slots__ = ("down", "capacity", "superseded", "taken")
+
+    def __init__(self, down: dict[str, str]) -> None:
+        self.down = down  # name -> reason
+        self.capacity: dict[str, str] = {}  # bucket key -> cause of its cool-off
+        self.superseded: list[str] = []  # suspended meanwhile: stopped again
+        self.taken: dict[str, list[str]] = {}  # bucket key -> nodes taken out of service
 
 
 def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client: ClusterApi, slurm: SlurmControl,

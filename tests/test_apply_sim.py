@@ -17,11 +17,12 @@ from recording_slurm import RecordingSlurm, node
 from hpc_bridge import ports
 from hpc_bridge.api.client import ClusterClient
 from hpc_bridge.config import load_config
-from hpc_bridge.journal import Call, Journal
+from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.nodemap import load_nodemap
 from hpc_bridge.sim.server import SimServer
 from hpc_bridge.slurm import Slurm
 from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, StateStore
+from test_ops_sim import write_config
 
 F2 = "htc/Standard_F2s_v2"
 
@@ -30,17 +31,11 @@ class Bridge:
     """The simulator, a config for it, the node map `hpc-bridge partitions` writes, and the
     ports the apply code takes: a real client and state store, a recording Slurm."""
 
-    def __init__(self, tmp_path: Path, sim: SimServer, config_extra: str = ""):
+    def __init__(self, tmp_path: Path, sim: SimServer, resume_extra: str = ""):
         self.sim = sim
-        password = tmp_path / "password"
-        password.write_text(sim.password)
-        password.chmod(0o600)
-        self.config_path = tmp_path / "config.toml"
-        self.config_path.write_text(
-            f'[cluster]\nurl = "{sim.url}"\nname = "{sim.cluster_name}"\nusername = "{sim.username}"\n'
-            f'password_file = "{password}"\nretries = 1\nretry_budget = 2.0\ntimeout = 2.0\n'
-            f'[paths]\nstate_dir = "{tmp_path / "state"}"\nlog_dir = "{tmp_path / "log"}"\n'
-            f'[slurm]\nconf_dir = "{tmp_path / "conf"}"\n{config_extra}')
+        self.config_path = write_config(tmp_path, sim)  # its last table is [resume]
+        with self.config_path.open("a") as fh:
+            fh.write(resume_extra)
         from hpc_bridge.cli import main
 
         assert main(["--config", str(self.config_path), "partitions"]) == 0
@@ -96,20 +91,15 @@ class Bridge:
 
 
 @pytest.fixture
-def sim():
-    with SimServer(default_scenario(timings={"time_scale": 1.0})) as s:
-        s.start()
-        yield s
-
-
-@pytest.fixture
-def bridge(tmp_path, sim, monkeypatch):
-    monkeypatch.delenv("HPC_BRIDGE_PASSWORD", raising=False)
-    monkeypatch.delenv("SLURM_CONF", raising=False)
-    b = Bridge(tmp_path, sim, "[resume]\nboot_failure_limit = 2\n"
-                              '[partitions.nodearrays.htc]\nsuspend_policy = "terminate"\n')
-    yield b
-    b.client.close()
+def bridge(tmp_path, monkeypatch):
+    for name in ("HPC_BRIDGE_PASSWORD", "SLURM_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    # boots take simulated minutes: a node is Ready when a test moves the clock (Bridge.boot)
+    with SimServer(default_scenario(timings={"time_scale": 1.0})) as sim:
+        sim.start()
+        b = Bridge(tmp_path, sim, 'boot_failure_limit = 2\n[partitions.nodearrays.htc]\nsuspend_policy = "terminate"\n')
+        yield b
+        b.client.close()
 
 
 # --------------------------------------------------------------------------- ports
@@ -330,8 +320,6 @@ def test_repair_terminates_a_leaked_vm_and_resends_a_killed_hooks_call(bridge):
     node_id = bridge.cloud()["htc-f2sv2-2"]["NodeId"]
     call = Call("terminate", ["htc-f2sv2-2"], {"ids": [node_id]}, now + 600)
     with bridge.store.transaction() as state:
-        from hpc_bridge.journal import record
-
         record(state, [call], now - 120)
     report = bridge.repair(now=lambda: now, is_alive=lambda pid: False)
     kinds = sorted((a.kind, a.node) for a in report.changes)
