@@ -210,7 +210,7 @@ def check_resume_timeout(f: Facts, problems: list[Any] | None) -> Check:
     """ResumeTimeout is the one `hpc-bridge partitions` sets on each generated partition:
     [resume] resume_timeout (whole seconds)."""
     name = "ResumeTimeout longer than boot time"
-    from hpc_bridge.partitions import whole_seconds
+    from hpc_bridge.partitions_plan import whole_seconds
 
     rt = whole_seconds(f.cfg.resume.resume_timeout)
     if problems:

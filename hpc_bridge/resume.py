@@ -1,7 +1,6 @@
 """Resume: create or start the cloud nodes Slurm names, and return at once.
 
-`plan_resume` is a pure function over (names, node map, cloud nodes, buckets, in-flight
-operations, cool-offs, jobs, config, clock). `run_resume` gathers those with one GET nodes,
+`plan_resume` (hpc_bridge.resume_plan) decides; `run_resume` gathers its inputs with one GET nodes,
 one GET status and one read of the state file, records the calls, makes at most one create
 and one start call, and tells Slurm (one scontrol call per reason) which nodes cannot come up.
 It never waits for a VM: a detached follower sets node addresses as the API reports them.
@@ -11,250 +10,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from hpc_bridge import hostlist
-from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
+from hpc_bridge.api.models import Bucket, Node
+from hpc_bridge.cloud import index_by_name
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, SlurmError, StateError
 from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.log import log_per_message, node_names
-from hpc_bridge.nodemap import NodeMap, NodeMapEntry
-from hpc_bridge.cloud import (
-    BOOTING,
-    DEALLOCATED,
-    FAILED_STATUS,
-    GONE,
-    READY,
-    TRANSITIONAL_DOWN,
-    address_of,
-    address_problem,
-    bucket_key,
-    index_by_name,
-)
+from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down, remember_down, take_out_of_service
-from hpc_bridge.reasons import hold_reason
 from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
-from hpc_bridge.state import FAILED, Cooloff, Operation
+from hpc_bridge.resume_plan import ResumePlan, buckets_by_key, classify_refusals, plan_resume
+from hpc_bridge.state import FAILED, Cooloff
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
     from hpc_bridge.state import Lease
 
 log = logging.getLogger("hpc_bridge.resume")
-
-
-# --------------------------------------------------------------------------- plan
-
-
-def buckets_by_key(status: ClusterStatus) -> dict[str, Bucket]:
-    return {bucket_key(na.name, b.machine_type): b for na in status.nodearrays for b in na.buckets}
-
-
-@dataclass
-class ResumePlan:
-    create: list[tuple[str, NodeMapEntry]] = field(default_factory=list)
-    start: dict[str, str] = field(default_factory=dict)  # name -> node id
-    terminate: dict[str, str] = field(default_factory=dict)  # failed records to clear: name -> node id
-    running: dict[str, str] = field(default_factory=dict)  # name -> cloud status (nothing to do)
-    waiting: dict[str, str] = field(default_factory=dict)  # name -> why it is left to follower/repair
-    deferred: list[str] = field(default_factory=list)  # to create once their old cloud node is gone
-    down: dict[str, str] = field(default_factory=dict)  # name -> reason
-    unknown: list[str] = field(default_factory=list)  # not in nodemap.json: not ours, left as they are
-    addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)  # name -> what the API sent that we refused
-    cooloff_started: dict[str, str] = field(default_factory=dict)  # bucket key -> why
-
-    def to_watch(self) -> list[str]:
-        """What the follower watches: what is brought up or waited for, and what is up already
-        unless it is Ready with its address set now (a booting one may still fail)."""
-        return sorted({n for n, _ in self.create} | set(self.start) | set(self.waiting)
-                      | {n for n, status in self.running.items() if status != READY or n not in self.addresses})
-
-    def create_sets(self) -> list[NodeCreationSet]:
-        """One set per name (a literal nameFormat with count 1 gives exactly that name), ordered
-        so that sets of one nodearray, VM size and placement group are together."""
-        ordered = sorted(self.create, key=lambda ne: (ne[1].nodearray, ne[1].machine_type,
-                                                      ne[1].placement_group or "", ne[0]))
-        return [
-            NodeCreationSet.make(
-                count=1, nodearray=e.nodearray, definition={"machineType": e.machine_type}, name_format=name,
-                placement_group_id=e.placement_group,
-            )
-            for name, e in ordered
-        ]
-
-
-def cooloff_reason(key: str, buckets: dict[str, Bucket], cooloffs: dict[str, Cooloff], cooloff_seconds: float,
-                   now: float) -> str | None:
-    """Why a bucket is out of service for a capacity cool-off, or None."""
-    active = cooloffs.get(key)
-    if active and active.held:
-        return hold_reason(key, active.reason)
-    if active and active.active(now):
-        return f"capacity cool-off for {key} until {time.strftime('%H:%M:%S', time.localtime(active.until))} ({active.reason})"
-    bucket = buckets.get(key)
-    if bucket is not None and bucket.capacity_failure_within(cooloff_seconds):
-        return f"capacity cool-off for {key}: capacity failure {bucket.last_capacity_failure:.0f}s ago"
-    return None
-
-
-@dataclass
-class Refusals:
-    """What became of the names a create call did not add (see classify_refusals)."""
-
-    down: dict[str, str] = field(default_factory=dict)  # name -> reason
-    capacity: dict[str, str] = field(default_factory=dict)  # bucket key -> cause of its cool-off
-    running: list[str] = field(default_factory=list)  # created meanwhile by someone else: not DOWN
-
-
-def classify_refusals(refused: dict[str, str | None], nodemap: NodeMap, cloud: dict[str, Node] | None,
-                      buckets: dict[str, Bucket] | None, cooloff_seconds: float) -> Refusals:
-    """Why each name a create did not add (name -> the API's message, if any) cannot come up,
-    decided on documented data from the status read just after the create, never on the
-    message's wording: the bucket now reports a capacity failure (`lastCapacityFailure`) -> a
-    capacity failure and a cool-off; no room left (`availableCount`) -> quota or max count;
-    the name is live in the cloud -> someone else created it. The message is only shown.
-    `cloud` / `buckets`: None when that status could not be read."""
-    out = Refusals()
-    for name, message in refused.items():
-        entry = nodemap[name]
-        key = bucket_key(entry.nodearray, entry.machine_type)
-        node = (cloud or {}).get(name)
-        bucket = (buckets or {}).get(key)
-        said = f" ({message})" if message else ""
-        if node is not None and (node.status in BOOTING or node.status == READY):
-            out.running.append(name)
-        elif bucket is not None and bucket.capacity_failure_within(cooloff_seconds):
-            out.capacity[key] = message or f"the API reports a capacity failure for {key}"
-            out.down[name] = f"create refused: capacity failure for {key}{said}"
-        elif bucket is not None and bucket.available_count < 1:
-            out.down[name] = f"create refused: {key}: no capacity left (quota or max count reached){said}"
-        else:
-            out.down[name] = f"create refused: {message or 'not created (no reason given)'}"
-    return out
-
-
-def plan_resume(
-    names: list[str],
-    nodemap: NodeMap,
-    cloud: dict[str, Node],
-    buckets: dict[str, Bucket],
-    in_flight: dict[str, Operation],
-    cooloffs: dict[str, Cooloff],
-    jobs: list[Job],
-    cfg: Config,
-    now: float,
-    unseen: set[str] = frozenset(),
-) -> ResumePlan:
-    """`unseen`: names a create/start may have brought up since `cloud` was read (see
-    State.brought_up_since); one that looks gone is not created now but left to the follower,
-    which creates it once a fresh read shows it gone."""
-    plan = ResumePlan()
-    mode = cfg.slurm.address_mode
-    wanted: list[tuple[str, NodeMapEntry]] = []  # would be created, subject to capacity
-    starts: dict[str, str] = {}
-    for name in dict.fromkeys(names):
-        entry = nodemap.get(name)
-        if entry is None:  # a site's own node (or a stale name): not ours to change
-            plan.unknown.append(name)
-            continue
-        op = in_flight.get(name)
-        if op is not None:
-            plan.waiting[name] = f"already being brought up by {op.action} {op.request_id}"
-            continue
-        node = cloud.get(name)
-        status = node.status if node else None
-        if (node is None or status in GONE) and name in unseen:
-            plan.waiting[name] = "a create/start was in flight when the cloud was read; created once it is gone"
-            plan.deferred.append(name)
-        elif node is None or status in GONE:
-            wanted.append((name, entry))
-        elif status in BOOTING or status == READY:
-            plan.running[name] = status
-            addr = address_of(node, mode)
-            if addr:
-                plan.addresses[name] = addr
-            elif problem := address_problem(node, mode):
-                plan.problems[name] = problem
-        elif status == DEALLOCATED:
-            starts[name] = node.node_id or ""
-        elif status == FAILED_STATUS:
-            plan.down[name] = f"cloud node failed: {node.status_message or 'no message'}"
-            if node.node_id:
-                plan.terminate[name] = node.node_id
-        elif status in TRANSITIONAL_DOWN:
-            plan.waiting[name] = f"cloud node is {status}; created again once it is gone"
-            plan.deferred.append(name)
-        else:
-            plan.waiting[name] = f"cloud node in unexpected status {status}"
-
-    # Capacity: what may not be created goes DOWN now, so Slurm reschedules at once.
-    blocked: dict[str, str] = {}
-    for name, entry in wanted:
-        key = bucket_key(entry.nodearray, entry.machine_type)
-        bucket = buckets.get(key)
-        if bucket is None:
-            blocked[name] = f"VM size {entry.machine_type} is no longer offered by nodearray {entry.nodearray}"
-        elif not bucket.valid:
-            blocked[name] = f"VM size {entry.machine_type} in {entry.nodearray} is invalid ({bucket.invalid_reason or 'no reason given'})"
-        else:
-            why = cooloff_reason(key, buckets, cooloffs, cfg.resume.capacity_cooloff, now)
-            if why:
-                blocked[name] = why
-
-    available = {key: b.available_count for key, b in buckets.items()}
-    wanted_by_name = dict(wanted)
-    granted: set[str] = set()
-    refused: dict[str, str] = dict(blocked)
-
-    def need_of(group: list[str]) -> dict[str, int]:
-        need: dict[str, int] = defaultdict(int)
-        for n in group:
-            e = wanted_by_name[n]
-            need[bucket_key(e.nodearray, e.machine_type)] += 1
-        return need
-
-    def shortfall(need: dict[str, int]) -> str | None:
-        for key, count in sorted(need.items()):
-            if count > available.get(key, 0):
-                return f"{key}: {count} node(s) needed, {max(available.get(key, 0), 0)} available (quota or max count)"
-        return None
-
-    # Multi-node jobs first, all-or-nothing where their nodearray asks for it.
-    for job in jobs:
-        members = [n for n in dict.fromkeys(job.nodes) if n in wanted_by_name or n in starts]
-        todo = [n for n in members if n in wanted_by_name and n not in granted and n not in refused]
-        entry = next((wanted_by_name[n] for n in todo), None)
-        atomic = len(job.nodes) > 1 and entry is not None and cfg.partitions.for_array(entry.nodearray).all_or_nothing
-        if not atomic:
-            continue
-        bad = next((refused[n] for n in members if n in refused), None) or shortfall(need_of(todo))
-        if bad:
-            for n in members:
-                refused.setdefault(n, f"job {job.job_id} cannot get all its nodes: {bad}")
-            continue
-        for key, count in need_of(todo).items():
-            available[key] -= count
-        granted.update(todo)
-
-    # Then every other node on its own.
-    for name, entry in wanted:
-        if name in granted or name in refused:
-            continue
-        key = bucket_key(entry.nodearray, entry.machine_type)
-        if available.get(key, 0) > 0:
-            available[key] -= 1
-            granted.add(name)
-        else:
-            refused[name] = f"{key}: no capacity left (quota or max count reached)"
-
-    plan.create = [(n, wanted_by_name[n]) for n in wanted_by_name if n in granted]
-    plan.start = {n: nid for n, nid in starts.items() if n not in refused}
-    plan.down.update(refused)
-    return plan
 
 
 # --------------------------------------------------------------------------- apply

@@ -197,7 +197,7 @@ def test_resume_leaves_an_unseen_name_to_the_follower_instead_of_creating_it():
     # the create landed: it must not create the name a second time
     from test_resume_plan import NODEMAP, buckets, cfg
 
-    from hpc_bridge.resume import plan_resume
+    from hpc_bridge.resume_plan import plan_resume
 
     plan = plan_resume(["htc-f2sv2-1", "htc-f2sv2-2"], NODEMAP, {}, buckets(), {}, {}, [], cfg(), NOW,
                        unseen={"htc-f2sv2-1"})

@@ -18,15 +18,8 @@ from hpc_bridge.api.models import ClusterStatus
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import ConfigError
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry, NodeRange, dump_nodemap, load_nodemap, parse_nodemap
-from hpc_bridge.partitions import (
-    comment_text,
-    diff_outputs,
-    plan_partitions,
-    real_memory_mb,
-    render,
-    size_tag,
-    write_outputs,
-)
+from hpc_bridge.partitions import diff_outputs, render, write_outputs
+from hpc_bridge.partitions_plan import comment_text, plan_partitions, real_memory_mb, size_tag
 
 # --------------------------------------------------------------------------- builders
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from hpc_bridge.api.models import ClusterStatus
 from hpc_bridge.hostlist import expand
 from hpc_bridge.nodemap import load_nodemap
-from hpc_bridge.partitions import plan_partitions, render, write_outputs
+from hpc_bridge.partitions import render, write_outputs
+from hpc_bridge.partitions_plan import plan_partitions
 from hpc_bridge.sim.model import ClusterModel
 from bridge_env import FORMS, all_forms
 from test_partitions_plan import array, bucket, make_cfg, make_status

@@ -15,7 +15,8 @@ from hpc_bridge.api.models import Bucket, Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.nodemap import NodeMap, NodeRange
 from hpc_bridge.reasons import REASON_PREFIX
-from hpc_bridge.repair import (
+from hpc_bridge.repair import format_plan
+from hpc_bridge.repair_plan import (
     ALLOCATED_FLAGS,
     CLOSE,
     COOLOFF_ENDED,
@@ -35,7 +36,6 @@ from hpc_bridge.repair import (
     UNKNOWN_TO_SLURM,
     UP_WITHOUT_VM,
     RepairAction,
-    format_plan,
     plan_repair,
     slurm_summary,
 )
@@ -559,7 +559,7 @@ def test_property_pure_and_deterministic(world):
 def test_what_the_grace_holds_back_is_listed_with_when_it_would_act():
     """repair --dry-run says what waits out the grace and from when it would act; the plan
     itself is unchanged (nothing to do yet)."""
-    from hpc_bridge.repair import plan_repair
+    from hpc_bridge.repair_plan import plan_repair
 
     leaked = cnode("hpc-1", "Ready", age=GRACE / 4)
     ghost = cnode("ghost-1", "Ready", age=10_000, template="htc")

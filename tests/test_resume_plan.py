@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpc_bridge.api.models import Bucket, Node
+from hpc_bridge.cloud import bucket_key
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import BridgeError
 from hpc_bridge.nodemap import NodeMap, NodeRange
-from hpc_bridge.resume import Job, bucket_key, classify_refusals, parse_resume_file, plan_resume
+from hpc_bridge.resume_file import Job, parse_resume_file
+from hpc_bridge.resume_plan import classify_refusals, plan_resume
 from hpc_bridge.state import Cooloff, Operation
-from hpc_bridge.suspend import fail_reason, plan_suspend
+from hpc_bridge.suspend_plan import fail_reason, plan_suspend
 
 NOW = 1_000_000.0
 HPC = "Standard_HB120rs_v3"
@@ -302,3 +309,20 @@ def test_resume_file_nested_too_deeply_is_a_usage_error():
 
     with pytest.raises(UsageError, match="nested too deeply"):
         parse_resume_file("[" * 100_000 + "]" * 100_000)
+
+
+# --------------------------------------------------------------------------- planners stay pure
+
+
+def test_planners_load_neither_the_http_client_nor_file_locks_nor_slurm():
+    # A planner that reached for httpx, filelock or scontrol could no longer be table-tested on
+    # plain data; a fresh interpreter shows what importing them drags in.
+    code = ("import sys, hpc_bridge.resume_plan, hpc_bridge.suspend_plan, hpc_bridge.repair_plan, "
+            "hpc_bridge.partitions_plan\n"
+            "print(sorted(m for m in ('httpx', 'filelock', 'jinja2', 'hpc_bridge.api.client', 'hpc_bridge.nodeops', "
+            "'hpc_bridge.slurm') if m in sys.modules))")
+    repo = str(Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": repo})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -148,7 +148,8 @@ def test_partitions_are_the_same_whatever_the_form():
     """The generated Slurm config depends on documented bucket data only: nulls, floats and
     undocumented attributes of the other forms change nothing."""
     from hpc_bridge.api.models import ClusterStatus
-    from hpc_bridge.partitions import plan_partitions, render
+    from hpc_bridge.partitions import render
+    from hpc_bridge.partitions_plan import plan_partitions
     from hpc_bridge.sim.model import ClusterModel
     from test_partitions_plan import make_cfg
 
