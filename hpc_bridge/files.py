@@ -1,4 +1,4 @@
-"""Files others can reach: ownership, links, FIFOs and sizes.
+"""Files others can reach: ownership, links, FIFOs, sizes, and replacing a file atomically.
 
 Files under state_dir and log_dir belong to their directory's owner, whoever writes them.
 
@@ -10,9 +10,11 @@ to the owner of the directory it is in, before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 
 
 def _we_are_root() -> bool:
@@ -80,3 +82,51 @@ def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
             return fh.read(limit + 1)
     finally:
         os.close(fd)
+
+
+def write_temp(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None,
+               hand_over_to_owner: bool = False) -> str:
+    """The new content of `path` in a temporary file beside it (`.<name>.*.tmp`), on disk
+    (fsynced), ready to be renamed over `path`; returns its path. `mode`: its permissions
+    (default 0600); `hand_over_to_owner`: given to the directory's owner when we are root (see
+    hand_over)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        if hand_over_to_owner:
+            hand_over(fd, directory)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def sync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make the renames done in `directory` survive a crash."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None,
+                     hand_over_to_owner: bool = False) -> None:
+    """Replace `path` with `data` so that a reader, or a crash, sees the old file or the new
+    one, never a part: temp file, fsync, rename, fsync of the directory."""
+    tmp = write_temp(path, data, mode=mode, hand_over_to_owner=hand_over_to_owner)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    sync_dir(os.path.dirname(os.fspath(path)) or ".")

@@ -19,12 +19,12 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from hpc_bridge.errors import ConfigError
+from hpc_bridge.files import write_atomically
 
 log = logging.getLogger("hpc_bridge.install")
 
@@ -465,18 +465,7 @@ def duplicate_problems(conf: SlurmConf, cfg, hooks_dir: str) -> list[Problem]:
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, text, mode=mode)
 
 
 LOGROTATE_FILE = "hpc-bridge"

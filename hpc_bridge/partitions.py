@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +22,7 @@ from hpc_bridge import hostlist
 from hpc_bridge.api.models import ClusterStatus
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ConfigError, SlurmError
+from hpc_bridge.files import sync_dir, write_temp
 from hpc_bridge.nodemap import NODEMAP_FILE, dump_nodemap
 from hpc_bridge.partitions_plan import PartitionPlan, plan_partitions
 
@@ -161,13 +161,7 @@ def write_outputs(files: dict[str, str], out_dir: str | os.PathLike[str]) -> lis
     temps: dict[str, str] = {}
     try:
         for name in order:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            temps[name] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(files[name])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
+            temps[name] = write_temp(out / name, files[name], mode=0o644)
         for name in order:
             target = out / name
             if target.exists():
@@ -177,11 +171,7 @@ def write_outputs(files: dict[str, str], out_dir: str | os.PathLike[str]) -> lis
                 os.link(target, bak_tmp)
                 os.replace(bak_tmp, out / f"{name}.bak")
             os.replace(temps.pop(name), target)
-        dfd = os.open(out, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        sync_dir(out)
     except OSError as err:
         raise ConfigError(f"cannot write {out}: {err.strerror or err}") from None
     finally:

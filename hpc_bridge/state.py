@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Iterator
 
 from hpc_bridge import flock
 from hpc_bridge.errors import StateError
-from hpc_bridge.files import NotARegularFile, hand_over, open_owned, read_regular_file
+from hpc_bridge.files import NotARegularFile, open_owned, read_regular_file, write_atomically
 from hpc_bridge.log import ensure_private_dir
 
 log = logging.getLogger("hpc_bridge.state")
@@ -435,23 +434,7 @@ class StateStore:
                 if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=self.path.parent)
-        try:
-            hand_over(fd, self.path.parent)  # rewritten by root, still SlurmUser's
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, data, hand_over_to_owner=True)  # rewritten by root, still SlurmUser's
 
     @contextlib.contextmanager
     def transaction(self, now: float | None = None) -> Iterator[State]:

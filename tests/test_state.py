@@ -11,6 +11,7 @@ import time
 import pytest
 
 from hpc_bridge.errors import StateError
+from hpc_bridge.files import write_atomically
 from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, SCHEMA_VERSION, State, StateStore
 
 
@@ -428,3 +429,34 @@ def test_a_version_1_file_is_read_and_its_holds_rewritten_as_version_2(tmp_path)
     assert data["cooloffs"]["htc/Standard_F2s_v2"] == {"until": None, "reason": "held", "nodes": ["htc-f2sv2-1"]}
     assert data["cooloffs"]["htc/Standard_F4s_v2"] == {"until": T + 60, "reason": "capacity", "nodes": []}
     assert s.read().cooloffs == cooloffs
+
+
+# --------------------------------------------------------------------------- the one atomic writer
+
+
+def test_atomic_write_replaces_the_file_with_its_mode_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "topology.conf"
+    target.write_text("old\n")
+    write_atomically(target, "new\n", mode=0o644)
+    assert target.read_text() == "new\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    write_atomically(target, b"bytes\n")
+    assert target.read_bytes() == b"bytes\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["topology.conf"]
+
+
+def test_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        write_atomically(target, 42)  # neither text nor bytes: fails after the temp file was made
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a file over needs root")
+def test_atomic_write_as_root_hands_the_file_to_the_directory_owner(tmp_path):
+    os.chown(tmp_path, 4321, 4321)
+    write_atomically(tmp_path / "state.json", "{}", hand_over_to_owner=True)
+    st = (tmp_path / "state.json").stat()
+    assert (st.st_uid, st.st_gid) == (4321, 4321)
+    write_atomically(tmp_path / "other", "{}")
+    assert (tmp_path / "other").stat().st_uid == 0
