@@ -85,13 +85,9 @@ MAX_FILES_CHECKED = 10_000
 
 
 def _names(names) -> str:
-    from hpc_bridge.hostlist import compress_sorted
+    from hpc_bridge.hostlist import compress_or_list
 
-    names = sorted(names)
-    try:
-        text = compress_sorted(names)
-    except BridgeError:
-        text = ",".join(names)
+    text = compress_or_list(names)
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -426,6 +426,17 @@ def _group_str(prefix: str, group: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def compress_or_list(names: Iterable[str]) -> str:
+    """The names as a sorted hostlist (compress_sorted), or as a plain sorted list joined by ','
+    when a name cannot be part of a hostlist: Slurm accepts names such as `a-1]`, and naming
+    nodes in a log line or an scontrol call must not fail on one."""
+    names = list(names)
+    try:
+        return compress_sorted(names)
+    except HostlistError:
+        return ",".join(sorted(set(names)))
+
+
 def compress_sorted(names: Iterable[str]) -> str:
     """Like :func:`compress` after removing duplicates and sorting the names the way Slurm's
     hostlist_sort does (``scontrol show hostlistsorted`` of the unique names): prefixes in

@@ -143,14 +143,9 @@ def node_names(names: Iterable[str]) -> str:
     """Node names for a log line: a Slurm hostlist (as slurmctld logs them), or a plain sorted
     list when a name cannot be part of one (Slurm accepts `a-1]` as a name; a log line must
     never be what makes a hook fail)."""
-    from hpc_bridge import hostlist
-    from hpc_bridge.errors import HostlistError
+    from hpc_bridge.hostlist import compress_or_list
 
-    names = list(names)
-    try:
-        return hostlist.compress_sorted(names)
-    except HostlistError:
-        return ",".join(sorted(set(names)))
+    return compress_or_list(names)
 
 
 def log_per_message(logger: logging.Logger, level: int, messages: Mapping[str, str], template: str = "%s: %s") -> None:

@@ -283,12 +283,9 @@ def _first_error_line(stderr: str, stdout: str = "") -> str:
 
 
 def _compress(names: Sequence[str]) -> str:
-    from hpc_bridge.hostlist import compress_sorted
+    from hpc_bridge.hostlist import compress_or_list  # a plain list where a hostlist cannot be
 
-    try:
-        return compress_sorted(list(names))
-    except Exception:  # a name hostlist cannot compress: plain list is always valid
-        return ",".join(names)
+    return compress_or_list(names)
 
 
 def _check_name(name: object) -> str:

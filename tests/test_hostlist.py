@@ -16,7 +16,7 @@ from hypothesis import example, HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hpc_bridge.errors import HostlistError
-from hpc_bridge.hostlist import compress, compress_sorted, expand
+from hpc_bridge.hostlist import compress, compress_or_list, compress_sorted, expand
 
 # ---------------------------------------------------------------------------------------------
 # oracle
@@ -593,3 +593,13 @@ def test_tables_expand_the_same_in_every_release(slurm_release, tmp_path):
     for expr in ("a[1-2]b", "a[1-2"):  # the releases disagree: refused here
         with pytest.raises(HostlistError):
             expand(expr)
+
+
+@pytest.mark.parametrize("names, text", [
+    (["n-2", "n-1", "n-3", "n-1"], "n-[1-3]"),
+    (["htc-1-2]", "b", "b"], "b,htc-1-2]"),  # Slurm takes `htc-1-2]` as a name; no hostlist can hold it
+    (["a,b", "c"], "a,b,c"),
+    ([], ""),
+])
+def test_compress_or_list_never_fails_on_a_name(names, text):
+    assert compress_or_list(names) == text
