@@ -212,7 +212,7 @@ def _terminate(cfg, report: RepairReport, actions: list[RepairAction], journal: 
     if call.error is not None:
         report.errors[TERMINATE] = str(call.error)
     elif call.result is not None:
-        bad = {m.name: m.error for m in call.result.nodes if not m.ok}
+        bad = call.result.refused
         if bad:
             report.errors[TERMINATE] = "; ".join(f"{n}: {e or 'refused'}" for n, e in sorted(bad.items()))
 

@@ -208,7 +208,7 @@ def _read_answers(cfg: Config, plan: ResumePlan, calls: ResumeCalls, client: Clu
         if start.result is None:
             outcome.down.update(dict.fromkeys(start.nodes, _api_reason(start.error)))
         else:
-            errors = {m.name: m.error for m in start.result.nodes if not m.ok}
+            errors = start.result.refused
             for name in start.nodes:
                 if name in errors:
                     outcome.down[name] = f"start refused: {errors[name] or 'no message'}"

@@ -65,7 +65,7 @@ def _apply_actions(plan: SuspendPlan, journal: Journal, deadline: float, report:
             for name in call.nodes:
                 report.failed[name] = f"{call.action}: {call.error}"
             continue
-        errors = {m.name: m.error for m in call.result.nodes if not m.ok}
+        errors = call.result.refused
         accepted = []
         for name in call.nodes:
             if name in errors:

@@ -237,3 +237,13 @@ def test_operation_status_is_read_as_documented():
                                            "operationId": "extra", "requestId": "r"})
     assert set(m.OperationStatus.model_fields) == {"action", "start_time"}  # nothing beyond the reference
     assert op.to_wire()["operationId"] == "extra"  # but what a service adds is kept
+
+
+def test_management_result_names_the_nodes_it_did_not_affect():
+    result = m.NodeManagementResult.model_validate({"operationId": "op-1", "nodes": [
+        {"id": "1", "name": "a", "status": "OK"},
+        {"id": "2", "name": "b", "status": "Error", "error": "This node must be terminated before it can be removed"},
+        {"id": "3", "name": "c"},  # status is optional: no Error means it was affected
+        {"id": "4", "name": "d", "status": "Error"},
+    ]})
+    assert result.refused == {"b": "This node must be terminated before it can be removed", "d": None}

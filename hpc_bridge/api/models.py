@@ -462,3 +462,8 @@ class ManagedNode(WireModel):
 class NodeManagementResult(_ClientSide):
     operation_id: str
     nodes: list[ManagedNode]
+
+    @property
+    def refused(self) -> dict[str, str | None]:
+        """Name -> the API's error (None: no message) for each node the call did not affect."""
+        return {m.name: m.error for m in self.nodes if not m.ok}
