@@ -41,6 +41,7 @@ from hpc_bridge.repair_plan import (
     RepairAction,
     plan_repair,
 )
+from hpc_bridge.resume_plan import buckets_by_key
 from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, State, StateStore
 
 if TYPE_CHECKING:
@@ -115,8 +116,6 @@ def singleton(store: StateStore, timeout: float = 0.0):
 
 def gather(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage):
     """Read everything once: scontrol, GET nodes, GET status, then the state file (last)."""
-    from hpc_bridge.resume import buckets_by_key
-
     slurm_nodes = slurm.show_nodes()
     cloud = index_by_name(client.get_nodes().nodes)
     buckets = buckets_by_key(client.get_status())
