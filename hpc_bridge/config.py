@@ -272,11 +272,8 @@ def _nonblank(value: str) -> str:
 
 
 def _plain_http(cluster: Any) -> None:
-    if urlsplit(cluster.url).scheme == "http" and not cluster.allow_plain_http and not is_loopback_url(cluster.url):
-        raise ValueError(
-            "url: plain http to a non-loopback host sends the password in clear; "
-            "use https or set allow_plain_http = true"
-        )
+    if plain_http_refused(cluster.url, cluster.allow_plain_http):
+        raise ValueError(PLAIN_HTTP_REFUSED)
 
 
 class ClusterConfig(Section):
@@ -327,6 +324,16 @@ def read_secret_file(path: str) -> str:
 
 USERINFO_REFUSED = ("url: must not carry a user name or password (user@host): it would show in errors and "
                     "logs; set [cluster] username, and the password in password_file or $HPC_BRIDGE_PASSWORD")
+
+
+PLAIN_HTTP_REFUSED = ("url: plain http to a host that is not this machine sends the password in clear; use https, "
+                      "or set [cluster] allow_plain_http = true")
+
+
+def plain_http_refused(url: str, allow_plain_http: bool) -> bool:
+    """Plain http to another host: the password would cross the network in clear (the config
+    and the client both refuse it, unless the admin allows it)."""
+    return urlsplit(url).scheme == "http" and not allow_plain_http and not is_loopback_url(url)
 
 
 def has_userinfo(url: str) -> bool:

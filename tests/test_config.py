@@ -143,3 +143,29 @@ def test_a_section_made_in_code_with_a_bad_value_is_refused_in_one_line():
 
     with pytest.raises(ConfigError, match=r"^ClusterConfig: timeout: Input should be greater than 0$"):
         ClusterConfig(url="https://x.example", name="c", username="u", timeout=0)
+
+
+@pytest.mark.parametrize("url, allow, refused", [
+    ("http://10.0.0.1", False, True),
+    ("HTTP://cc.example.com", False, True),
+    ("http://127.0.0.1:8080", False, False),
+    ("http://[::1]:8080", False, False),
+    ("http://localhost", False, False),
+    ("http://10.0.0.1", True, False),
+    ("https://10.0.0.1", False, False),
+])
+def test_plain_http_is_refused_alike_by_the_config_and_the_client(url, allow, refused):
+    from hpc_bridge.api.client import ClusterClient
+
+    cluster = {**BASE["cluster"], "url": url, "allow_plain_http": allow}
+    outcomes = []
+    for make in (lambda: config_from_dict({"cluster": cluster}),
+                 lambda: ClusterClient(url, "c1", "svc", "pw", allow_plain_http=allow).close()):
+        try:
+            make()
+            outcomes.append(None)
+        except ConfigError as err:
+            outcomes.append(str(err).split("url: ", 1)[1])
+    want = "plain http to a host that is not this machine sends the password in clear; use https, or set " \
+           "[cluster] allow_plain_http = true"
+    assert outcomes == ([want, want] if refused else [None, None])

@@ -50,7 +50,7 @@ from hpc_bridge.api.models import (
     NodeManagementResult,
     OperationStatus,
 )
-from hpc_bridge.config import USERINFO_REFUSED, has_userinfo, is_loopback_url
+from hpc_bridge.config import PLAIN_HTTP_REFUSED, USERINFO_REFUSED, has_userinfo, plain_http_refused
 from hpc_bridge.errors import (
     ApiError,
     ApiUnreachable,
@@ -176,11 +176,8 @@ class ClusterClient:
         url = url.rstrip("/")
         if has_userinfo(url):
             raise ConfigError(USERINFO_REFUSED)
-        if url.startswith("http://") and not allow_plain_http and not is_loopback_url(url):
-            raise ConfigError(
-                f"refusing plain http to {httpx.URL(url).host}: the password would travel in clear "
-                "(use https, or set [cluster] allow_plain_http = true)"
-            )
+        if plain_http_refused(url, allow_plain_http):
+            raise ConfigError(PLAIN_HTTP_REFUSED)
         self.url = url
         self.cluster = cluster
         self.retries = retries
