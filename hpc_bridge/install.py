@@ -474,7 +474,7 @@ EXAMPLE_CONFIG = "config.example.toml"
 
 def shipped_file(name: str) -> str:
     """A file shipped in the package's templates (the sample config, the logrotate template)."""
-    from hpc_bridge.partitions import default_template_dir
+    from hpc_bridge.templating import default_template_dir
 
     return (default_template_dir() / name).read_text(encoding="utf-8")
 
@@ -484,7 +484,7 @@ def logrotate_text(cfg, user: str) -> str:
     import grp
     import pwd
 
-    import jinja2
+    from hpc_bridge.templating import template_environment
 
     for what, path in (("[paths] log_dir", cfg.paths.log_dir), ("[paths] state_dir", cfg.paths.state_dir)):
         _check_path(what, path)
@@ -494,8 +494,7 @@ def logrotate_text(cfg, user: str) -> str:
         group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     except KeyError:
         group = user  # not a user of this host (written for another one): its usual own group
-    template = jinja2.Template(shipped_file("logrotate.j2"), keep_trailing_newline=True)
-    return template.render(log_dir=cfg.paths.log_dir.rstrip("/"), state_dir=cfg.paths.state_dir.rstrip("/"),
+    return template_environment().get_template("logrotate.j2").render(log_dir=cfg.paths.log_dir.rstrip("/"), state_dir=cfg.paths.state_dir.rstrip("/"),
                            user=user, group=group)
 
 

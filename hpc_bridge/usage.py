@@ -259,14 +259,9 @@ def chart(records: Sequence[UsageRecord], metric: str = "cost", granularity: str
 
 
 def render_svg(c: Chart) -> str:
-    import jinja2
+    from hpc_bridge.templating import template_environment
 
-    from hpc_bridge.partitions import default_template_dir
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(default_template_dir())),
-                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True)
-    return env.get_template("usage.svg.j2").render(chart=c)
+    return template_environment().get_template("usage.svg.j2").render(chart=c)
 
 
 @dataclass
