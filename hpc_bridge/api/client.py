@@ -407,15 +407,8 @@ class ClusterClient:
             sets=[s if isinstance(s, NodeCreationSet) else NodeCreationSet.model_validate(s) for s in sets],
             request_id=request_id or new_request_id(),
         )
-        path = self._path("/nodes/create")
-        endpoint = f"POST {path}"
-        attempted = self._send("POST", path, body=request.to_wire())
-        if attempted.response.status_code == 409 and (attempted.retried or resend):
-            return self._recover_create(endpoint, attempted.response, request)
-        self._check(endpoint, attempted.response)
-        result = self._parse(endpoint, attempted.response, NodeCreationResult)
-        result._request_id = request.request_id
-        return result
+        return self._send_idempotent(self._path("/nodes/create"), request, NodeCreationResult,
+                                     self._recover_create, resend)
 
     def scale(
         self, nodearray: str, total_core_count: int | None = None, total_node_count: int | None = None
@@ -451,13 +444,19 @@ class ClusterClient:
         )
         if not request.selects_anything:
             raise ValueError(f"{action}: no nodes selected")
-        path = self._path(f"/nodes/{action}")
+        return self._send_idempotent(self._path(f"/nodes/{action}"), request, NodeManagementResult,
+                                     self._recover_management, resend)
+
+    def _send_idempotent(self, path: str, request: Any, result_type: type[Any], recover: Callable[..., Any],
+                         resend: bool) -> Any:
+        """POST a request that carries a requestId. A 409 to a retry or a re-send of a recorded
+        call is looked up by that id (`recover`): the first attempt may have gone through."""
         endpoint = f"POST {path}"
         attempted = self._send("POST", path, body=request.to_wire())
         if attempted.response.status_code == 409 and (attempted.retried or resend):
-            return self._recover_management(endpoint, attempted.response, request)
+            return recover(endpoint, attempted.response, request)
         self._check(endpoint, attempted.response)
-        result = self._parse(endpoint, attempted.response, NodeManagementResult)
+        result = self._parse(endpoint, attempted.response, result_type)
         result._request_id = request.request_id
         return result
 
