@@ -32,7 +32,7 @@ from hpc_bridge.cloud import (
 from hpc_bridge.log import node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.reasons import is_our_reason, reason as our_reason
-from hpc_bridge.state import ACCEPTED, PENDING, RESUME_ACTIONS, Operation, State
+from hpc_bridge.state_records import ACCEPTED, PENDING, RESUME_ACTIONS, Operation, State
 
 # --------------------------------------------------------------------------- action kinds
 

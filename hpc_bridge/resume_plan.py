@@ -25,7 +25,7 @@ from hpc_bridge.config import Config
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
 from hpc_bridge.reasons import hold_reason
 from hpc_bridge.resume_file import Job
-from hpc_bridge.state import Cooloff, Operation
+from hpc_bridge.state_records import Cooloff, Operation
 
 
 def buckets_by_key(status: ClusterStatus) -> dict[str, Bucket]:

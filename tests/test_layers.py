@@ -23,11 +23,11 @@ CLI_ENTRY = "hpc_bridge.__main__"
 WRITES_STDERR = {"hpc_bridge.log"}
 # The demo runs the product against the simulator; the CLI starts the simulator (`sim`).
 IMPORTS_SIMULATOR = {"hpc_bridge.demo", "hpc_bridge.cli.admin"}
-# Pure planners and the pure pieces they are built from. The planners proper (resume_plan,
-# suspend_plan, repair_plan, partitions_plan) are being split out of resume, suspend, repair and
-# partitions, which gather and apply too; they join this list as they land. The follower's plan
-# still lives in follower.py, which applies too.
-PLAN_MODULES = {"hpc_bridge.cloud", "hpc_bridge.reasons", "hpc_bridge.hostlist"}
+# Pure planners and the pure pieces they are built from (resume, suspend, repair and partitions
+# gather their inputs and apply the plans). The follower's plan still lives in follower.py,
+# which applies too.
+PLAN_MODULES = {"hpc_bridge.resume_plan", "hpc_bridge.suspend_plan", "hpc_bridge.repair_plan",
+                "hpc_bridge.partitions_plan", "hpc_bridge.cloud", "hpc_bridge.reasons", "hpc_bridge.hostlist"}
 
 
 def _module_name(path: Path) -> str:
