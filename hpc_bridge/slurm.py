@@ -408,14 +408,6 @@ class Slurm:
     def show_config(self) -> dict[str, str]:
         return parse_show_config_output(self.scontrol("show", "config"))
 
-    def show_config_value(self, key: str) -> str | None:
-        """One value of ``scontrol show config`` (case-insensitive key), None when absent."""
-        want = key.lower()
-        for k, v in self.show_config().items():
-            if k.lower() == want:
-                return v
-        return None
-
     def ping(self) -> bool:
         """True when the primary slurmctld answers ``scontrol ping``."""
         try:

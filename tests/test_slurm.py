@@ -355,7 +355,7 @@ def test_show_nodes_powered_down_cloud_nodes(cluster):
     assert nodes["t-1"].partitions == ("cl",) and nodes["t-1"].real_memory == 1000
     assert len({n.port for n in nodes.values()}) == 3  # one port per node
     assert s.ping()
-    assert s.show_config_value("suspendtime") == "5 sec"
+    assert s.show_config()["SuspendTime"] == "5 sec"
     # 22.05 hides powered-down cloud nodes unless PrivateData=cloud; 24.11 lists them anyway
     # and reports PrivateData=none for the same slurm.conf line (README: Slurm releases)
     config = s.show_config()
