@@ -28,7 +28,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
@@ -36,7 +36,9 @@ from hpc_bridge.errors import ApiError, SlurmError, StateError
 from hpc_bridge.lease import HOST, is_mine, lease_held
 from hpc_bridge.cloud import BOOTING, FAILED_STATUS, GONE, READY, address_of, address_problem, index_by_name
 from hpc_bridge.journal import Call, Journal, close
+from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down
+from hpc_bridge.resume import create_deferred
 from hpc_bridge.state import DONE, RESUME_ACTIONS, SUSPEND_ACTIONS, Lease, State, Watch
 
 if TYPE_CHECKING:
@@ -193,9 +195,9 @@ class FollowReport:
     lost_lease: bool = False
 
 
-def follow(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
-           resume_fn: Callable[[list[str]], Any] | None = None, now: Clock = time.time,
-           sleep: Callable[[float], None] = time.sleep, host: str = HOST, pid: int | None = None) -> FollowReport:
+def follow(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage, nodemap: NodeMap,
+           now: Clock = time.time, sleep: Callable[[float], None] = time.sleep, host: str = HOST,
+           pid: int | None = None) -> FollowReport:
     pid = os.getpid() if pid is None else pid
     journal = Journal(store, client, now)
     report = FollowReport()
@@ -242,7 +244,7 @@ def follow(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
         if stopped:
             log.info("follower: %s suspended since; no longer watched", hostlist.compress(stopped))
         report.rounds += 1
-        polled = time.monotonic()
+        polled, read_at = time.monotonic(), now()
         try:
             cloud = index_by_name(client.get_nodes(**query).nodes)
         except ApiError as err:
@@ -252,7 +254,7 @@ def follow(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage,
         known = {n: addr for n, (since, addr) in told.items() if n in watch and watch[n].since == since}
         plan = plan_round(watch, cloud, mode, known)
         try:
-            _apply(plan, watch, cloud, report, told, journal=journal, slurm=slurm, resume_fn=resume_fn)
+            _apply(cfg, plan, watch, cloud, read_at, report, told, journal=journal, slurm=slurm, nodemap=nodemap)
         except (SlurmError, StateError) as err:
             # e.g. scontrol timed out while slurmctld was busy: what was not done is planned again
             _wait(store, watch, polled + back_off(err), polled + poll_interval, sleep)
@@ -282,11 +284,12 @@ def _hold_lease(state: State, now: float, stale_after: float, host: str, pid: in
     return True
 
 
-def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], report: FollowReport,
-           told: dict[str, tuple[float, tuple[str, str]]], *, journal: Journal, slurm: SlurmControl,
-           resume_fn) -> None:
+def _apply(cfg, plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], read_at: float,
+           report: FollowReport, told: dict[str, tuple[float, tuple[str, str]]], *, journal: Journal,
+           slurm: SlurmControl, nodemap: NodeMap) -> None:
     """One round's changes: addresses, failed nodes DOWN and terminated, finished nodes off the
-    list (and their records closed), deferred names created."""
+    list (and their records closed), deferred names created (on this round's read of the
+    nodes, `cloud`, taken at `read_at`)."""
     if plan.addresses:
         slurm.set_addresses(plan.addresses)
         told.update({n: (watch[n].since, addr) for n, addr in plan.addresses.items()})
@@ -304,10 +307,11 @@ def _apply(plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], rep
         with journal.transaction() as state:
             state.drop_watch(plan.done)
             close_finished(state, plan.ready, cloud, journal.now())
-    if plan.gone and resume_fn is not None:
-        # resume records the create and puts the names back on the list (or drops those it
-        # marks DOWN), in its own transactions
-        result = resume_fn(plan.gone)
+    if plan.gone:
+        # resume's code records the create and puts the names back on the list (or drops those
+        # it marks DOWN), in its own transactions
+        result = create_deferred(cfg, plan.gone, cloud, read_at, client=journal.client, slurm=slurm,
+                                 store=journal.store, nodemap=nodemap, now=journal.now)
         report.recreated.extend(result.created)
         log.info("follower: old records gone, created %s", ",".join(result.created) or "nothing")
 

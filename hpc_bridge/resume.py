@@ -116,7 +116,25 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client: ClusterApi, s
     """Gather (one GET nodes, one GET status), plan and record (one transaction), send (at most
     one call per action), then act on the answers: DOWN with the cause for what cannot come up,
     a capacity cool-off for a size the cloud refused, addresses for what is up already."""
-    names = hostlist.expand(expr)
+    return _bring_up(cfg, hostlist.expand(expr), jobs, None, client=client, slurm=slurm, store=store,
+                     nodemap=nodemap, now=now, spawn_follower=spawn_follower)
+
+
+def create_deferred(cfg: Config, names: list[str], cloud: dict[str, Node], read_at: float, *, client: ClusterApi,
+                    slurm: SlurmControl, store: StateStorage, nodemap: NodeMap,
+                    now: Clock = time.time) -> ResumeReport:
+    """The follower's part of resume: names resume deferred because their old cloud node was
+    still going, once the follower's own read of all nodes (`cloud`, taken at `read_at`) shows
+    it gone. Planned, recorded, sent and answered as resume does, on that read: no second GET
+    nodes (one GET status, whose buckets decide what may be created)."""
+    return _bring_up(cfg, names, [], (cloud, read_at), client=client, slurm=slurm, store=store, nodemap=nodemap,
+                     now=now)
+
+
+def _bring_up(cfg: Config, names: list[str], jobs: list[Job], seen: tuple[dict[str, Node], float] | None, *,
+              client: ClusterApi, slurm: SlurmControl, store: StateStorage, nodemap: NodeMap, now: Clock,
+              spawn_follower: Callable[[float], Lease] | None = None) -> ResumeReport:
+    """`seen`: the cloud's nodes as already read, and when (None: read them now)."""
     report = ResumeReport(names=len(names))
     if not names:
         return report
@@ -128,7 +146,7 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client: ClusterApi, s
         return report
     journal = Journal(store, client, now)
     try:
-        plan, calls = _plan_and_record(cfg, names, jobs, nodemap, journal, spawn_follower)
+        plan, calls = _plan_and_record(cfg, names, jobs, nodemap, journal, spawn_follower, seen)
     except ApiError as err:
         _all_down(report, ours, _api_reason(err), slurm, store)
     except StateError as err:
@@ -151,14 +169,19 @@ def run_resume(cfg: Config, expr: str, jobs: list[Job], *, client: ClusterApi, s
 
 
 def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: NodeMap, journal: Journal,
-                     spawn_follower) -> tuple[ResumePlan, ResumeCalls]:
-    """Read the cloud, then plan and record in one transaction: a concurrent resume sees these
-    claims before it can plan the same names (no duplicate create, even between two hooks).
-    The nodes to watch go on the follower's list in it too, and a follower is started when none
-    holds the lease. ApiError: the cloud could not be read; StateError: nothing recorded."""
+                     spawn_follower, seen: tuple[dict[str, Node], float] | None = None
+                     ) -> tuple[ResumePlan, ResumeCalls]:
+    """Read the cloud (its nodes unless `seen`), then plan and record in one transaction: a
+    concurrent resume sees these claims before it can plan the same names (no duplicate create,
+    even between two hooks). The nodes to watch go on the follower's list in it too, and a
+    follower is started when none holds the lease. ApiError: the cloud could not be read;
+    StateError: nothing recorded."""
     client, now = journal.client, journal.now
-    read_at = now()
-    cloud = index_by_name(client.get_nodes().nodes)
+    if seen is None:
+        read_at = now()
+        cloud = index_by_name(client.get_nodes().nodes)
+    else:
+        cloud, read_at = seen
     buckets = buckets_by_key(client.get_status())
     deadline = now() + cfg.resume.resume_timeout
     with journal.transaction() as state:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -82,12 +83,13 @@ class Bridge:
         """Move the simulated clock past every boot."""
         self.sim.advance(3600)
 
-    def follow(self):
+    def follow(self, sleep=lambda s: None):
         """The follower, in-process: it sets the addresses of what is Ready and closes the
         create/start records, then exits with nothing left to watch."""
         from hpc_bridge.follower import follow
 
-        return follow(self.cfg, client=self.client, slurm=self.slurm, store=self.store, sleep=lambda s: None)
+        return follow(self.cfg, client=self.client, slurm=self.slurm, store=self.store, nodemap=self.nodemap,
+                      sleep=sleep)
 
 
 @pytest.fixture
@@ -97,7 +99,9 @@ def bridge(tmp_path, monkeypatch):
     # boots take simulated minutes: a node is Ready when a test moves the clock (Bridge.boot)
     with SimServer(default_scenario(timings={"time_scale": 1.0})) as sim:
         sim.start()
-        b = Bridge(tmp_path, sim, 'boot_failure_limit = 2\n[partitions.nodearrays.htc]\nsuspend_policy = "terminate"\n')
+        # a follower round waits poll_interval of real time
+        b = Bridge(tmp_path, sim, 'poll_interval = 0.1\nboot_failure_limit = 2\n'
+                                  '[partitions.nodearrays.htc]\nsuspend_policy = "terminate"\n')
         yield b
         b.client.close()
 
@@ -379,6 +383,35 @@ def test_a_follower_round_sets_addresses_and_closes_the_create(bridge):
     [create] = bridge.operations("create")
     assert create.outcome == DONE and create.ready is not None
     assert bridge.store.read().watch == {} and bridge.store.read().follower is None
+
+
+def test_the_follower_creates_a_name_whose_old_node_was_still_going_on_its_own_read(bridge):
+    """Resume defers a name whose old cloud node is still terminating; once the follower's read
+    shows it gone, the follower creates it with resume's code on that read: one GET nodes per
+    round (none more for the create), one GET status (the sizes' capacity), one create."""
+    name = "htc-f2sv2-1"
+    bridge.resume(name)
+    bridge.boot()
+    bridge.follow()
+    bridge.suspend(name)  # htc: terminate; the old node is Terminating for simulated seconds
+    report = bridge.resume(name)
+    assert report.created == [] and report.waiting == [name]
+    assert bridge.store.read().watch[name].recreate
+    bridge.sim.advance(60)  # the old record is gone
+    old_id = bridge.operations("create")[0].operation_id
+    before = dict(bridge.sim.stats()["requests"])
+
+    def sleep(seconds: float) -> None:  # each wait of the follower: the new node boots meanwhile
+        bridge.boot()
+        time.sleep(seconds)
+
+    followed = bridge.follow(sleep)
+    asked = {k: v - before.get(k, 0) for k, v in bridge.sim.stats()["requests"].items() if v != before.get(k, 0)}
+    assert followed.recreated == [name] and followed.rounds == 2 and followed.addressed == [name]
+    assert asked == {"nodes": 2, "status": 1, "nodes/create": 1}, asked
+    assert bridge.cloud()[name]["Status"] == "Ready"
+    assert [op.operation_id != old_id for op in bridge.operations("create")] == [False, True]
+    assert bridge.store.read().watch == {}
 
 
 def test_state_file_is_json_the_journal_wrote(bridge):

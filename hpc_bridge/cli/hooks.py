@@ -106,17 +106,10 @@ def _shut_down_hook(args: argparse.Namespace, run, verb: str | None = None) -> i
 
 def cmd_follow(args: argparse.Namespace) -> int:
     from hpc_bridge.follower import detach_signals, follow
-    from hpc_bridge.hostlist import compress
-    from hpc_bridge.resume import run_resume
 
     detach_signals()
     ctx = hook_context(args)
-
-    def resume_again(gone: list[str]):
-        return run_resume(ctx.cfg, compress(gone), [], client=ctx.client, slurm=ctx.slurm, store=ctx.store,
-                          nodemap=ctx.nodemap)
-
-    report = follow(ctx.cfg, client=ctx.client, slurm=ctx.slurm, store=ctx.store, resume_fn=resume_again)
+    report = follow(ctx.cfg, client=ctx.client, slurm=ctx.slurm, store=ctx.store, nodemap=ctx.nodemap)
     log.info("follower done after %d round(s): %d addressed, %d failed, %d recreated, %d past their deadline%s",
              report.rounds, len(report.addressed), len(report.failed), len(report.recreated), len(report.unresolved),
              "; another follower holds the lease" if report.lost_lease else "")
