@@ -18,7 +18,8 @@ operation's nodes only (`GET nodes?operation=ID`), else for the full list. Betwe
 looks at the state file (a stat, no lock) and polls sooner when a hook added nodes.
 
 Everything it knows is in the state file: a killed follower is replaced by the next resume (or
-by repair), which finds the list where it was. Repair remains the safety net.
+by repair), which finds the list where it was. Repair remains the safety net. Its decisions
+are follower_plan's, pure; this module gathers, applies and waits.
 """
 
 from __future__ import annotations
@@ -28,25 +29,25 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable
 
 from hpc_bridge import hostlist
 from hpc_bridge.api.models import Node
 from hpc_bridge.errors import ApiError, SlurmError, StateError
 from hpc_bridge.lease import HOST, is_mine, lease_held
-from hpc_bridge.cloud import BOOTING, FAILED_STATUS, GONE, READY, address_of, address_problem, index_by_name
+from hpc_bridge.cloud import READY, index_by_name
+from hpc_bridge.follower_plan import RoundPlan, next_interval, nodes_query, plan_round, suspended_since_watched
 from hpc_bridge.journal import Call, Journal, close
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down
 from hpc_bridge.resume import create_deferred
-from hpc_bridge.state import DONE, RESUME_ACTIONS, SUSPEND_ACTIONS, Lease, State, Watch
+from hpc_bridge.state import DONE, RESUME_ACTIONS, Lease, State, Watch
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.follower")
 
-BACKOFF = 1.5  # interval growth per round without change (and per failed round)
 WAKE_CHECK = 0.5  # seconds between looks at the state file while waiting
 
 
@@ -89,83 +90,6 @@ def _open_log(log_dir: str | None, command: str) -> int | None:
         return open_owned(os.path.join(log_dir, f"{command}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     except OSError:
         return None
-
-
-# --------------------------------------------------------------------------- plan (pure)
-
-
-@dataclass
-class RoundPlan:
-    addresses: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (NodeAddr, NodeHostName)
-    ready: set[str] = field(default_factory=set)  # done: Ready, address set or none needed
-    failed: dict[str, str] = field(default_factory=dict)  # name -> reason
-    terminate: dict[str, str] = field(default_factory=dict)  # failed name -> node id
-    problems: dict[str, str] = field(default_factory=dict)  # Ready with an address we refuse: to repair
-    gone: list[str] = field(default_factory=list)  # deferred names whose old record is gone: create now
-
-    @property
-    def done(self) -> set[str]:
-        """Names that leave the watch list after this round (`gone` ones are re-watched by the
-        resume that creates them)."""
-        return self.ready | set(self.failed) | set(self.problems)
-
-
-def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str,
-               told: Mapping[str, tuple[str, str]] = {}) -> RoundPlan:
-    """`told`: the address each watched node has from us in Slurm already (not set again)."""
-    plan = RoundPlan()
-    for name in sorted(watch):
-        node = cloud.get(name)
-        if watch[name].recreate:
-            if node is None or node.status in GONE:
-                plan.gone.append(name)
-                continue
-            if node.status not in BOOTING and node.status not in (READY, FAILED_STATUS):
-                continue  # its old record is still going
-            # else a create in flight when resume read the cloud made it: followed as it is
-        if node is None or node.status in GONE:
-            continue  # not visible yet, or something else is handling it (repair)
-        if node.status == FAILED_STATUS:
-            plan.failed[name] = f"cloud node failed: {node.status_message or 'no message'}"
-            if node.node_id:
-                plan.terminate[name] = node.node_id
-        elif node.status == READY or node.status in BOOTING:
-            addr = address_of(node, mode)
-            if addr is None and (problem := address_problem(node, mode)):
-                plan.problems[name] = problem  # it will not get better by asking again
-                continue
-            if addr is not None and told.get(name) != addr:
-                plan.addresses[name] = addr
-            if node.status == READY and (addr or mode not in ("ip", "hostname")):
-                plan.ready.add(name)
-    return plan
-
-
-def nodes_query(state: State, names, now: float) -> dict[str, str]:
-    """GET nodes parameters for watching `names`: the one open operation all of them belong to
-    (its operation id, else its request id: both are documented filters), or the full list."""
-    if any(state.watch[n].recreate for n in names if n in state.watch):
-        return {}
-    in_flight = state.resume_in_flight(now)
-    ops = {id(op): op for n in names if (op := in_flight.get(n)) is not None}
-    if len(ops) != 1 or any(n not in in_flight for n in names):
-        return {}
-    op = next(iter(ops.values()))
-    return {"operation": op.operation_id} if op.operation_id else {"request_id": op.request_id}
-
-
-def suspended_since_watched(state: State, names) -> list[str]:
-    """Watched names whose latest recorded operation is a suspend that started after they were
-    put on the list: Slurm no longer wants them up."""
-    latest = state.latest_by_node()
-    return sorted(n for n in names if (op := latest.get(n)) is not None and op.action in SUSPEND_ACTIONS
-                  and op.started >= state.watch[n].since)
-
-
-def next_interval(current: float, changed: bool, failed: bool, poll_interval: float, poll_max: float) -> float:
-    if failed or not changed:
-        return min(max(current, poll_interval) * BACKOFF, poll_max)
-    return poll_interval
 
 
 def close_finished(state: State, ready: set[str], cloud: dict[str, Node], now: float) -> int:

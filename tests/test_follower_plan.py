@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hpc_bridge.api.models import Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import ConfigError
-from hpc_bridge.follower import close_finished, next_interval, nodes_query, plan_round, suspended_since_watched
+from hpc_bridge.follower import close_finished
+from hpc_bridge.follower_plan import next_interval, nodes_query, plan_round, suspended_since_watched
 from hpc_bridge.lease import lease_held
 from hpc_bridge.state import DONE, Lease, State, Watch
 

@@ -23,11 +23,10 @@ CLI_ENTRY = "hpc_bridge.__main__"
 WRITES_STDERR = {"hpc_bridge.log"}
 # The demo runs the product against the simulator; the CLI starts the simulator (`sim`).
 IMPORTS_SIMULATOR = {"hpc_bridge.demo", "hpc_bridge.cli.admin"}
-# Pure planners and the pure pieces they are built from (resume, suspend, repair and partitions
-# gather their inputs and apply the plans). The follower's plan still lives in follower.py,
-# which applies too.
+# Pure planners and the pure pieces they are built from (resume, suspend, repair, partitions
+# and the follower gather their inputs and apply the plans).
 PLAN_MODULES = {"hpc_bridge.resume_plan", "hpc_bridge.suspend_plan", "hpc_bridge.repair_plan",
-                "hpc_bridge.partitions_plan", "hpc_bridge.cloud", "hpc_bridge.reasons", "hpc_bridge.hostlist"}
+                "hpc_bridge.partitions_plan", "hpc_bridge.follower_plan", "hpc_bridge.cloud", "hpc_bridge.reasons", "hpc_bridge.hostlist"}
 
 
 def _module_name(path: Path) -> str:
