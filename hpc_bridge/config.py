@@ -17,14 +17,13 @@ import ipaddress
 import math
 import os
 import stat
-import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from hpc_bridge.errors import ConfigError
-from hpc_bridge.files import NotARegularFile, read_regular_file
+from hpc_bridge.files import NotARegularFile, UnreadableToml, read_regular_file, read_toml
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_SECRET_BYTES = 64 * 1024
@@ -503,19 +502,11 @@ def load_config(path: str | None = None) -> Config:
     """Read and validate the config; any problem → ConfigError with one line per problem."""
     path = config_path(path)
     try:
-        data = tomllib.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
-    except NotARegularFile as err:
+        data = read_toml(path, MAX_CONFIG_BYTES)
+    except UnreadableToml as err:
+        if err.missing:
+            raise ConfigError(f"config file {path} not found (use --config or ${CONFIG_ENV})") from None
         raise ConfigError(f"config file {path}: {err}") from None
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found (use --config or ${CONFIG_ENV})") from None
-    except OSError as err:
-        raise ConfigError(f"config file {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path}: not valid TOML: {err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path}: not valid UTF-8") from None
-    except RecursionError:
-        raise ConfigError(f"config file {path}: nested too deeply") from None
     return config_from_dict(data, source=path)
 
 

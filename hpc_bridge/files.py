@@ -130,3 +130,32 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | str, *, mode: i
             os.unlink(tmp)
         raise
     sync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+class UnreadableToml(ValueError):
+    """A TOML file that cannot be read, with why in a few words (`missing`: there is no such file)."""
+
+    def __init__(self, why: str, missing: bool = False):
+        super().__init__(why)
+        self.missing = missing
+
+
+def read_toml(path: str | os.PathLike[str], limit: int) -> dict:
+    """The data of a TOML file of at most `limit` bytes (a regular file: see read_regular_file);
+    UnreadableToml naming why it cannot be read."""
+    import tomllib
+
+    try:
+        return tomllib.loads(read_regular_file(path, limit).decode("utf-8"))
+    except NotARegularFile as err:
+        raise UnreadableToml(str(err)) from None
+    except FileNotFoundError:
+        raise UnreadableToml("file not found", missing=True) from None
+    except OSError as err:
+        raise UnreadableToml(f"cannot read it: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UnreadableToml(f"not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise UnreadableToml("not valid UTF-8") from None
+    except RecursionError:
+        raise UnreadableToml("nested too deeply") from None

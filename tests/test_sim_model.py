@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from datetime import datetime, timezone
 
 import pytest
@@ -484,8 +485,12 @@ def test_scenario_file_errors(tmp_path):
         load_scenario(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[cluster\n")
-    with pytest.raises(ScenarioError, match="invalid TOML"):
+    with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(bad)
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ScenarioError, match="not a regular file"):  # read like the config: never blocks on it
+        load_scenario(fifo)
 
 
 def test_scenario_files_that_cannot_be_read_as_toml_text(tmp_path):

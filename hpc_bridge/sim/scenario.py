@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from hpc_bridge.errors import ConfigError
+from hpc_bridge.files import UnreadableToml, read_toml
 
 DEFAULT_SCENARIO = "default.toml"
+MAX_SCENARIO_BYTES = 16 * 1024 * 1024  # a scenario file larger than this is not one
 
 SHUTDOWN_POLICIES = ("Terminate", "Deallocate")
 TIMING_KEYS = ("off", "acquiring", "preparing", "terminating", "deallocating")
@@ -132,17 +134,9 @@ def load_scenario(scenario: None | str | Path | dict | Scenario = None) -> Scena
         path = Path(scenario)
         source = str(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ScenarioError(f"scenario {source}: file not found") from None
-        except OSError as err:
-            raise ScenarioError(f"scenario {source}: cannot read: {err.strerror}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ScenarioError(f"scenario {source}: invalid TOML: {err}") from None
-        except UnicodeDecodeError:
-            raise ScenarioError(f"scenario {source}: not valid UTF-8") from None
-        except RecursionError:
-            raise ScenarioError(f"scenario {source}: nested too deeply") from None
+            data = read_toml(path, MAX_SCENARIO_BYTES)
+        except UnreadableToml as err:
+            raise ScenarioError(f"scenario {source}: {err}") from None
     try:
         parsed = _parse(data)
     except _Bad as err:
