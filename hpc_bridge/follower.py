@@ -44,7 +44,7 @@ from hpc_bridge.resume import create_deferred
 from hpc_bridge.state import DONE, RESUME_ACTIONS, Lease, State, Watch
 
 if TYPE_CHECKING:
-    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
+    from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.follower")
 
@@ -209,7 +209,7 @@ def _hold_lease(state: State, now: float, stale_after: float, host: str, pid: in
 
 
 def _apply(cfg, plan: RoundPlan, watch: dict[str, Watch], cloud: dict[str, Node], read_at: float,
-           report: FollowReport, told: dict[str, tuple[float, tuple[str, str]]], *, journal: Journal,
+           report: FollowReport, told: dict[str, tuple[float, tuple[str, str]]], *, journal: CallJournal,
            slurm: SlurmControl, nodemap: NodeMap) -> None:
     """One round's changes: addresses, failed nodes DOWN and terminated, finished nodes off the
     list (and their records closed), deferred names created (on this round's read of the

@@ -14,10 +14,10 @@ from hpc_bridge.cloud import bucket_key
 from hpc_bridge.errors import SlurmError, StateError, UsageError
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.reasons import hold_reason, reason
-from hpc_bridge.state import Cooloff, StateStore
+from hpc_bridge.state import Cooloff
 
 if TYPE_CHECKING:
-    from hpc_bridge.ports import SlurmControl
+    from hpc_bridge.ports import SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.nodeops")
 
@@ -28,7 +28,7 @@ def remember_down(state, reasons: Mapping[str, str], now: float) -> None:
     state.remember_down({n: reason(r) for n, r in reasons.items()}, now)
 
 
-def mark_down(slurm: SlurmControl, reasons: Mapping[str, str], store: StateStore | None = None) -> int:
+def mark_down(slurm: SlurmControl, reasons: Mapping[str, str], store: StateStorage | None = None) -> int:
     """Slurm DOWN with a reason: one scontrol call per distinct reason. Returns calls made.
     With a store, the reasons are remembered first (see remember_down; a state file that cannot
     be written does not stop the marking). The log gets each reason in full: the one Slurm keeps
@@ -86,7 +86,7 @@ def take_out_of_service(slurm: SlurmControl, nodemap, reasons: Mapping[str, str]
 
 
 
-def count_boot_failures(store: StateStore, failed: Mapping[str, list[str]], limit: int, now: float,
+def count_boot_failures(store: StateStorage, failed: Mapping[str, list[str]], limit: int, now: float,
                         idle: Mapping[str, list[str]] | None = None) -> dict[str, str]:
     """Record VMs that were Ready but whose slurmd never registered (bucket key -> names), in one
     transaction. A VM size reaching `limit` such failures (0: never) is held out of service until
@@ -111,7 +111,7 @@ def count_boot_failures(store: StateStore, failed: Mapping[str, list[str]], limi
     return held
 
 
-def clear_hold(store: StateStore, key: str, now: float) -> list[str]:
+def clear_hold(store: StateStorage, key: str, now: float) -> list[str]:
     """End the hold of one VM size (`hpc-bridge clear-hold`) and forget its boot failures.
     Returns the nodes it held out of service (repair puts them back to idle~)."""
     with store.transaction() as state:

@@ -75,7 +75,12 @@ class StateStorage(Protocol):
 
 
 class CallJournal(Protocol):
-    """Records, sends and settles the mutating API calls (see hpc_bridge.journal)."""
+    """Records, sends and settles the mutating API calls (see hpc_bridge.journal), on the state
+    file `store`, through `client`, stamped by `now`."""
+
+    store: StateStorage
+    client: ClusterApi
+    now: Clock
 
     def transaction(self) -> AbstractContextManager[State]: ...
 

@@ -45,7 +45,7 @@ from hpc_bridge.resume_plan import buckets_by_key
 from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, State, StateStore
 
 if TYPE_CHECKING:
-    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
+    from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.repair")
 
@@ -170,7 +170,7 @@ def _step(report: RepairReport, kind: str, fn: Callable[[], Any]) -> Any:
         return None
 
 
-def _apply(cfg, report: RepairReport, planned: State, *, journal: Journal, slurm: SlurmControl) -> None:
+def _apply(cfg, report: RepairReport, planned: State, *, journal: CallJournal, slurm: SlurmControl) -> None:
     """Slurm first (a node leaves service before its VM goes), then the API calls, then one
     state-file transaction for every record change, then back into service and addresses."""
     by_kind: dict[str, list[RepairAction]] = defaultdict(list)
@@ -200,7 +200,7 @@ def _take_out_of_slurm(report: RepairReport, downs: list[RepairAction], power_do
               lambda names=names, why=why: slurm.update_nodes(sorted(names), state="POWER_DOWN_FORCE", reason=why))
 
 
-def _terminate(cfg, report: RepairReport, actions: list[RepairAction], journal: Journal) -> None:
+def _terminate(cfg, report: RepairReport, actions: list[RepairAction], journal: CallJournal) -> None:
     """One terminate call for every node to terminate, recorded before it is sent."""
     targets = {a.node: a.node_id for a in actions if a.node_id}
     if not targets:
@@ -216,7 +216,7 @@ def _terminate(cfg, report: RepairReport, actions: list[RepairAction], journal: 
             report.errors[TERMINATE] = "; ".join(f"{n}: {e or 'refused'}" for n, e in sorted(bad.items()))
 
 
-def _resend(report: RepairReport, actions: list[RepairAction], planned: State, journal: Journal) -> list[Call]:
+def _resend(report: RepairReport, actions: list[RepairAction], planned: State, journal: CallJournal) -> list[Call]:
     """Recorded calls whose hook was killed: sent again with their own requestId."""
     calls = []
     for a in actions:
@@ -249,7 +249,7 @@ def _resolve(report: RepairReport, actions: list[RepairAction], planned: State,
     return resolved
 
 
-def _update_records(report: RepairReport, journal: Journal, resent: list[Call],
+def _update_records(report: RepairReport, journal: CallJournal, resent: list[Call],
                     resolved: dict[str, tuple[str, str]], closes: dict[str, str], ends: list[str]) -> None:
     """One state-file transaction: the re-sent calls settled, the given-up ones closed, the
     resolved ones closed with what the API said, expired cool-offs let go of their nodes. A

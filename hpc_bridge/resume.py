@@ -27,7 +27,7 @@ from hpc_bridge.resume_plan import ResumePlan, buckets_by_key, classify_refusals
 from hpc_bridge.state import FAILED, Cooloff
 
 if TYPE_CHECKING:
-    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
+    from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
     from hpc_bridge.state import Lease
 
 log = logging.getLogger("hpc_bridge.resume")
@@ -168,7 +168,7 @@ def _bring_up(cfg: Config, names: list[str], jobs: list[Job], seen: tuple[dict[s
     return report
 
 
-def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: NodeMap, journal: Journal,
+def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: NodeMap, journal: CallJournal,
                      spawn_follower, seen: tuple[dict[str, Node], float] | None = None
                      ) -> tuple[ResumePlan, ResumeCalls]:
     """Read the cloud (its nodes unless `seen`), then plan and record in one transaction: a
@@ -240,7 +240,7 @@ def _read_answers(cfg: Config, plan: ResumePlan, calls: ResumeCalls, client: Clu
     return outcome
 
 
-def _stop_superseded(journal: Journal, calls: ResumeCalls, outcome: _Outcome, report: ResumeReport) -> None:
+def _stop_superseded(journal: CallJournal, calls: ResumeCalls, outcome: _Outcome, report: ResumeReport) -> None:
     """Slurm may have suspended a node while our create was in flight (POWER_DOWN_FORCE): its
     suspend found nothing to stop yet. Honour the later intent now rather than leak the VM."""
     superseded = _suspended_meanwhile(journal.store, calls.bringing_up, report.created + report.started)

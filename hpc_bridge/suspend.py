@@ -27,7 +27,7 @@ from hpc_bridge.reasons import hold_reason
 from hpc_bridge.suspend_plan import SuspendPlan, fail_reason, plan_suspend
 
 if TYPE_CHECKING:
-    from hpc_bridge.ports import Clock, ClusterApi, SlurmControl, StateStorage
+    from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
 
 log = logging.getLogger("hpc_bridge.suspend")
 
@@ -54,7 +54,7 @@ class SuspendReport:
                 f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
 
 
-def _apply_actions(plan: SuspendPlan, journal: Journal, deadline: float, report: SuspendReport) -> None:
+def _apply_actions(plan: SuspendPlan, journal: CallJournal, deadline: float, report: SuspendReport) -> None:
     calls = [
         Call(action, sorted(targets), {"ids": [targets[n] for n in sorted(targets)]}, deadline)
         for action, targets in sorted(plan.actions.items())
