@@ -128,3 +128,35 @@ def test_plan_modules_reach_neither_http_nor_file_locks(module):
     reached = reaches(module)
     assert not {i for i in reached if i.split(".")[0] in ("httpx", "filelock")}, sorted(reached)
     assert "hpc_bridge.api.client" not in reached and "hpc_bridge.flock" not in reached
+
+
+# What makes a mutating API call or writes an operation record: the journal (recorded before
+# it is sent, settled once), on top of the client that speaks HTTP.
+JOURNAL_CALLS = {"create_nodes", "manage_nodes", "begin"}
+JOURNAL = {"hpc_bridge.journal", "hpc_bridge.api.client"}
+
+
+def attribute_calls(tree: ast.Module, names: set[str]) -> list[tuple[int, str]]:
+    return [(node.lineno, node.func.attr) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in names]
+
+
+def test_only_the_journal_sends_mutating_calls_and_records_them():
+    assert attribute_calls(modules()["hpc_bridge.journal"], JOURNAL_CALLS)  # the check sees them
+    offenders = {m: calls for m in modules() if m not in JOURNAL and not m.startswith("hpc_bridge.sim")
+                 if (calls := attribute_calls(modules()[m], JOURNAL_CALLS))}
+    assert offenders == {}
+
+
+def test_the_hooks_never_import_the_ports_at_run_time():
+    """The Protocols are for type checking and tests: a module imports them under TYPE_CHECKING."""
+    runtime = {m for m in modules() if m != "hpc_bridge.ports"
+               and "hpc_bridge.ports" in imports(_without_type_checking(modules()[m]))}
+    assert runtime == set()
+    assert any("hpc_bridge.ports" in imports(modules()[m]) for m in modules() if m != "hpc_bridge.ports")
+
+
+def _without_type_checking(tree: ast.Module) -> ast.Module:
+    body = [n for n in tree.body if not (isinstance(n, ast.If) and isinstance(n.test, ast.Name)
+                                          and n.test.id == "TYPE_CHECKING")]
+    return ast.Module(body=body, type_ignores=[])
