@@ -1,7 +1,7 @@
 """Resume: create or start the cloud nodes Slurm names, and return at once.
 
-`plan_resume` (hpc_bridge.resume_plan) decides; `run_resume` gathers its inputs with one GET nodes,
-one GET status and one read of the state file, records the calls, makes at most one create
+`plan_resume` (hpc_bridge.resume_plan) decides; `run_resume` gathers its inputs with one GET
+status (with its nodes) and one read of the state file, records the calls, makes at most one create
 and one start call, and tells Slurm (one scontrol call per reason) which nodes cannot come up.
 It never waits for a VM: a detached follower sets node addresses as the API reports them.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from hpc_bridge import hostlist
-from hpc_bridge.api.models import Bucket, Node
+from hpc_bridge.api.models import Bucket, ClusterStatus, Node
 from hpc_bridge.cloud import index_by_name
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, SlurmError, StateError
@@ -78,8 +78,8 @@ class ResumeCalls:
         calls = cls()
         if plan.create:
             sets = plan.create_sets()
-            calls.create = Call("create", [s.name_format for s in sets], {"sets": [s.to_wire() for s in sets]},
-                                deadline, if_unreachable=FAILED)
+            calls.create = Call("create", [s["nameFormat"] for s in sets], {"sets": sets}, deadline,
+                                if_unreachable=FAILED)
         if plan.start:
             names = sorted(plan.start)
             calls.start = Call("start", names, {"ids": [plan.start[n] for n in names]}, deadline,
@@ -179,10 +179,11 @@ def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: No
     client, now = journal.client, journal.now
     if seen is None:
         read_at = now()
-        cloud = index_by_name(client.get_nodes().nodes)
+        status, cloud = read_cloud(client)
     else:
         cloud, read_at = seen
-    buckets = buckets_by_key(client.get_status())
+        status = client.get_status()
+    buckets = buckets_by_key(status)
     deadline = now() + cfg.resume.resume_timeout
     with journal.transaction() as state:
         t = now()
@@ -346,15 +347,22 @@ def _all_down(report: ResumeReport, names: list[str], why: str, slurm: SlurmCont
         report.errors.append(err)
 
 
+def read_cloud(client: ClusterApi) -> tuple[ClusterStatus, dict[str, Node]]:
+    """The cluster's status and its nodes by name in one request (the reference's `nodes=true`);
+    a service that leaves the optional node list out is asked `GET nodes` for it."""
+    status = client.get_status(nodes=True)
+    return status, index_by_name(status.nodes if status.nodes is not None else client.get_nodes().nodes)
+
+
 def _status_after(client: ClusterApi) -> tuple[dict[str, Node] | None, dict[str, Bucket] | None]:
-    """Cloud nodes and buckets as the API reports them right after a create (one GET status
-    with its nodes), or (None, None) when it cannot be read."""
+    """Cloud nodes and buckets as the API reports them right after a create, or (None, None)
+    when they cannot be read."""
     try:
-        status = client.get_status(nodes=True)
+        status, cloud = read_cloud(client)
     except ApiError as err:
         log.warning("cannot read the cluster status after the create: %s", err)
         return None, None
-    return index_by_name(status.nodes or []), buckets_by_key(status)
+    return cloud, buckets_by_key(status)
 
 
 def _suspended_meanwhile(store: StateStorage, calls: list[Call], names: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hpc_bridge.api.models import Bucket, ClusterStatus, Node, NodeCreationSet
+from hpc_bridge.api.models import Bucket, ClusterStatus, Node
 from hpc_bridge.cloud import (
     BOOTING,
     DEALLOCATED,
@@ -52,18 +52,22 @@ class ResumePlan:
         return sorted({n for n, _ in self.create} | set(self.start) | set(self.waiting)
                       | {n for n, status in self.running.items() if status != READY or n not in self.addresses})
 
-    def create_sets(self) -> list[NodeCreationSet]:
-        """One set per name (a literal nameFormat with count 1 gives exactly that name), ordered
-        so that sets of one nodearray, VM size and placement group are together."""
+    def create_sets(self) -> list[dict]:
+        """NodeCreationSets as sent: one per name (a literal nameFormat with count 1 gives exactly
+        that name), ordered so that sets of one nodearray, VM size and placement group are together.
+        Plain wire dicts: the client validates the whole request in one pass, where a model per
+        set cost a 1,000-node resume three pydantic round trips per name."""
         ordered = sorted(self.create, key=lambda ne: (ne[1].nodearray, ne[1].machine_type,
                                                       ne[1].placement_group or "", ne[0]))
-        return [
-            NodeCreationSet.make(
-                count=1, nodearray=e.nodearray, definition={"machineType": e.machine_type}, name_format=name,
-                placement_group_id=e.placement_group,
-            )
-            for name, e in ordered
-        ]
+        return [_creation_set(name, e) for name, e in ordered]
+
+
+def _creation_set(name: str, entry: NodeMapEntry) -> dict:
+    wire = {"count": 1, "nodearray": entry.nodearray, "definition": {"machineType": entry.machine_type},
+            "nameFormat": name}
+    if entry.placement_group is not None:
+        wire["placementGroupId"] = entry.placement_group
+    return wire
 
 
 def cooloff_reason(key: str, buckets: dict[str, Bucket], cooloffs: dict[str, Cooloff], cooloff_seconds: float,

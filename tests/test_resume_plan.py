@@ -201,7 +201,7 @@ def test_job_that_fits_gets_its_nodes_before_loose_nodes():
 
 def test_create_sets_one_per_name_with_placement_group_and_size():
     p = plan(["hpc-5", "hpc-1", "htc-f4sv2-1"])
-    sets = [s.to_wire() for s in p.create_sets()]
+    sets = p.create_sets()
     assert sets[0] == {"count": 1, "nodearray": "hpc", "definition": {"machineType": HPC}, "nameFormat": "hpc-1",
                        "placementGroupId": "hpc-pg1"}
     assert sets[1]["placementGroupId"] == "hpc-pg2" and sets[1]["nameFormat"] == "hpc-5"

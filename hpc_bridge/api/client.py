@@ -403,10 +403,12 @@ class ClusterClient:
     ) -> NodeCreationResult:
         """Create nodes. `resend=True`: this requestId may already have reached the server (a
         recorded call being finished), so a 409 is looked up by request id like a retry's."""
-        request = NodeCreationRequest(
-            sets=[s if isinstance(s, NodeCreationSet) else NodeCreationSet.model_validate(s) for s in sets],
-            request_id=request_id or new_request_id(),
-        )
+        # One validation for the whole request: per-set models cost a big resume a pydantic
+        # round trip per name.
+        request = NodeCreationRequest.model_validate({
+            "sets": [s.to_wire() if isinstance(s, NodeCreationSet) else s for s in sets],
+            "requestId": request_id or new_request_id(),
+        })
         return self._send_idempotent(self._path("/nodes/create"), request, NodeCreationResult,
                                      self._recover_create, resend)
 

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None, *, clock: Callable[[], float] = time.tim
         # httpcore imports trio whenever it is installed (~140 ms, most of a hook's start-up
         # over `import httpx, pydantic`); hpc-bridge only ever uses the sync client.
         sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+        # anyio, likewise, serves only httpcore's async primitives (~2 ms of every hook).
+        sys.modules.setdefault("anyio", None)  # type: ignore[arg-type]
         # `import httpx` also imports its command-line client when click is installed (click,
         # rich, pygments: ~30 ms); hpc-bridge never runs it, and httpx falls back without it.
         sys.modules.setdefault("click", None)  # type: ignore[arg-type]
