@@ -41,15 +41,17 @@ def client_for(cfg: Config):
     return ClusterClient.from_config(cfg)
 
 
-def _freeze_imported_objects() -> None:
+def freeze_imported_objects() -> None:
     """Move what the imports made (modules, classes, pydantic schemas: most of a hook's heap)
-    out of the collector's reach. A short hook process otherwise spends a measurable share of
-    its time re-scanning them in full collections, and once more at exit. Only in a process of
-    our own: a caller's heap is not ours to freeze."""
+    out of the collector's reach, and let it collect again (`python -m hpc_bridge` starts with
+    it off, so the imports are not scanned while they are being made). A short hook process
+    otherwise spends a measurable share of its time re-scanning them in full collections, and
+    once more at exit. Only in a process of our own: a caller's heap is not ours to freeze."""
     import gc
 
     if _own_process:
         gc.freeze()
+        gc.enable()
 
 
 class HookContext:
@@ -74,7 +76,7 @@ class HookContext:
         """Made on first use: a hook with nothing to do never pays for the HTTP stack."""
         if self._client is None:
             self._client = client_for(self.cfg)
-            _freeze_imported_objects()
+            freeze_imported_objects()
         return self._client
 
     @property

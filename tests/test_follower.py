@@ -76,7 +76,7 @@ def test_a_burst_of_resumes_has_one_follower_and_bounded_polling(env):
     env.wait_for(lambda: follower_gone(env), timeout=60, what="the follower to finish and let go")
     elapsed = time.monotonic() - t0
     stats = env.sim.stats()["requests"]
-    follower_gets = stats["nodes"] - len(hosts)  # every resume hook makes exactly one GET nodes
+    follower_gets = stats.get("nodes", 0)  # a resume hook reads nodes with its GET status, never GET nodes
     # one follower for the whole burst, and its polling bounded by the interval, not by hooks
     assert len(log_lines(env, "resume.log", "follower started")) == 1
     assert 1 <= follower_gets <= elapsed / POLL + 2, (follower_gets, elapsed)

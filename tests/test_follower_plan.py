@@ -20,7 +20,7 @@ NOW = 1_000_000.0
 
 
 def node(name, status, **kw):
-    return Node.model_validate({"Name": name, "NodeId": f"id-{name}", "Status": status, **kw})
+    return Node.from_wire({"Name": name, "NodeId": f"id-{name}", "Status": status, **kw})
 
 
 def watching(*names, recreate=()):

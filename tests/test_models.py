@@ -129,7 +129,7 @@ def test_resource_examples_round_trip(model, example):
 def test_unknown_fields_are_kept():
     body = {"Name": "hpc-1", "NodeId": "n1", "Status": "Ready", "Configuration": {"slurm": {"autoscale": True}},
             "SomethingNew": [1, 2]}
-    node = m.Node.model_validate(body)
+    node = m.Node.from_wire(body)
     assert node.name == "hpc-1" and node.status == "Ready"
     assert node.get("SomethingNew") == [1, 2]
     assert node.to_wire() == body
@@ -138,7 +138,7 @@ def test_unknown_fields_are_kept():
 
 
 def test_node_typed_accessors():
-    node = m.Node.model_validate({
+    node = m.Node.from_wire({
         "Name": "hpc-1", "NodeId": "id-1", "Template": "hpc", "MachineType": "Standard_HB120rs_v3",
         "Status": "Preparing", "TargetState": "Started", "PrivateIp": "10.0.0.4", "Hostname": "ip-0A000004",
         "PlacementGroupId": "hpc-pg0", "KeepAlive": False, "ShutdownPolicy": "Deallocate", "Fixed": False,

@@ -67,12 +67,12 @@ def test_node_rows_join_slurm_cloud_state():
         "hpc-10": sn("NodeName=hpc-10 State=DOWN+CLOUD+POWERED_DOWN Reason=quota exceeded [root@2024-01-01T00:00:00]"),
     }
     cloud = [
-        Node.model_validate({"Name": "hpc-1", "Template": "hpc", "Status": "Preparing", "TargetState": "Started",
+        Node.from_wire({"Name": "hpc-1", "Template": "hpc", "Status": "Preparing", "TargetState": "Started",
                              "MachineType": "HB120", "PrivateIp": "10.0.0.1", "PlacementGroupId": "pg1",
                              "CreateTime": "2024-01-01T00:00:00Z"}),
-        Node.model_validate({"Name": "hpc-2", "Template": "hpc", "Status": "Deallocated", "TargetState": "Deallocated",
+        Node.from_wire({"Name": "hpc-2", "Template": "hpc", "Status": "Deallocated", "TargetState": "Deallocated",
                              "MachineType": "HB120", "CreateTime": "2024-01-01T00:00:00Z"}),
-        Node.model_validate({"Name": "orphan-1", "Template": "htc", "Status": "Ready", "MachineType": "F2"}),
+        Node.from_wire({"Name": "orphan-1", "Template": "htc", "Status": "Ready", "MachineType": "F2"}),
     ]
     op = Operation(request_id="r1", action="create", nodes=["hpc-1"], started=0, deadline=1e12, outcome="accepted",
                    operation_id="abcdef123456")
@@ -99,8 +99,8 @@ def test_node_rows_join_slurm_cloud_state():
 def test_node_rows_without_slurm_lists_cloud_nodes_and_uses_nodemap():
     from hpc_bridge.nodemap import NodeMapEntry
 
-    cloud = [Node.model_validate({"Name": "a-1", "Status": "Terminated"}),
-             Node.model_validate({"Name": "a-1", "Status": "Ready", "PrivateIp": "10.1.1.1"})]
+    cloud = [Node.from_wire({"Name": "a-1", "Status": "Terminated"}),
+             Node.from_wire({"Name": "a-1", "Status": "Ready", "PrivateIp": "10.1.1.1"})]
     rows = node_rows(None, cloud, {}, 0.0, names=["a-1", "a-2"],
                      nodemap={"a-2": NodeMapEntry("arr", "F4", "b", "pg-3", "part")})
     assert rows[0].status == "Ready" and rows[0].ip == "10.1.1.1"  # the live record wins
@@ -203,13 +203,13 @@ def test_usage_chart_stacks_and_escapes():
 
 
 def test_scale_progress():
-    nodes = [Node.model_validate(d) for d in (
+    nodes = [Node.from_wire(d) for d in (
         {"Name": "b", "Status": "Ready"}, {"Name": "a", "Status": "Preparing"},
         {"Name": "c", "Status": "Failed", "StatusMessage": "boot failed"})]
     p = scale.progress(nodes)
     assert (p.ready, p.waiting, p.failed, p.done, p.ok) == (["b"], ["a"], {"c": "boot failed"}, False, False)
     assert p.line() == "1/3 Ready (1 Failed, 1 Preparing, 1 Ready)"
-    done = scale.progress([Node.model_validate({"Name": "x", "Status": "Ready"})])
+    done = scale.progress([Node.from_wire({"Name": "x", "Status": "Ready"})])
     assert done.done and done.ok
     assert scale.progress([]).ok
 

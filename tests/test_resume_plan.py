@@ -50,7 +50,7 @@ def buckets(hpc=10, f2=10, f4=10, **over):
 
 
 def node(name, status, **kw):
-    return Node.model_validate({"Name": name, "NodeId": f"id-{name}", "Status": status, **kw})
+    return Node.from_wire({"Name": name, "NodeId": f"id-{name}", "Status": status, **kw})
 
 
 def plan(names, cloud=(), bk=None, in_flight=None, cooloffs=None, jobs=(), config=None):

@@ -83,22 +83,51 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- nodes
 
 
-class Node(BaseModel):
+class Node:
     """A node record: a flat dict of PascalCase attributes (Name, NodeId, Status, ...).
 
     The reference types a node only as "object", so every attribute is kept as data exactly as
     sent; the accessors below read the ones hpc-bridge uses and give None for an absent or null
     value, or one of another type (a real service may add or reshape attributes at any time).
+    A plain class, not a pydantic model: it has no fields to validate, and a model per record
+    made every full node list (ten thousand records on a big cluster) cost a validator call each.
     """
 
-    model_config = ConfigDict(extra="allow", defer_build=True)
+    __slots__ = ("_attributes",)
+
+    def __init__(self, attributes: dict[str, Any] | None = None):
+        self._attributes = dict(attributes) if attributes else {}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> "Node":
+        """A record as sent (a JSON object); anything else is refused with ValueError."""
+        if isinstance(value, Node):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"a node record must be an object, not {type(value).__name__}")
+        return cls(value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            cls.from_wire, serialization=core_schema.plain_serializer_function_ser_schema(cls.to_wire))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and other._attributes == self._attributes
+
+    __hash__ = None  # type: ignore[assignment]  # mutable data, like the dict it wraps
+
+    def __repr__(self) -> str:
+        return f"Node({self._attributes!r})"
 
     def to_wire(self) -> dict[str, Any]:
-        return dict(self.__pydantic_extra__ or {})
+        return dict(self._attributes)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Any attribute by its wire name (e.g. node.get("Configuration"))."""
-        return (self.__pydantic_extra__ or {}).get(key, default)
+        return self._attributes.get(key, default)
 
     def _text(self, key: str) -> str | None:
         value = self.get(key)

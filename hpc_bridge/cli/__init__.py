@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None, *, clock: Callable[[], float] = time.tim
     from hpc_bridge.log import setup_logging
 
     setup_logging(args.command, None, getattr(args, "verbose", 0))
+    if not getattr(args, "short_lived", False):
+        from hpc_bridge.context import freeze_imported_objects
+
+        freeze_imported_objects()  # a long-running command (follower, simulator) collects as usual
     try:
         return int(args.func(args) or 0)
     except BridgeError as err:

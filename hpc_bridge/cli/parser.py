@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = _add_command(sub, name, func, summary, description=description + hook_epilog, example=example)
         p.add_argument("hostlist", help="Slurm hostlist expression")
+        p.set_defaults(short_lived=True)
     p = sub.add_parser("follow", parents=[_common_options()])  # internal: started by resume, detached
     p.set_defaults(func=hooks.cmd_follow, command="follow")
     _add_operator_commands(sub)
