@@ -321,7 +321,9 @@ class Bucket(WireModel):
     max_core_count: int = 0
     max_placement_group_size: int = 0
     max_placement_group_core_size: int = 0
-    placement_groups: list[PlacementGroup] = Field(default_factory=list)
+    # A plain [] (pydantic copies it per instance): a default_factory of `list` made pydantic take
+    # the builtin's signature apart with the tokenizer, a few ms of every hook's first validation.
+    placement_groups: list[PlacementGroup] = []
     quota_count: int = 0
     quota_core_count: int = 0
     consumed_core_count: int = 0
@@ -392,7 +394,7 @@ class UsageInterval(WireModel):
     start: str
     end: str
     total: ClusterUsageItem
-    breakdown: list[ClusterUsageItem] = Field(default_factory=list)
+    breakdown: list[ClusterUsageItem] = []
 
 
 class ClusterUsage(WireModel):
