@@ -536,13 +536,13 @@ def test_table_cells_are_one_line_with_control_characters_escaped():
                                     "Removing"])
 def test_scale_progress_counts_a_node_that_will_not_come_up_as_failed(status):
     # Gone or on its way down before it was Ready: waiting for it would only run into --timeout.
-    p = scale.progress([Node.model_validate({"Name": "x", "Status": status})])
+    p = scale.progress([Node.from_wire({"Name": "x", "Status": status})])
     assert (p.failed, p.waiting, p.done, p.ok) == ({"x": status}, [], True, False)
 
 
 @pytest.mark.parametrize("status", ["Acquiring", "Preparing", "Allocation", "Validation", "Starting", "Brand-new"])
 def test_scale_progress_waits_for_a_node_on_its_way_up(status):
-    p = scale.progress([Node.model_validate({"Name": "x", "Status": status})])
+    p = scale.progress([Node.from_wire({"Name": "x", "Status": status})])
     assert (p.failed, p.waiting, p.done) == ({}, ["x"], False)
 
 
