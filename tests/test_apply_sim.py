@@ -143,7 +143,7 @@ def test_each_edge_takes_every_call_its_port_declares(edge, port):
 def test_resume_creates_with_one_call_recorded_before_it_was_sent(bridge):
     report = bridge.resume("htc-f2sv2-[1-2]")
     assert report.ok and report.created == ["htc-f2sv2-1", "htc-f2sv2-2"], report
-    assert report.api_calls == 3 and report.scontrol_calls == 0  # GET nodes, GET status, create
+    assert report.api_calls == 2 and report.scontrol_calls == 0  # GET status with the nodes, create
     [create] = bridge.operations()
     assert create.action == "create" and create.outcome == ACCEPTED and create.nodes == report.created
     assert create.operation_id and create.request is None  # accepted: never sent again
@@ -152,7 +152,7 @@ def test_resume_creates_with_one_call_recorded_before_it_was_sent(bridge):
     assert bridge.slurm.updates == []
 
     again = bridge.resume("htc-f2sv2-[1-2]")  # still in flight: waited for, not created twice
-    assert again.created == [] and sorted(again.waiting) == report.created and again.api_calls == 2
+    assert again.created == [] and sorted(again.waiting) == report.created and again.api_calls == 1
     assert len(bridge.operations()) == 1
 
 
@@ -178,7 +178,7 @@ def test_resume_of_a_size_out_of_capacity_goes_down_with_the_clouds_reason(bridg
     assert report.scontrol_calls == 1 + 1 + 1  # show nodes, DOWN (refused), DOWN (cool-off)
 
     later = bridge.resume("htc-f2sv2-2")  # the cool-off holds: no create is even tried
-    assert later.down["htc-f2sv2-2"].startswith(f"capacity cool-off for {F2}") and later.api_calls == 2
+    assert later.down["htc-f2sv2-2"].startswith(f"capacity cool-off for {F2}") and later.api_calls == 1
 
 
 def test_resume_whose_create_answer_is_lost_recovers_it_on_the_409(bridge):
