@@ -156,6 +156,34 @@ def test_resume_creates_with_one_call_recorded_before_it_was_sent(bridge):
     assert len(bridge.operations()) == 1
 
 
+class _StatusWithoutNodes:
+    """The real client, except that GET status leaves out the node list the reference makes
+    optional, as a service may: the nodes must then be read on their own."""
+
+    def __init__(self, client: ClusterClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def get_status(self, nodes: bool = False):
+        return self._client.get_status(nodes=nodes).model_copy(update={"nodes": None})
+
+
+def test_resume_reads_the_nodes_on_their_own_when_status_leaves_them_out(bridge):
+    from hpc_bridge.resume import run_resume
+
+    first = bridge.resume("htc-f2sv2-1")
+    assert first.created == ["htc-f2sv2-1"]
+    bridge.sim.reset_stats()
+    ports = bridge.ports() | {"client": _StatusWithoutNodes(bridge.client)}
+    report = run_resume(bridge.cfg, "htc-f2sv2-[1-2]", [], **ports)
+    # the booting node is seen (not created twice), the other one is created
+    assert report.created == ["htc-f2sv2-2"] and report.waiting == ["htc-f2sv2-1"], report
+    assert bridge.sim.stats()["requests"] == {"status": 1, "nodes": 1, "nodes/create": 1}
+    assert sorted(bridge.cloud()) == ["htc-f2sv2-1", "htc-f2sv2-2"]
+
+
 def test_resume_of_a_size_out_of_capacity_goes_down_with_the_clouds_reason(bridge):
     bridge.sim.set_faults(capacity_failure=[F2])
     report = bridge.resume("htc-f2sv2-1")
