@@ -14,9 +14,14 @@ import pytest
 from bridge_env import BridgeEnv, all_forms, default_scenario
 
 
+# No slurmd boots here: the simulated boot (60 s of Acquiring + Preparing) takes 1.2 s, not the
+# default 3 s the end-to-end tests leave a real slurmd to register in.
+FAST_BOOT = {"timings": {"time_scale": 0.02}}
+
+
 @pytest.fixture
 def env(tmp_path, slurm_cluster_factory, api_form):
-    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, form=api_form)
+    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, scenario=default_scenario(**FAST_BOOT), form=api_form)
     yield e
     e.close()
 
