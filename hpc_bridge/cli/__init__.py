@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, *, clock: Callable[[], float] = time.tim
         os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from hpc_bridge.cli.parser import build_parser
 
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Callable, Sequence
 
 from hpc_bridge import __version__
 from hpc_bridge.cli import admin, hooks, views
@@ -29,14 +29,60 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+class _Undeclared:
+    """Where the options of a command that is not being run go when only one command is
+    declared (see build_parser): every call is accepted and does nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., "_Undeclared"]:
+        return self._accept
+
+    def _accept(self, *args: object, **kwargs: object) -> "_Undeclared":
+        return self
+
+
+class _Subcommands:
+    """The subcommands' registry: all of them, or only the one `only` names."""
+
+    def __init__(self, sub: argparse._SubParsersAction, only: str | None):
+        self._sub, self._only = sub, only
+
+    def declares(self, name: str) -> bool:
+        return self._only is None or name == self._only
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self._sub.add_parser(name, **kwargs)
+
+
+# The options before a command name that build_parser can read past on its own: anything else
+# there (help, an abbreviation, a mistake) gets the whole grammar and argparse's own answer.
+_VALUE_OPTIONS = ("--config",)
+_FLAG_OPTIONS = ("--verbose", "--json")
+
+
+def _command_named(argv: Sequence[str], commands: Sequence[str]) -> str | None:
+    """The command `argv` names when only the common options come before it, else None."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _VALUE_OPTIONS:
+            next(tokens, None)
+        elif token.startswith(tuple(f"{o}=" for o in _VALUE_OPTIONS)) or token in _FLAG_OPTIONS or \
+                (len(token) > 1 and token.startswith("-") and not token.startswith("--") and set(token[1:]) == {"v"}):
+            continue
+        else:
+            return token if token in commands else None
+    return None
+
+
 def _add_command(
-    sub: argparse._SubParsersAction,
+    sub: _Subcommands,
     name: str,
     func: Callable[[argparse.Namespace], int],
     summary: str,
     description: str = "",
     example: str = "",
-) -> argparse.ArgumentParser:
+) -> argparse.ArgumentParser | _Undeclared:
+    if not sub.declares(name):
+        return _Undeclared()
     epilog = f"example:\n  {example}\n\n{EXIT_CODES}" if example else EXIT_CODES
     parser = sub.add_parser(
         name,
@@ -50,7 +96,12 @@ def _add_command(
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. When `argv` plainly names a command (only the common options
+    before it), only that command is declared: a Slurm hook is a process of its own per call,
+    and declaring all of them cost it ~3 ms. The parse is the same; only help and "invalid
+    choice" would list the commands, and those cases get the whole grammar."""
+    only = None if argv is None else _command_named(argv, COMMANDS)
     parser = argparse.ArgumentParser(
         prog="hpc-bridge",
         description="Slurm power saving for clusters managed through the CycleCloud cluster REST API.",
@@ -59,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hpc-bridge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = _Subcommands(parser.add_subparsers(dest="command", metavar="COMMAND"), only)
 
     _add_command(
         sub, "status", views.cmd_status, "show the cluster's nodearrays and buckets (VM sizes, counts, limits)",
@@ -121,15 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = _add_command(sub, name, func, summary, description=description + hook_epilog, example=example)
         p.add_argument("hostlist", help="Slurm hostlist expression")
         p.set_defaults(short_lived=True)
-    p = sub.add_parser("follow", parents=[_common_options()])  # internal: started by resume, detached
-    p.set_defaults(func=hooks.cmd_follow, command="follow")
+    if sub.declares("follow"):  # internal: started by resume, detached
+        p = sub.add_parser("follow", parents=[_common_options()])
+        p.set_defaults(func=hooks.cmd_follow, command="follow")
     _add_operator_commands(sub)
     _add_repair_command(sub)
 
     return parser
 
 
-def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
+def _add_operator_commands(sub: _Subcommands) -> None:
     p = _add_command(
         sub, "nodes", views.cmd_nodes, "Slurm and cloud side by side, one line per node",
         description="One scontrol show node, one GET nodes and the state file: per node the Slurm state and "
@@ -219,7 +271,7 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
                    "system's unit directories)")
 
 
-def _add_repair_command(sub: argparse._SubParsersAction) -> None:
+def _add_repair_command(sub: _Subcommands) -> None:
     p = _add_command(
         sub, "repair", hooks.cmd_repair, "one-shot reconcile of Slurm, the cloud and the state file",
         description="Read Slurm's nodes, the cloud's nodes and status and the state file once, decide what "
@@ -230,3 +282,8 @@ def _add_repair_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (node, Slurm state, cloud state, action, reason); change nothing")
+
+
+# Every command build_parser declares, in the order help lists them.
+COMMANDS = ("status", "operations", "sim", "demo", "partitions", "resume", "suspend", "resume-fail", "follow",
+            "nodes", "usage", "scale", "logs", "example-config", "clear-hold", "install-hooks", "doctor", "repair")
