@@ -186,6 +186,18 @@ def test_conditional_and_optional_bucket_fields_accept_null_and_absence():
     assert m.Bucket.model_validate(dict(BUCKET, valid=None)).valid is None
 
 
+def test_every_model_with_a_non_null_default_reads_null_as_that_default():
+    """Only DefaultedWireModel subclasses run the null-reads-as-default validator: a model that
+    has such a field must be one, or a null there would fail the whole response."""
+    import inspect
+
+    models = [c for _, c in inspect.getmembers(m, inspect.isclass) if issubclass(c, m.WireModel)]
+    defaulted = {c.__name__ for c in models if m._defaulted_aliases(c)}
+    assert {"Bucket", "VirtualMachine"} <= defaulted
+    assert all(issubclass(getattr(m, name), m.DefaultedWireModel) for name in defaulted)
+    assert m.PlacementGroup.model_validate({"name": "pg", "activeCount": None}).active_count == 0
+
+
 def test_documented_required_fields_stay_required():
     for key in ("bucketId", "virtualMachine"):
         with pytest.raises(Exception):
