@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -182,6 +183,11 @@ class _Usage:
         self._vm(b)
 
 
+# The statuses a node leaves on its own after a time, and the scenario's timing for each.
+_TIMED_STATUSES = {"Off": "off", "Acquiring": "acquiring", "Preparing": "preparing", "Terminating": "terminating",
+                   "Deallocating": "deallocating"}
+
+
 class ClusterModel:
     def __init__(self, scenario: Scenario | dict | str | None = None, now: float = 0.0, seed: int | None = None):
         self.scenario = load_scenario(scenario)
@@ -195,6 +201,7 @@ class ClusterModel:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.faults: dict[str, Any] = dict(self.scenario.faults)
         self.reseed(self.faults["seed"] if seed is None else seed)
+        self._ids = random.Random(os.urandom(32))
         self._ip_counter = 0
 
     # ------------------------------------------------------------------ clock and lifecycle
@@ -215,12 +222,13 @@ class ClusterModel:
             self.reseed(update["seed"])
 
     def _new_id(self) -> str:
-        # Random, not seeded: ids must never repeat across simulator runs (state files outlive them).
-        return str(uuid.uuid4())
+        # Random, not seeded: ids must never repeat across simulator runs (state files outlive
+        # them). Drawn from a generator seeded once from os.urandom: a create of 1,000 nodes made
+        # 2,000 urandom calls through uuid4.
+        return str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
 
     def _duration(self, status: str) -> float | None:
-        key = {"Off": "off", "Acquiring": "acquiring", "Preparing": "preparing",
-               "Terminating": "terminating", "Deallocating": "deallocating"}.get(status)
+        key = _TIMED_STATUSES.get(status)
         if key is None:
             return None
         return self.scenario.timings[key] * self.scenario.time_scale
