@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bridge_env import BridgeEnv
+from bridge_env import BridgeEnv, default_scenario
 
 POLL = 0.5
 FAST = f"[resume]\npoll_interval = {POLL}\npoll_max = 2.0\nfollower_lease = 10.0\n"
@@ -23,7 +23,9 @@ def message_timeout() -> int:
 
 @pytest.fixture
 def env(tmp_path, slurm_cluster_factory, message_timeout):
-    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, config_extra=FAST, message_timeout=message_timeout)
+    # no slurmd boots here (addresses are what is checked): a simulated boot takes 1.2 s, not 3
+    e = BridgeEnv.create(tmp_path, slurm_cluster_factory, scenario=default_scenario(timings={"time_scale": 0.02}),
+                         config_extra=FAST, message_timeout=message_timeout)
     yield e
     lease = e.state().get("follower")
     if lease:  # never leave a follower behind (it would poll a stopped simulator)
