@@ -7,6 +7,7 @@ is pure over them and returns one `Check` per line, each failure with its fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,22 @@ class Facts:
     hook_runs: dict[str, str | None] = field(default_factory=dict)  # slurm.conf key -> None (ran fine) or why not
     running_config: dict[str, str] | None = None  # `scontrol show config` of the running slurmctld
     running_config_error: str | None = None
+    lock_problem: str | None = None  # why the state lock does not exclude another process (None: it does)
+    lock_tested: bool = False
+    state_mount: "Mount | None" = None  # the filesystem holding state_dir
+    host: str = ""
+    controllers: list[str] = field(default_factory=list)  # SlurmctldHost names, primary first
+    shared: dict[str, str | None] = field(default_factory=dict)  # what every controller must read the same
+    timer_state: str = ""  # "enabled" / "installed" / "missing": what the other controllers learn of ours
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> its last doctor record
+    peers_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: str
+    fstype: str
+    options: frozenset[str]  # mount and superblock options, "key=value" or "flag"
 
 
 @dataclass(frozen=True)
@@ -368,12 +385,94 @@ def check_running_config(f: Facts) -> list[Check]:
     return [Check(name, OK, "hook programs, PrivateData, no global SuspendTime")]
 
 
+def check_lock(f: Facts) -> list[Check]:
+    """The state file's lock (and repair's: the same flock(2)) really keeps a second process
+    out where state_dir is: the storage may not lock at all (ENOLCK), or only per host."""
+    name = "state lock excludes another process"
+    if not f.lock_tested:
+        return [Check(name, SKIP, "state directory not there yet")]
+    if f.lock_problem:
+        return [Check(name, FAIL, f.lock_problem,
+                      "put [paths] state_dir on a filesystem with working locks (local, NFSv4, or NFSv3 with "
+                      "rpc.statd/lockd running and not mounted nolock)")]
+    return [Check(name, OK, "a child process was refused the lock this one held")]
+
+
+# Filesystems every host mounting them sees (and locks) as one.
+_SHARED_FS = ("nfs", "nfs4", "lustre", "gpfs", "ceph", "fuse.glusterfs", "glusterfs", "beegfs", "ocfs2", "gfs2",
+              "cifs", "smb3", "fuse.cephfs", "wekafs")
+
+
+def check_shared_storage(f: Facts) -> list[Check]:
+    """With a backup controller, state_dir must be one directory for both hosts, locked as one."""
+    if len(f.controllers) < 2:
+        return []
+    name = f"state_dir shared by the controllers ({', '.join(f.controllers)})"
+    m = f.state_mount
+    if m is None:
+        return [Check(name, WARN, "could not tell which filesystem holds state_dir",
+                      "check that every controller mounts the same state_dir")]
+    where = f"{m.fstype} at {m.point}"
+    if m.fstype in ("nfs", "nfs4"):
+        local = {o for o in m.options if o in ("nolock", "local_lock=all", "local_lock=flock")}
+        if local:
+            return [Check(name, FAIL, f"{where} mounted {','.join(sorted(local))}: locks exclude only processes on "
+                          "this host, so each controller could run repair (and a follower) at once",
+                          "mount it without nolock/local_lock (NFSv4; NFSv3 needs rpc.statd/lockd on both hosts)")]
+        version = next((o.split("=", 1)[1] for o in m.options if o.startswith("vers=")), "4" if m.fstype == "nfs4" else "")
+        if version.startswith("3"):
+            return [Check(name, OK, f"{where} (NFSv3: locks through lockd; without it they fail, see the lock check)")]
+        return [Check(name, OK, where)]
+    if m.fstype in _SHARED_FS:
+        return [Check(name, OK, where)]
+    return [Check(name, WARN, f"{where} is not a network filesystem: the controllers share it only if they are "
+                  "this one host", "put [paths] state_dir (and Slurm's StateSaveLocation) on storage every "
+                  "controller mounts, e.g. NFSv4")]
+
+
+def check_controllers(f: Facts) -> list[Check]:
+    """Every controller runs hpc-bridge the same way: the same slurm.conf settings, the repair
+    timer enabled. Each doctor run leaves its host's facts in state_dir, so the hosts are
+    compared there (as last seen by doctor on each)."""
+    if len(f.controllers) < 2:
+        return []
+    name = "controllers set up alike"
+    if f.peers_error:
+        return [Check(name, WARN, f.peers_error, "make state_dir writable by this user and run doctor again")]
+    problems, missing = [], []
+    for host in f.controllers:
+        if host == f.host:
+            continue
+        peer = f.peers.get(host)
+        if peer is None:
+            missing.append(host)
+            continue
+        theirs = peer.get("shared") or {}
+        differ = sorted(k for k in f.shared.keys() | theirs.keys() if f.shared.get(k) != theirs.get(k))
+        if differ:
+            problems.append(f"{host} reads other values for " + ", ".join(
+                f"{k} ({theirs.get(k) or 'unset'} there, {f.shared.get(k) or 'unset'} here)" for k in differ))
+        if peer.get("timer") != "enabled":
+            problems.append(f"the repair timer on {host} is {peer.get('timer') or 'missing'}")
+    if f.host not in f.controllers:
+        problems.append(f"this host ({f.host}) is not one of slurm.conf's SlurmctldHost names")
+    if problems:
+        return [Check(name, FAIL, "; ".join(problems),
+                      "the same slurm.conf and hpc-bridge config on every controller, hpc-bridge install-hooks "
+                      "--write and systemctl enable --now hpc-bridge-repair.timer on each, then doctor on each")]
+    if missing:
+        return [Check(name, WARN, f"doctor has not run on {', '.join(missing)} yet (it compares the hosts through "
+                      "state_dir)", f"run hpc-bridge doctor on {', '.join(missing)}")]
+    return [Check(name, OK, ", ".join(f.controllers))]
+
+
 def run_checks(f: Facts) -> list[Check]:
     out = check_config(f)
     if f.cfg is None:
         return out
     for fn in (check_api, check_slurm_conf, check_running_config, check_hook_runs, check_generated, check_nodemap,
-               check_state, check_ownership, check_log, check_timer):
+               check_state, check_ownership, check_log, check_timer, check_lock, check_shared_storage,
+               check_controllers):
         out.extend(fn(f))
     return out
 
@@ -500,12 +599,106 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
         log.warning("%s", err)
 
     f.timer_unit, f.timer_enabled = find_timer(systemd_dirs)
+    f.timer_state = "enabled" if f.timer_enabled else "installed" if f.timer_unit else "missing"
+    gather_shared_storage(f, StateStore.from_config(cfg))
     f.slurm_user = (f.slurm_conf.get("SlurmUser") if f.slurm_conf else None) or "root"
     f.slurm_uid = uid_of(f.slurm_user)
     f.files, f.files_error = list_files(cfg.paths.state_dir, cfg.paths.log_dir)
     if f.slurm_conf is not None:
         f.hook_runs = run_hooks(f.slurm_conf, f.slurm_user, f.slurm_conf_path)
     return f
+
+
+def gather_shared_storage(f: Facts, store) -> None:
+    """The lock test, the filesystem of state_dir, and, with a backup controller, this host's
+    record in state_dir (written) and the other controllers' (read)."""
+    from hpc_bridge import flock
+    from hpc_bridge.install import controller_hosts, shared_settings
+    from hpc_bridge.state import HOST
+
+    f.host = HOST
+    state_dir = str(store.path.parent)
+    if os.path.isdir(state_dir):
+        f.lock_tested = True
+        try:
+            f.lock_problem = flock.excludes_another_process(str(store.lock_path), timeout=store.lock_timeout)
+        except OSError as err:
+            f.lock_problem = f"cannot lock {store.lock_path}: {err.strerror or err}"
+    f.state_mount = mount_of(state_dir)
+    f.controllers = controller_hosts(f.slurm_conf)
+    if len(f.controllers) < 2 or f.slurm_conf is None or not os.path.isdir(state_dir):
+        return
+    hooks_dir = os.path.dirname(f.slurm_conf.get("ResumeProgram") or "") or None
+    from hpc_bridge.install import DEFAULT_HOOKS_DIR
+
+    f.shared = shared_settings(f.slurm_conf, f.cfg, hooks_dir or DEFAULT_HOOKS_DIR)
+    f.peers, f.peers_error = exchange_records(state_dir, HOST, {"shared": f.shared, "timer": f.timer_state})
+
+
+CONTROLLER_RECORD = "controller-{host}.json"
+
+
+def exchange_records(state_dir: str, host: str, mine: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Write this host's record into state_dir and read the other hosts' (host -> record);
+    with why the records could not be used, if so."""
+    import glob
+    import tempfile
+    import time
+
+    from hpc_bridge.files import NotARegularFile, hand_over, read_regular_file
+
+    path = os.path.join(state_dir, CONTROLLER_RECORD.format(host=host))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=state_dir)
+        try:
+            hand_over(fd, state_dir)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({**mine, "host": host, "time": time.time()}, fh, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        return {}, f"cannot write {path}: {err.strerror or err}"
+    peers: dict[str, dict[str, Any]] = {}
+    for other in glob.glob(os.path.join(glob.escape(state_dir), CONTROLLER_RECORD.format(host="*"))):
+        try:
+            record = json.loads(read_regular_file(other, 64 * 1024))
+        except (OSError, ValueError, NotARegularFile):
+            continue  # half-written by hand, or not ours: as if that host had no record
+        if isinstance(record, dict) and isinstance(record.get("host"), str) and record["host"] != host:
+            peers[record["host"]] = record
+    return peers, None
+
+
+def mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> Mount | None:
+    """The mount holding `path` (the longest mount point above it), from mountinfo."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    return parse_mountinfo(lines, real)
+
+
+def parse_mountinfo(lines: list[str], path: str) -> Mount | None:
+    """Pure: the mount of `path` in mountinfo lines ("id parent dev root point opts [tags] - type
+    source superopts"; spaces in paths are written \\040)."""
+    best: Mount | None = None
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 6 or len(rest) < 3:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if not (path == point or path.startswith(point.rstrip("/") + "/")):
+            continue
+        if best is None or len(point) >= len(best.point):
+            options = frozenset(fields[5].split(",")) | frozenset(rest[2].split(","))
+            best = Mount(point, rest[0], options)
+    return best
 
 
 def run_hooks(conf, user: str, slurm_conf: str, timeout: float = 60.0) -> dict[str, str | None]:

@@ -56,13 +56,6 @@ def open_owned(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> i
     return fd
 
 
-def touch_owned(path: str | os.PathLike[str]) -> None:
-    """Make sure `path` exists as a file of the directory's owner (lock files: a lock file root
-    created would be root's, mode 0600, and no hook could take the lock again). Only as root."""
-    if _we_are_root():
-        os.close(open_owned(path, os.O_WRONLY | os.O_CREAT))
-
-
 class NotARegularFile(ValueError):
     """The path holds a FIFO, a device or a directory, or a file too large to be ours."""
 

@@ -12,6 +12,19 @@ removes it, so one is left at rest.
 Waits are bounded with a real-time timer (SIGALRM interrupts the blocked call) in the main
 thread; another thread, where signals cannot reach, polls instead. A process that dies holding
 any of these locks releases them with its file descriptors: nothing to clean up.
+
+`try_exclusive` is the same kernel lock without the queue, for what must run once at a time
+and otherwise not at all (repair). `excludes_another_process` is doctor's proof that the lock
+works where the files are.
+
+Across hosts (controllers sharing the state directory) this is only as good as the
+filesystem's locks. Linux's NFS client (since 2.6.12) emulates flock(2) with a POSIX byte-range
+lock on the whole file, which the server arbitrates: on NFSv4 locking is part of the protocol
+and holds across clients; on NFSv3 it goes through the NLM side protocol (lockd, rpc.statd on
+both ends), and without it flock fails with ENOLCK. Mounted `nolock` (v3) or
+`local_lock=flock|all`, locks exclude only processes on the same client: each controller would
+hold "the" lock at once. A process that dies releases its locks on the server too (NFSv4: when
+its client's lease ends, a lease period after a crashed host stops renewing it).
 """
 
 from __future__ import annotations
@@ -172,3 +185,64 @@ def _wait_polling(fd: int, deadline: float) -> None:
             raise LockTimeout()
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+@contextlib.contextmanager
+def try_exclusive(path: str, timeout: float = 0.0, mode: int = 0o600) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` for the block if it is free within `timeout` seconds (0:
+    now or never): yields True, or False when another process holds it. No queue: whoever
+    loses just does not run. OSError when the file cannot be opened or locked at all."""
+    fd = _open(path, mode)
+    try:
+        try:
+            _acquire(fd, time.monotonic() + timeout)
+        except LockTimeout:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock, if held
+
+
+def excludes_another_process(path: str, timeout: float = 10.0, mode: int = 0o600) -> str | None:
+    """Take the lock on `path`, then have a child process try it without waiting: None when the
+    child is refused (the lock works here), else why not, in one line."""
+    fd = _open(path, mode)
+    try:
+        try:
+            _acquire(fd, time.monotonic() + timeout)
+        except LockTimeout:
+            return f"{path} stayed locked by another process for {timeout:g} s; could not test it"
+        except OSError as err:
+            return f"cannot lock {path}: {err.strerror or err}"
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its own open file description, so its own lock attempt
+            code = 0
+            try:
+                os.close(read_end)
+                mine = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                code = 1  # it got a lock another process holds
+            except BlockingIOError:
+                code = 0
+            except OSError as err:
+                code = 2
+                with contextlib.suppress(OSError):
+                    os.write(write_end, (err.strerror or str(err)).encode()[:200])
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        try:
+            message = os.read(read_end, 256).decode(errors="replace")
+        finally:
+            os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            return None
+        if code == 1:
+            return f"a second process took the lock on {path} while this one held it: locks there do not exclude"
+        return f"a second process could not use locks on {path}: {message or f'exit {code}'}"
+    finally:
+        os.close(fd)

@@ -83,6 +83,28 @@ def needed_settings(cfg, hooks_dir: str, resume_rate: int = 0, suspend_rate: int
     ]
 
 
+def controller_hosts(conf: SlurmConf | None) -> list[str]:
+    """The slurmctld hosts slurm.conf names, primary first: every `SlurmctldHost=name(addr)`
+    (or the older ControlMachine/BackupController). More than one: a backup controller runs the
+    hooks after a failover, so both hosts need the same lines, hooks, timer and state_dir."""
+    if conf is None:
+        return []
+    values = [v for v, _ in conf.occurrences.get("slurmctldhost", [])]
+    if not values:
+        values = [v for key in ("controlmachine", "backupcontroller") for v, _ in conf.occurrences.get(key, [])]
+    return list(dict.fromkeys(v.split("(", 1)[0].strip() for v in values if v.strip()))
+
+
+def shared_settings(conf: SlurmConf, cfg, hooks_dir: str) -> dict[str, str | None]:
+    """What every controller of one cluster must read the same (the effective values of the
+    keys hpc-bridge sets, the controller list, Slurm's own StateSaveLocation): compared by
+    `doctor` across the hosts."""
+    keys = [s.key for s in needed_settings(cfg, hooks_dir)] + ["StateSaveLocation"]
+    out = {key: conf.get(key) for key in keys}
+    out["SlurmctldHost"] = ",".join(controller_hosts(conf)) or None
+    return out
+
+
 def _list_words(value: str | None) -> list[str]:
     return list(dict.fromkeys(w.strip() for w in (value or "").split(",") if w.strip()))
 
@@ -543,8 +565,8 @@ def write_install(plan: InstallPlan) -> list[str]:
     return written
 
 
-def instructions(plan: InstallPlan, slurm_conf_dir: str) -> list[str]:
-    return [
+def instructions(plan: InstallPlan, slurm_conf_dir: str, controllers: list[str] | None = None) -> list[str]:
+    steps = [
         f"1. add this line at the END of {os.path.join(slurm_conf_dir, 'slurm.conf')}:  include {plan.include_path}",
         "   (and delete earlier lines setting the same keys, or `hpc-bridge install-hooks --check` keeps listing them)",
         "2. hpc-bridge partitions            # writes partitions.conf, gres.conf, topology.conf, nodemap.json",
@@ -552,6 +574,16 @@ def instructions(plan: InstallPlan, slurm_conf_dir: str) -> list[str]:
         "4. systemctl restart slurmctld      # TreeWidth/TopologyPlugin/GresTypes need a restart, the rest a reconfigure",
         "5. hpc-bridge doctor                # checks the whole installation",
     ]
+    if controllers and len(controllers) > 1:
+        steps += [
+            f"6. slurm.conf names {len(controllers)} controllers ({', '.join(controllers)}): whichever runs slurmctld "
+            "runs the hooks, so on EACH of them:",
+            "   the same slurm.conf (with the include line), this hpc-bridge config at the same path with [paths] "
+            "state_dir on storage they all mount (NFSv4, or NFSv3 with lockd; see README \"HA controllers\"), "
+            "`hpc-bridge install-hooks --write`, step 3, then step 5 (doctor compares the hosts' settings through "
+            "state_dir; repair runs on one host at a time through its lock there)",
+        ]
+    return steps
 
 
 def user_from_conf(conf: SlurmConf | None) -> str:
@@ -602,8 +634,8 @@ def prepare_install(cfg, *, slurm_conf_dir: str, hooks_dir: str | None = None, s
     plan = plan_install(cfg, slurm_conf_dir=conf_dir, hooks_dir=hooks_dir, systemd_dir=systemd_dir or DEFAULT_SYSTEMD_DIR,
                         python=python, pythonpath=pythonpath, user=user or user_from_conf(existing), site=site,
                         logrotate_dir=logrotate_dir)
-    return Installation(plan=plan, next_steps=instructions(plan, conf_dir), slurm_conf=slurm_conf,
-                        hooks_dir=hooks_dir, has_slurm_conf=existing is not None)
+    return Installation(plan=plan, next_steps=instructions(plan, conf_dir, controller_hosts(existing)),
+                        slurm_conf=slurm_conf, hooks_dir=hooks_dir, has_slurm_conf=existing is not None)
 
 
 def install(cfg, inst: Installation) -> Installation:

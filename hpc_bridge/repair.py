@@ -4,9 +4,10 @@
 everything once (one ``scontrol -o show node``, one GET nodes, one GET status, the state file,
 read last so that any operation a hook started before our cloud read is seen), plans, and
 applies with batched calls: one ``scontrol update`` per state/reason group, one API call per
-action kind (re-sent operations keep their own requestId, so one call each). It is a singleton
-(a non-blocking lock file next to the state file) and idempotent: a run right after another
-plans nothing.
+action kind (re-sent operations keep their own requestId, so one call each). It is a singleton per
+state directory (a non-blocking flock of `repair.lock` next to the state file: on storage both
+controllers mount, one repair runs across them) and idempotent: a run right after another plans
+nothing.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-import filelock
-
+from hpc_bridge import flock
 from hpc_bridge.cloud import index_by_name
 from hpc_bridge.errors import ApiError, BridgeError, NotFoundError, StateError
-from hpc_bridge.files import touch_owned
 from hpc_bridge.journal import Call, Journal, close, settle
-from hpc_bridge.lease import pid_alive
+from hpc_bridge.lease import hook_alive
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down
 from hpc_bridge.repair_plan import (
@@ -42,7 +41,7 @@ from hpc_bridge.repair_plan import (
     plan_repair,
 )
 from hpc_bridge.resume_plan import buckets_by_key
-from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, State, StateStore
+from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Operation, State, StateStore
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
@@ -97,21 +96,14 @@ def lock_path(store: StateStore):
 
 @contextlib.contextmanager
 def singleton(store: StateStore, timeout: float = 0.0):
-    """Yields True when this process holds the repair lock, False when another one does."""
+    """Yields True when this process holds the repair lock, False when another one does (on
+    this host or, through storage both controllers mount, on the other controller)."""
     store.ensure_dir()
-    lock = filelock.FileLock(str(lock_path(store)), timeout=timeout, mode=0o600)
     try:
-        touch_owned(lock_path(store))
-        lock.acquire()
-    except filelock.Timeout:
-        yield False
-        return
+        with flock.try_exclusive(str(lock_path(store)), timeout) as held:
+            yield held
     except OSError as err:
         raise StateError(f"cannot lock {lock_path(store)}: {err.strerror or err}") from None
-    try:
-        yield True
-    finally:
-        lock.release()
 
 
 def gather(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage):
@@ -124,7 +116,7 @@ def gather(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStorage)
 
 
 def run_repair(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStore, nodemap: NodeMap,
-               dry_run: bool = False, now: Clock = time.time, is_alive: Callable[[int], bool] = pid_alive,
+               dry_run: bool = False, now: Clock = time.time, is_alive: Callable[[Operation], bool] = hook_alive,
                spawn_follower=None) -> RepairReport:
     report = RepairReport(dry_run=dry_run)
     requests_before, calls_before = client.request_count, slurm.calls
@@ -136,8 +128,8 @@ def run_repair(cfg, *, client: ClusterApi, slurm: SlurmControl, store: StateStor
             return report
         slurm_nodes, cloud, buckets, state = gather(cfg, client=client, slurm=slurm, store=store)
         t = now()
-        pids = {op.pid for op in state.open_operations() if op.outcome == PENDING and is_alive(op.pid)}
-        report.actions = plan_repair(slurm_nodes, cloud, state, nodemap, cfg, t, buckets=buckets, live_pids=pids,
+        live = {op.request_id for op in state.open_operations() if op.outcome == PENDING and is_alive(op)}
+        report.actions = plan_repair(slurm_nodes, cloud, state, nodemap, cfg, t, buckets=buckets, live_hooks=live,
                                      waiting=report.waiting)
         for a in report.actions:
             log.info("%s%s %s [%s | %s]: %s", "would " if dry_run else "", a.kind, a.node, a.slurm_state,

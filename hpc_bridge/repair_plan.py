@@ -1,6 +1,6 @@
 """The repair planner: a pure function over (Slurm nodes with their state *flag sets* and
 reasons, cloud node records, the state file, the node map, bucket status, config, clock, which
-hook pids are alive) that returns `RepairAction`s, each with the drift it found and the reason
+recorded hooks are still at work) that returns `RepairAction`s, each with the drift it found and the reason
 it is taken. `hpc_bridge.repair` gathers the inputs and applies the actions.
 
 Decisions look at Slurm's flag *sets* ("POWERED_DOWN" in flags, base state DOWN, ...), never at
@@ -158,7 +158,7 @@ def plan_repair(
     now: float,
     *,
     buckets: Mapping[str, Any] | None = None,
-    live_pids: Iterable[int] = (),
+    live_hooks: Iterable[str] = (),
     waiting: list[GraceWait] | None = None,
 ) -> list[RepairAction]:
     """Decide what to repair. Pure: no I/O, same inputs give the same actions. `waiting`, when
@@ -166,10 +166,11 @@ def plan_repair(
 
     slurm_nodes: name -> SlurmNode (hpc_bridge.slurm); cloud_nodes: name -> Node (or the list
     from GET nodes); buckets: "nodearray/machineType" -> Bucket from GET status (for capacity
-    failures the API reports); live_pids: the pids of PENDING records' hooks that still run.
+    failures the API reports); live_hooks: request ids of PENDING records whose hook may still
+    be at work (`lease.hook_alive`).
     """
     cloud = dict(cloud_nodes) if isinstance(cloud_nodes, Mapping) else index_by_name(cloud_nodes)
-    live = frozenset(live_pids)
+    live = frozenset(live_hooks)
     grace = float(cfg.repair.grace)
     latest = state.latest_by_node()
     in_flight = state.resume_in_flight(now)
@@ -216,7 +217,7 @@ def _op_label(op: Operation) -> str:
     return node_names(op.nodes) if op.nodes else "-"
 
 
-def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ctx, live: frozenset[int]
+def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ctx, live: frozenset[str]
                      ) -> list[RepairAction]:
     out: list[RepairAction] = []
     stale = hook_stale_after(ctx.cfg)
@@ -235,9 +236,9 @@ def _plan_operations(state: State, slurm_nodes, cloud: dict[str, Node], ctx: _Ct
             continue
         if op.outcome != PENDING:
             continue
-        if op.pid in live and ctx.now - op.started < stale:
+        if op.request_id in live and ctx.now - op.started < stale:
             continue  # its hook is still at work
-        why = "hook gone" if op.pid not in live else f"hook silent for {ctx.now - op.started:.0f}s"
+        why = "hook gone" if op.request_id not in live else f"hook silent for {ctx.now - op.started:.0f}s"
         if op.action in RESUME_ACTIONS:
             if ctx.now >= op.deadline:
                 out.append(act(CLOSE, f"{why}, past its deadline: closed (its nodes are handled on their own)"))

@@ -30,6 +30,7 @@ from hpc_bridge.state_records import (  # noqa: F401 (the records, re-exported f
     ACCEPTED,
     DONE,
     FAILED,
+    HOST,
     OPEN,
     PENDING,
     RESUME_ACTIONS,

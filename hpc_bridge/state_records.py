@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,6 +15,10 @@ from hpc_bridge.errors import StateError
 
 # 2: a hold is a cool-off with `until` null (1: `until_cleared`, read and converted).
 SCHEMA_VERSION = 2
+
+#: This host, as records name it: controllers sharing a state directory tell their own hooks and
+#: followers (whose PIDs they can check) from another host's (whose PIDs mean nothing here).
+HOST = socket.gethostname()
 
 # Outcomes of an operation record.
 PENDING = "pending"  # recorded, API call not (known to be) answered yet
@@ -41,6 +46,7 @@ class Operation:
     request: dict[str, Any] | None = None  # the body sent, so a killed call can be re-sent as is
     answered: float | None = None  # when the API accepted it: its nodes exist from then on
     ready: float | None = None  # create/start: when all its nodes were seen Ready (the boot time's end)
+    host: str | None = None  # where the hook that recorded it ran (None: written before hosts were recorded)
 
     @property
     def open(self) -> bool:
@@ -176,7 +182,7 @@ class State:
         request: dict[str, Any] | None = None,
     ) -> Operation:
         op = Operation(request_id=request_id, action=action, nodes=list(nodes), started=now, deadline=deadline,
-                       pid=os.getpid(), request=request)
+                       pid=os.getpid(), request=request, host=HOST)
         self.operations[request_id] = op
         return op
 
@@ -310,7 +316,8 @@ def _well_typed(op: Operation) -> bool:
     return (isinstance(op.request_id, str) and isinstance(op.action, str) and isinstance(op.nodes, list)
             and isinstance(op.started, number) and isinstance(op.deadline, number)
             and (op.finished is None or isinstance(op.finished, number))
-            and (op.ready is None or isinstance(op.ready, number)))
+            and (op.ready is None or isinstance(op.ready, number))
+            and (op.host is None or isinstance(op.host, str)))
 
 
 def _known(cls, item: dict[str, Any]) -> dict[str, Any]:

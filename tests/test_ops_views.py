@@ -346,7 +346,7 @@ def facts(**kw):
     conf = parse("ResumeTimeout=1800\nResumeProgram=/h/resume\nSuspendProgram=/h/suspend\nResumeFailProgram=/h/rf\n")
     base = dict(config_path="/c.toml", cfg=cfg, password_source="file", status=None, slurm_conf=conf,
                 conf_problems=[], partitions_changed=[], slurm_nodes={}, nodemap_names=set(),
-                timer_unit="/etc/systemd/system/hpc-bridge-repair.timer", timer_enabled=True,
+                timer_unit="/etc/systemd/system/hpc-bridge-repair.timer", timer_enabled=True, lock_tested=True,
                 hook_runs={"ResumeProgram": None, "SuspendProgram": None, "ResumeFailProgram": None},
                 running_config={"ResumeProgram": "/h/resume", "SuspendProgram": "/h/suspend",
                                 "ResumeFailProgram": "/h/rf", "PrivateData": "jobs,cloud", "SuspendTime": "NONE"})

@@ -99,7 +99,7 @@ def op(rid, action, nodes, *, outcome=ACCEPTED, started=NOW - 100, deadline=NOW 
 def plan(slurm=(), cloud=(), ops=(), cooloffs=None, buckets=None, live=(), cfg=CFG, now=NOW):
     state = State(operations={o.request_id: o for o in ops}, cooloffs=dict(cooloffs or {}))
     return plan_repair({s.name: s for s in slurm}, {c.name: c for c in cloud}, state, NODEMAP, cfg, now,
-                       buckets=buckets, live_pids=live)
+                       buckets=buckets, live_hooks=[o.request_id for o in ops if o.pid in live])
 
 
 def kinds(actions, node=None):
@@ -476,7 +476,8 @@ def worlds(draw):
 
 def run_plan(world):
     slurm, cloud, state = world
-    return plan_repair(slurm, cloud, state, NODEMAP, CFG, NOW, live_pids=[LIVE_PID])
+    return plan_repair(slurm, cloud, state, NODEMAP, CFG, NOW,
+                       live_hooks=[o.request_id for o in state.operations.values() if o.pid == LIVE_PID])
 
 
 def allocated(s) -> bool:
