@@ -82,6 +82,15 @@ def test_lifecycle_is_driven_by_the_clock(m, dt, status, has_ip):
         assert node["PrivateIp"].startswith("127.1.")
 
 
+def test_private_ips_come_from_the_scenarios_network():
+    data = copy.deepcopy(SCENARIO)
+    data["cluster"]["private_network"] = "10.213.8.0/22"
+    m = ClusterModel(data, now=T0)
+    create(m, {"count": 3, "nodearray": "htc", "nameFormat": "a-%d"})
+    ips = sorted(n["PrivateIp"] for n in nodes(m, T0 + 31).values())
+    assert ips == ["10.213.8.1", "10.213.8.2", "10.213.8.3"]
+
+
 def test_ready_and_stop_events_for_hooks(m):
     create(m, {"count": 1, "nodearray": "htc", "nameFormat": "a"})
     m.advance(T0 + 31)

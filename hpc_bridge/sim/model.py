@@ -8,7 +8,7 @@ server must do outside the model (boot hooks) are queued in `self.events` as
 
 Rules (see also the scenario documentation):
 - Lifecycle: Off -> Acquiring -> Preparing -> Ready (durations from [timings] x time_scale).
-  PrivateIp (127.1.x.y, unique per record, kept for the record's life) and Hostname
+  PrivateIp (127.1.x.y, or from [cluster] private_network; unique per record, kept for the record's life) and Hostname
   ("ip-7F01XXYY") and InstanceId are assigned on entering Preparing; billing starts there.
   An injected boot failure turns Preparing into Failed with a StatusMessage (still billed: the
   VM exists until it is terminated).
@@ -31,6 +31,7 @@ Rules (see also the scenario documentation):
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import random
@@ -203,6 +204,7 @@ class ClusterModel:
         self.reseed(self.faults["seed"] if seed is None else seed)
         self._ids = random.Random(os.urandom(32))
         self._ip_counter = 0
+        self._network = ipaddress.IPv4Network(self.scenario.private_network)
 
     # ------------------------------------------------------------------ clock and lifecycle
 
@@ -270,7 +272,7 @@ class ClusterModel:
             if rec.ip is None:
                 n = self._ip_counter
                 self._ip_counter += 1
-                rec.ip = f"127.1.{n // 250}.{n % 250 + 1}"
+                rec.ip = str(self._network[(n // 250) * 256 + n % 250 + 1])
                 a, b, c, d = (int(x) for x in rec.ip.split("."))
                 rec.hostname = f"ip-{a:02X}{b:02X}{c:02X}{d:02X}"
             if rec.instance_id is None:

@@ -111,6 +111,7 @@ class Scenario:
     strict_reference: bool = False
     quirks: bool = False
     regional_quota_core_count: int = 0
+    private_network: str = "127.1.0.0/16"  # where PrivateIp addresses come from
     source: str = "<dict>"
 
     def nodearray(self, name: str) -> NodearraySpec | None:
@@ -329,7 +330,7 @@ def _parse(data: Any) -> Scenario:
     if cluster is None:
         raise _Bad("[cluster] table with name, username, password is required")
     _no_unknown(cluster, {"name", "username", "password", "region", "maxCount", "maxCoreCount", "strict_reference",
-                          "quirks", "regionalQuotaCoreCount"}, "cluster")
+                          "quirks", "regionalQuotaCoreCount", "private_network"}, "cluster")
     name = _str(cluster, "name", "cluster")
     raw_arrays = data.get("nodearrays")
     if not isinstance(raw_arrays, list) or not raw_arrays:
@@ -377,9 +378,23 @@ def _parse(data: Any) -> Scenario:
         strict_reference=_bool(cluster, "strict_reference", "cluster", False),
         quirks=_bool(cluster, "quirks", "cluster", False),
         # The region's vCPU quota over every family; by default the sum of the families' quotas.
+        private_network=_network(cluster.get("private_network", "127.1.0.0/16")),
         regional_quota_core_count=_int(cluster, "regionalQuotaCoreCount", "cluster", default=sum(
             {b.machine_type: b.quota_core_count for na in nodearrays for b in na.buckets}.values())),
     )
+
+
+def _network(value: Any) -> str:
+    """An IPv4 network of at least 256 addresses (PrivateIp: host .1 to .250 of each /24 in it)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv4Network(value) if isinstance(value, str) else None
+    except ValueError:
+        net = None
+    if net is None or net.prefixlen > 24:
+        raise _Bad(f"cluster.private_network must be an IPv4 network of /24 or larger (got {value!r})")
+    return str(net)
 
 
 def check_capacity_target(target: str, nodearrays: list[NodearraySpec]) -> None:
