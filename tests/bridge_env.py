@@ -90,7 +90,7 @@ class BridgeEnv:
     @classmethod
     def create(cls, root: Path, slurm_factory: Callable | None = None, *, scenario: dict | None = None,
                config_extra: str = "", bridge_hooks: bool = False, boot_slurmd: bool = False,
-               form: str = "default", **cluster_kwargs: Any) -> "BridgeEnv":
+               form: str = "default", sim_host: str = "127.0.0.1", **cluster_kwargs: Any) -> "BridgeEnv":
         root = Path(root)
         scenario = copy.deepcopy(scenario or default_scenario())
         scenario.setdefault("cluster", {}).update(FORMS[form])
@@ -105,7 +105,7 @@ class BridgeEnv:
                 scenario["hooks"]["on_ready"] = cluster.boot_hook_argv("start")
                 scenario["hooks"]["on_stop"] = cluster.boot_hook_argv("stop")
                 scenario["hooks"]["env"] = cluster.hook_env()
-        sim = SimServer(scenario).start()
+        sim = SimServer(scenario, host=sim_host).start()
         password = root / "password"
         password.write_text(sim.password + "\n")
         password.chmod(0o600)
@@ -122,6 +122,8 @@ class BridgeEnv:
             "[cluster]\n"
             f'url = "{sim.url}"\nname = "{sim.cluster_name}"\nusername = "{sim.username}"\n'
             f'password_file = "{password}"\nretries = 3\nretry_budget = 10.0\ntimeout = 5.0\n'
+            # a simulator off loopback (other network namespaces reach it) is still this machine's
+            + ("" if sim_host.startswith("127.") else "allow_plain_http = true\n") +
             "[paths]\n"
             f'state_dir = "{state_dir}"\nlog_dir = "{log_dir}"\n'
             "[slurm]\n"
@@ -188,18 +190,23 @@ class BridgeEnv:
 
     # ------------------------------------------------------------------ looking
 
+    def api_client(self):
+        """A client of the test's simulator (plain http is fine: it is this machine's, also when
+        it listens off loopback)."""
+        from hpc_bridge.api.client import ClusterClient
+
+        return ClusterClient(self.sim.url, self.sim.cluster_name, self.sim.username, self.sim.password,
+                             allow_plain_http=True)
+
     def cloud_nodes(self) -> dict[str, dict]:
         """Cloud node records by name (the live one where a name has several)."""
-        from hpc_bridge.api.client import ClusterClient
         from hpc_bridge.cloud import index_by_name
 
-        with ClusterClient(self.sim.url, self.sim.cluster_name, self.sim.username, self.sim.password) as c:
+        with self.api_client() as c:
             return {n: node.to_wire() for n, node in index_by_name(c.get_nodes().nodes).items()}
 
     def all_cloud_records(self) -> list[dict]:
-        from hpc_bridge.api.client import ClusterClient
-
-        with ClusterClient(self.sim.url, self.sim.cluster_name, self.sim.username, self.sim.password) as c:
+        with self.api_client() as c:
             return [n.to_wire() for n in c.get_nodes().nodes]
 
     def state(self) -> dict:

@@ -270,8 +270,11 @@ class SlurmCluster:
         bin_dir: str = BIN,
         slurm_user: str = "root",
         release: SlurmRelease | None = None,
+        controllers: Sequence[tuple[str, str]] = (),
     ):
         self.workdir = Path(workdir).resolve()
+        # (name, address) per SlurmctldHost line, primary first; none: one slurmctld on localhost
+        self.controllers = list(controllers)
         self.slurm_user = slurm_user  # slurmctld and the hooks it runs drop to this user
         self.includes = [Path(p).resolve() for p in nodes_conf_includes]
         self.nodes_conf_text = nodes_conf_text
@@ -309,6 +312,8 @@ class SlurmCluster:
         self.state_dir = self.workdir / "state"
         self.spool_dir = self.workdir / "spool"
         self.conf_path = self.etc / "slurm.conf"
+        # slurmctld's pid and log file (a subclass running several controllers gives each host its own)
+        self.ctld_pid_dir, self.ctld_log_dir = self.run_dir, self.log_dir
         # munge's socket path must stay short (sun_path is 108 bytes).
         self.munge_dir: Path | None = None
         self._munge_tmp = False
@@ -475,7 +480,7 @@ class SlurmCluster:
         self._copy_side_file(self.gres_conf, "gres.conf")
         lines = [
             f"ClusterName={self.cluster_name}",
-            "SlurmctldHost=localhost",
+            *([f"SlurmctldHost={name}({addr})" for name, addr in self.controllers] or ["SlurmctldHost=localhost"]),
             f"SlurmUser={self.slurm_user}",
             "SlurmdUser=root",
             f"SlurmctldPort={self.ctld_port}",
@@ -485,9 +490,9 @@ class SlurmCluster:
             "CredType=cred/munge",
             f"StateSaveLocation={self.state_dir}",
             f"SlurmdSpoolDir={self.spool_dir}/%n",
-            f"SlurmctldPidFile={self.run_dir}/slurmctld.pid",
+            f"SlurmctldPidFile={self.ctld_pid_dir}/slurmctld.pid",
             f"SlurmdPidFile={self.run_dir}/slurmd-daemon-%n.pid",
-            f"SlurmctldLogFile={self.log_dir}/slurmctld.log",
+            f"SlurmctldLogFile={self.ctld_log_dir}/slurmctld.log",
             f"SlurmdLogFile={self.log_dir}/slurmd-%n.log",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
@@ -614,24 +619,27 @@ class SlurmCluster:
         try:
             self._start_munged()
             self.write_conf()
-            log = open(self.log_dir / "slurmctld.out", "ab")
-            self._ctld = subprocess.Popen(
-                [f"{self.sbin_dir}/slurmctld", "-D", "-i"],
-                cwd=self.workdir,
-                env={"SLURM_CONF": str(self.conf_path)},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-            global SLURMCTLD_STARTS
-            SLURMCTLD_STARTS += 1
+            self._start_slurmctld()
             self.wait_for(self._ctld_up, timeout, what="slurmctld answering scontrol ping")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_slurmctld(self) -> None:
+        log = open(self.log_dir / "slurmctld.out", "ab")
+        self._ctld = subprocess.Popen(
+            [f"{self.sbin_dir}/slurmctld", "-D", "-i"],
+            cwd=self.workdir,
+            env={"SLURM_CONF": str(self.conf_path)},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        global SLURMCTLD_STARTS
+        SLURMCTLD_STARTS += 1
 
     def _ctld_up(self) -> bool:
         if self._ctld is not None and self._ctld.poll() is not None:
