@@ -71,9 +71,12 @@ def exclusive(path: str, timeout: float, mode: int = 0o600) -> Iterator[float]:
     mine = -1
     held = False
     try:
-        mine, ahead = _join_queue(path, mode, deadline)
-        _wait_behind(path, ahead, deadline)
-        _acquire(lock, deadline)
+        try:
+            mine, ahead = _join_queue(path, mode, deadline)
+            _wait_behind(path, ahead, deadline)
+            _acquire(lock, deadline)
+        except OSError as err:
+            raise _named(err, path) from None
         held = True
         yield time.monotonic() - t0
     finally:
@@ -83,6 +86,12 @@ def exclusive(path: str, timeout: float, mode: int = 0o600) -> Iterator[float]:
                 with contextlib.suppress(OSError):
                     os.pwrite(mine, _DONE, 0)
             os.close(mine)  # the next in line may go
+
+
+def _named(err: OSError, path: str) -> OSError:
+    """flock(2) errors carry no file name (ENOLCK on NFSv3 without lockd): name the lock file,
+    so that the caller's one-line error says which."""
+    return err if err.filename else OSError(err.errno, err.strerror, path)
 
 
 def _join_queue(path: str, mode: int, deadline: float) -> tuple[int, int]:
@@ -199,6 +208,8 @@ def try_exclusive(path: str, timeout: float = 0.0, mode: int = 0o600) -> Iterato
         except LockTimeout:
             yield False
             return
+        except OSError as err:
+            raise _named(err, path) from None
         yield True
     finally:
         os.close(fd)  # releases the lock, if held

@@ -165,3 +165,26 @@ def test_install_hooks_names_the_steps_for_each_controller():
     assert not any("controllers" in line for line in install.instructions(plan, "/etc/slurm", ["c1"]))
     steps = "\n".join(install.instructions(plan, "/etc/slurm", ["c1", "c2"]))
     assert "2 controllers (c1, c2)" in steps and "on EACH of them" in steps and "state_dir" in steps
+
+
+def test_storage_without_locks_is_one_line_naming_the_lock_file(tmp_path, monkeypatch):
+    """NFSv3 without lockd: flock fails with ENOLCK. The state lock, repair's lock and doctor's
+    check each say so in one line naming the file (flock's own error names none)."""
+    import errno
+    import fcntl
+
+    from hpc_bridge.errors import StateError
+    from hpc_bridge.repair import singleton
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    store = StateStore(tmp_path / "state.json")
+    with pytest.raises(StateError, match=r"cannot lock .*state\.json\.lock: No locks available"):
+        with store.transaction():
+            pass
+    with pytest.raises(StateError, match=r"cannot lock .*repair\.lock: No locks available"):
+        with singleton(store):
+            pass
+    assert "No locks available" in flock.excludes_another_process(str(tmp_path / "x.lock"))
