@@ -19,6 +19,7 @@ in flight; both hosts' repair timers fire at once.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -43,13 +44,22 @@ HOSTS = ("ctl1", "ctl2")  # primary, backup
 SLURMCTLD_TIMEOUT = 5  # seconds the backup waits for a silent primary before taking over
 TIMER_PERIOD = 2.0  # each host's "systemd timer" runs repair this often
 LIVE = ("Acquiring", "Preparing", "Ready", "Off", "Failed")  # a VM that exists and is not shut down
+BUSY = frozenset({"DOWN", "DRAIN", "POWERING_UP", "POWER_UP", "POWERING_DOWN", "POWER_DOWN"})
+
+
+def at_rest(node) -> bool:
+    """idle~ and nothing under way (22.05 shows a node powering up as IDLE+POWERED_DOWN+POWERING_UP)."""
+    return node.has("IDLE", "POWERED_DOWN") and not node.state_flags & BUSY
 
 
 class ControllerHosts:
     """Two network namespaces with a UTS namespace each, on a bridge in this namespace."""
 
+    made_here = itertools.count()
+
     def __init__(self, workdir: Path):
-        self.tag = f"hbha{os.getpid() % 100000}"
+        # names of this process and fixture (a namespace being deleted may outlive its test)
+        self.tag = f"hbha{os.getpid() % 100000}{next(self.made_here) % 100}"
         self.bridge = f"{self.tag}b"
         self.workdir = workdir
         self.net, self.nodes_net = _free_networks()
@@ -72,6 +82,7 @@ class ControllerHosts:
                 _ip("netns", "add", ns)
                 self.made.append(("netns", "del", ns))
                 _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                self.made.append(("link", "del", veth))
                 _ip("link", "set", veth, "master", self.bridge, "up")
                 inside = ("netns", "exec", ns, IP)
                 _ip(*inside, "link", "set", "lo", "up")
@@ -283,7 +294,7 @@ class HAEnv:
     def describe(self) -> str:
         nodes = {n: f"{'+'.join(sorted(s.state_flags))} {s.reason or ''}".strip()
                  for n, s in self.cluster.slurm().show_nodes().items()
-                 if not s.has("IDLE", "POWERED_DOWN") or s.reason}
+                 if not at_rest(s) or s.reason}
         return (f"slurm nodes {nodes}; cloud {[(r['Name'], r.get('Status')) for r in self.records()]}; "
                 f"ping {self.cluster.ping()!r}; ops {[(o['action'], o['nodes'], o['outcome'], o.get('host')) for o in self.state_ops()]}")
 
@@ -299,8 +310,7 @@ class HAEnv:
         state = self.cluster.job_state(job)
         nodes = self.cluster.slurm().show_nodes()
         seen = (state, tuple(sorted((n, "+".join(sorted(s.state_flags - {"CLOUD"})), s.node_addr)
-                                    for n, s in nodes.items() if n.startswith("hpc-") and s.node_addr
-                                    and not s.has("IDLE", "POWERED_DOWN"))))
+                                    for n, s in nodes.items() if n.startswith("hpc-") and not at_rest(s))))
         if seen != getattr(self, "_seen", None):
             self._seen = seen
             self.phase(f"job {job} {state}; nodes {seen[1]}")
@@ -320,8 +330,7 @@ class HAEnv:
         def settled():
             slurm = self.cluster.slurm().show_nodes()
             up = [n for n in self.live_vms() if not (n in slurm and not {"POWERED_DOWN"} & slurm[n].state_flags)]
-            return not up and all({"IDLE", "POWERED_DOWN"} <= s.state_flags and "DOWN" not in s.state_flags
-                                  for n, s in slurm.items() if n in {r["Name"] for r in self.records()})
+            return not up and all(at_rest(s) for n, s in slurm.items() if n in {r["Name"] for r in self.records()})
         self.wait(settled, timeout=90, what="every VM shut down and its node idle~ (repair on the backup)")
         run = subprocess.run(self.hosts.command(HOSTS[1], self.repair_argv("--json")), env=self.env.cli_env(),
                              capture_output=True, text=True, timeout=120)
