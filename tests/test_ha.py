@@ -164,9 +164,13 @@ class HACluster(SlurmCluster):
         self.ctlds: dict[str, subprocess.Popen] = {}
 
     def _start_slurmctld(self) -> None:
+        """The primary first, the backup once the primary answers: a primary starting next to a
+        backup that is starting too asks it to stand down and waits up to 30 s for an answer
+        (seen on 24.11: "_shutdown_bu_thread: ... Socket timed out")."""
         (self.hosts.workdir / "host").mkdir(exist_ok=True)
-        for name in HOSTS:
-            self.start_controller(name)
+        self.start_controller(HOSTS[0])
+        self.wait_for(lambda: self._controllers_up(HOSTS[:1]), 60, what=f"slurmctld on {HOSTS[0]} answering")
+        self.start_controller(HOSTS[1])
 
     def start_controller(self, name: str) -> None:
         log = open(self.hosts.workdir / "hosts" / name / "slurmctld.out", "ab")
@@ -178,10 +182,14 @@ class HACluster(SlurmCluster):
         slurmcluster.SLURMCTLD_STARTS += 1
 
     def _ctld_up(self) -> bool:
+        return self._controllers_up(HOSTS)
+
+    def _controllers_up(self, names) -> bool:
         for name, p in self.ctlds.items():
             if p.poll() is not None:
                 raise RuntimeError(f"slurmctld on {name} exited with {p.returncode}:\n" + self.host_log(name))
-        return self.ping().count("is UP") == len(HOSTS)
+        out = self.ping()
+        return all(f"at {name} is UP" in out for name in names)
 
     def ping(self) -> str:
         return self.run(["scontrol", "ping"], check=False, timeout=20).stdout
