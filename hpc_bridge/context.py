@@ -73,7 +73,8 @@ class HookContext:
 
     @property
     def client(self):
-        """Made on first use: a hook with nothing to do never pays for the HTTP stack."""
+        """Made on first use: a hook given an empty hostlist, which never asks for it, does not pay
+        for the HTTP stack."""
         if self._client is None:
             self._client = client_for(self.cfg)
             freeze_imported_objects()

@@ -38,7 +38,8 @@ class ApiError(BridgeError):
     """The cluster API answered with an error, or its answer could not be understood.
 
     Callers decide on the subclass, never on the message or the status code: NotFoundError,
-    ThrottledError, ServerError, ConflictError, AuthError, ApiUnreachable (TlsError)."""
+    ThrottledError, ServerError, ConflictError, AuthError, InvalidRequestError, ApiUnreachable
+    (TlsError)."""
 
     def __init__(self, message: str, *, endpoint: str = "", status: int | None = None):
         self.endpoint = endpoint
@@ -74,6 +75,11 @@ class ConflictError(ApiError):
 
 class AuthError(ApiError):
     """401/403: the credentials were refused."""
+
+
+class InvalidRequestError(ApiError):
+    """A request that does not fit the reference's schema (a damaged record of a call, say):
+    it is not sent, and its call is closed as failed rather than re-sent for ever."""
 
 
 class SlurmError(BridgeError):

@@ -74,7 +74,8 @@ def send(client: ClusterApi, call: Call, resend: bool = False) -> None:
     """Send one call; it gets its result, or its error (the API's answer is never raised)."""
     try:
         if call.action == "create":
-            call.result = client.create_nodes(call.request["sets"], request_id=call.request_id, resend=resend)
+            call.result = client.create_nodes(call.request.get("sets") or [], request_id=call.request_id,
+                                              resend=resend)
         else:
             call.result = client.manage_nodes(call.action, request_id=call.request_id, resend=resend,
                                               **call.request)

@@ -199,7 +199,8 @@ def _terminate(cfg, report: RepairReport, actions: list[RepairAction], journal: 
         return
     names = sorted(targets)
     call = Call("terminate", names, {"ids": [targets[n] for n in names]}, journal.now() + cfg.resume.resume_timeout)
-    journal.record_and_send([call])
+    if (unrecorded := journal.record_and_send([call])) is not None:
+        report.errors[f"record {TERMINATE}"] = str(unrecorded)
     if call.error is not None:
         report.errors[TERMINATE] = str(call.error)
     elif call.result is not None:

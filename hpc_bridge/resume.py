@@ -250,7 +250,8 @@ def _stop_superseded(journal: CallJournal, calls: ResumeCalls, outcome: _Outcome
     log.info("%s: suspended while being brought up: stopping", node_names(superseded))
     deadline = calls.bringing_up[0].deadline
     try:
-        journal.record_and_send([Call("terminate", superseded, {"names": superseded}, deadline)])
+        if (unrecorded := journal.record_and_send([Call("terminate", superseded, {"names": superseded}, deadline)])):
+            report.errors.append(unrecorded)
     except StateError as err:
         log.error("%s: not stopped, repair will: %s", node_names(superseded), err)
         report.errors.append(err)

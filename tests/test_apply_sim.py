@@ -18,6 +18,7 @@ from recording_slurm import RecordingSlurm, node
 from hpc_bridge import ports
 from hpc_bridge.api.client import ClusterClient
 from hpc_bridge.config import load_config
+from hpc_bridge.errors import InvalidRequestError
 from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.nodemap import load_nodemap
 from hpc_bridge.sim.server import SimServer
@@ -371,6 +372,30 @@ def test_repair_resending_a_call_that_had_gone_through_settles_it_on_the_409(bri
     assert [a.kind for a in report.changes] == ["resend_operation"] and report.ok, report.changes
     op = bridge.store.read().operations[call.request_id]
     assert op.outcome == ACCEPTED and op.message == "recovered after 409"
+
+
+def test_a_call_that_does_not_fit_the_schema_is_closed_failed_and_never_sent(bridge):
+    """A request the client will not send (a count that is no number; a recorded management call
+    that selects nothing, as a damaged state file could hold): closed FAILED naming the problem,
+    never sent, and repair carries on instead of failing on it at every run."""
+    bridge.sim.reset_stats()
+    bad_create = Call("create", ["htc-f2sv2-1"], {"sets": [{"count": "two", "nodearray": "htc"}]},
+                      bridge.sim.now() + 600)
+    Journal(bridge.store, bridge.client).record_and_send([bad_create])
+    assert isinstance(bad_create.error, InvalidRequestError) and bad_create.result is None
+    op = bridge.store.read().operations[bad_create.request_id]
+    assert op.outcome == FAILED and "not sent, the request is invalid" in op.message and "sets.0.count" in op.message
+
+    now = bridge.sim.now() + 2 * bridge.cfg.repair.grace
+    bad_stop = Call("terminate", ["htc-f2sv2-2"], {"ids": []}, now + 600)
+    with bridge.store.transaction() as state:
+        record(state, [bad_stop], now - 120)
+    report = bridge.repair(now=lambda: now, is_alive=lambda pid: False)
+    assert [a.kind for a in report.changes] == ["resend_operation"], report.changes
+    op = bridge.store.read().operations[bad_stop.request_id]
+    assert op.outcome == FAILED and "selects no nodes" in op.message, op.message
+    assert not [k for k in bridge.sim.stats()["requests"] if k.startswith("nodes/")], "nothing was sent"
+    assert bridge.repair(now=lambda: now + 1, is_alive=lambda pid: False).changes == []
 
 
 def test_repair_puts_back_the_nodes_of_an_expired_cooloff(bridge):

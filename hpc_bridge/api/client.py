@@ -57,6 +57,7 @@ from hpc_bridge.errors import (
     AuthError,
     ConfigError,
     ConflictError,
+    InvalidRequestError,
     NotFoundError,
     ServerError,
     ThrottledError,
@@ -359,12 +360,7 @@ class ClusterClient:
         try:
             return model.model_validate(data)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ApiError(
-                f"{endpoint}: unexpected response body ({err.error_count()} problem(s); first: {where}: {first['msg']})",
-                endpoint=endpoint,
-            ) from None
+            raise ApiError(f"{endpoint}: unexpected response body ({_first_problem(err)})", endpoint=endpoint) from None
 
     def _get(self, path: str, model: type[M], params: dict | None = None) -> M:
         attempted = self._send("GET", path, params=params)
@@ -405,12 +401,16 @@ class ClusterClient:
         recorded call being finished), so a 409 is looked up by request id like a retry's."""
         # One validation for the whole request: per-set models cost a big resume a pydantic
         # round trip per name.
-        request = NodeCreationRequest.model_validate({
-            "sets": [s.to_wire() if isinstance(s, NodeCreationSet) else s for s in sets],
-            "requestId": request_id or new_request_id(),
-        })
-        return self._send_idempotent(self._path("/nodes/create"), request, NodeCreationResult,
-                                     self._recover_create, resend)
+        path = self._path("/nodes/create")
+        try:
+            request = NodeCreationRequest.model_validate({
+                "sets": [s.to_wire() if isinstance(s, NodeCreationSet) else s for s in sets],
+                "requestId": request_id or new_request_id(),
+            })
+        except ValidationError as err:
+            raise InvalidRequestError(f"POST {path}: not sent, the request is invalid ({_first_problem(err)})",
+                                      endpoint=f"POST {path}") from None
+        return self._send_idempotent(path, request, NodeCreationResult, self._recover_create, resend)
 
     def scale(
         self, nodearray: str, total_core_count: int | None = None, total_node_count: int | None = None
@@ -436,18 +436,22 @@ class ClusterClient:
     ) -> NodeManagementResult:
         if action not in MANAGEMENT_ACTIONS:
             raise ValueError(f"unknown node action {action!r}")
-        request = NodeManagementRequest.make(
-            names=names,
-            ids=ids,
-            hostnames=hostnames,
-            ip_addresses=ip_addresses,
-            filter=filter,
-            request_id=request_id or new_request_id(),
-        )
+        path = self._path(f"/nodes/{action}")
+        try:
+            request = NodeManagementRequest.make(
+                names=names,
+                ids=ids,
+                hostnames=hostnames,
+                ip_addresses=ip_addresses,
+                filter=filter,
+                request_id=request_id or new_request_id(),
+            )
+        except ValidationError as err:
+            raise InvalidRequestError(f"POST {path}: not sent, the request is invalid ({_first_problem(err)})",
+                                      endpoint=f"POST {path}") from None
         if not request.selects_anything:
-            raise ValueError(f"{action}: no nodes selected")
-        return self._send_idempotent(self._path(f"/nodes/{action}"), request, NodeManagementResult,
-                                     self._recover_management, resend)
+            raise InvalidRequestError(f"POST {path}: not sent, the request selects no nodes", endpoint=f"POST {path}")
+        return self._send_idempotent(path, request, NodeManagementResult, self._recover_management, resend)
 
     def _send_idempotent(self, path: str, request: Any, result_type: type[Any], recover: Callable[..., Any],
                          resend: bool) -> Any:
@@ -513,6 +517,12 @@ class ClusterClient:
         result._request_id = request.request_id
         result._recovered = True
         return result
+
+
+def _first_problem(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{err.error_count()} problem(s); first: {where}: {first['msg']}"
 
 
 def _attribute_created(sets: list[NodeCreationSet], found: NodeList) -> list[int]:
