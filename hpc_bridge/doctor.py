@@ -51,7 +51,7 @@ class Facts:
     api_error: BaseException | None = None
     status: Any = None  # ClusterStatus
     slurm_conf_path: str | None = None
-    slurm_conf: Any = None  # install.SlurmConf
+    slurm_conf: Any = None  # slurm_conf.SlurmConf
     slurm_conf_error: str | None = None
     conf_problems: list[Any] = field(default_factory=list)  # install.Problem
     partitions_changed: list[str] | None = None
@@ -484,13 +484,6 @@ def failed(checks: list[Check]) -> bool:
 # --------------------------------------------------------------------------- gathering (I/O)
 
 
-def slurm_conf_path(cfg) -> str:
-    """The slurm.conf the hooks' Slurm commands use (same rule as Slurm.from_config)."""
-    from hpc_bridge.slurm import Slurm
-
-    return Slurm.from_config(cfg).slurm_conf or os.path.join(cfg.slurm.conf_dir, "slurm.conf")
-
-
 def find_timer(systemd_dirs=SYSTEMD_DIRS) -> tuple[str | None, bool]:
     from hpc_bridge.install import REPAIR_TIMER
 
@@ -512,7 +505,8 @@ def boot_times(operations) -> list[float]:
 def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | None = None,
            systemd_dirs=SYSTEMD_DIRS, slurm=None) -> Facts:
     from hpc_bridge.config import PASSWORD_ENV, config_path as resolve, load_config
-    from hpc_bridge.install import check_settings, read_slurm_conf
+    from hpc_bridge.install import check_settings
+    from hpc_bridge.slurm_conf import read_slurm_conf, slurm_conf_path
 
     f = Facts(config_path=resolve(config_path))
     try:

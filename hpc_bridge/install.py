@@ -2,9 +2,8 @@
 of an existing slurm.conf.
 
 Pure parts: `desired_settings()` (what slurm.conf needs, from the hpc-bridge config),
-`include_file_text()`, `wrapper_text()`, `systemd_units()`, `parse_slurm_conf_text()` and
-`check_settings()` (what an existing slurm.conf lacks). `read_slurm_conf()` follows `include`
-lines on disk; `write_install()` writes the files.
+`include_file_text()`, `wrapper_text()`, `systemd_units()` and `check_settings()` (what an
+existing slurm.conf, read by hpc_bridge.slurm_conf, lacks); `write_install()` writes the files.
 
 Slurm reads a key given more than once with the *latest* value (it logs "specified more than
 once, latest value used"), so the generated include file is meant to be included at the END of
@@ -13,11 +12,9 @@ slurm.conf; `--check` reports a key whose effective value is wrong wherever it w
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Callable, Iterable
 
 from hpc_bridge.errors import ConfigError
 from hpc_bridge.files import write_atomically
+from hpc_bridge.slurm_conf import SlurmConf, read_slurm_conf
 
 log = logging.getLogger("hpc_bridge.install")
 
@@ -35,9 +33,6 @@ DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
 REPAIR_SERVICE = "hpc-bridge-repair.service"
 REPAIR_TIMER = "hpc-bridge-repair.timer"
 TREE_WIDTH = 65533  # Slurm's advice for cloud nodes: no tree fan-out through nodes that may be off
-
-# Multi-key record lines (NodeName=... CPUs=...): not global settings.
-_RECORD_KEYS = frozenset({"nodename", "partitionname", "nodeset", "downnodes", "frontendname", "switchname"})
 
 
 @dataclass(frozen=True)
@@ -242,125 +237,6 @@ def default_pythonpath() -> str:
     if "site-packages" in root.parts or "dist-packages" in root.parts:
         return ""
     return str(root)
-
-
-# --------------------------------------------------------------------------- reading slurm.conf
-
-
-@dataclass
-class SlurmConf:
-    """Global settings of a slurm.conf and its includes (keys lower-cased, latest value wins)."""
-
-    path: str
-    values: dict[str, str] = field(default_factory=dict)
-    where: dict[str, str] = field(default_factory=dict)  # key -> "file:line" of the effective value
-    keys: dict[str, str] = field(default_factory=dict)  # lower -> as written
-    occurrences: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # key -> [(value, "file:line")]
-    node_names: list[str] = field(default_factory=list)  # NodeName= hostlists (not DEFAULT), in order
-    includes: list[str] = field(default_factory=list)  # as resolved paths
-    missing_includes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def get(self, key: str) -> str | None:
-        return self.values.get(key.lower())
-
-
-def _strip_comment(line: str) -> str:
-    out = []
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if ch == "\\" and i + 1 < len(line) and line[i + 1] == "#":
-            out.append("#")
-            i += 2
-            continue
-        if ch == "#":
-            break
-        out.append(ch)
-        i += 1
-    return "".join(out).strip()
-
-
-def parse_slurm_conf_text(text: str, source: str, conf: SlurmConf, base_dir: str,
-                          read: Callable[[str], str | None], depth: int = 0) -> None:
-    """Add the settings of one file to `conf`, following includes through `read(path)` (None:
-    missing). Include paths are taken relative to `base_dir` (slurm.conf's directory)."""
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        lineno = i + 1
-        line = lines[i]
-        while line.endswith("\\") and i + 1 < len(lines):  # continuation lines
-            i += 1
-            line = line[:-1] + lines[i]
-        i += 1
-        line = _strip_comment(line)
-        if not line:
-            continue
-        head, _, rest = line.partition(" ")
-        if head.lower() == "include":
-            pattern = rest.strip()
-            if not os.path.isabs(pattern):
-                pattern = os.path.join(base_dir, pattern)
-            matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-            for path in matches or [pattern]:
-                conf.includes.append(path)
-                if depth > 10:
-                    conf.errors.append(f"{source}:{lineno}: includes nested too deep")
-                    continue
-                sub = read(path)
-                if sub is None:
-                    conf.missing_includes.append(path)
-                    continue
-                parse_slurm_conf_text(sub, path, conf, base_dir, read, depth + 1)
-            continue
-        try:
-            tokens = shlex.split(line, posix=True)
-        except ValueError:
-            conf.errors.append(f"{source}:{lineno}: unbalanced quotes")
-            continue
-        if not tokens or "=" not in tokens[0]:
-            conf.errors.append(f"{source}:{lineno}: not Key=Value: {line[:60]}")
-            continue
-        record = tokens[0].split("=", 1)
-        if record[0].lower() in _RECORD_KEYS:
-            if record[0].lower() == "nodename" and record[1] and record[1].upper() != "DEFAULT":
-                conf.node_names.append(record[1])
-            continue
-        for tok in tokens:
-            key, eq, value = tok.partition("=")
-            if not eq or not key:
-                continue
-            conf.values[key.lower()] = value
-            conf.keys[key.lower()] = key
-            conf.where[key.lower()] = f"{source}:{lineno}"
-            conf.occurrences.setdefault(key.lower(), []).append((value, f"{source}:{lineno}"))
-
-
-def _read_or_none(path: str) -> str | None:
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read it: {err.strerror or err}") from None
-    except ValueError:  # a NUL in an Include line
-        raise ConfigError(f"{path!r}: not a usable path") from None
-
-
-def read_slurm_conf(path: str, skip: Iterable[str] = ()) -> SlurmConf:
-    """slurm.conf and its includes; included files in `skip` are listed but not read."""
-    text = _read_or_none(path)
-    if text is None:
-        raise ConfigError(f"slurm.conf {path} not found (give --slurm-conf-dir, or [slurm] conf_dir)")
-    skipped = {os.path.normpath(p) for p in skip}
-
-    def read(included: str) -> str | None:
-        return "" if os.path.normpath(included) in skipped else _read_or_none(included)
-
-    conf = SlurmConf(path=path)
-    parse_slurm_conf_text(text, path, conf, os.path.dirname(path), read)
-    return conf
 
 
 def _words(value: str | None) -> set[str]:

@@ -154,8 +154,7 @@ def write_outputs(files: dict[str, str], out_dir: str | os.PathLike[str]) -> lis
 def conf_node_names(cfg: Config) -> list[str]:
     """Node names of the slurm.conf Slurm reads, without the generated partitions.conf (none
     when there is no slurm.conf yet)."""
-    from hpc_bridge.doctor import slurm_conf_path
-    from hpc_bridge.install import read_slurm_conf
+    from hpc_bridge.slurm_conf import read_slurm_conf, slurm_conf_path
 
     path = slurm_conf_path(cfg)
     if not os.path.isfile(path):

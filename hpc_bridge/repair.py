@@ -273,9 +273,3 @@ def _back_into_slurm(report: RepairReport, resumes: list[RepairAction], addresse
         _step(report, SLURM_RESUME, lambda: slurm.update_nodes(sorted(a.node for a in resumes), state="RESUME"))
     if addresses:
         _step(report, SET_ADDRESS, lambda: slurm.set_addresses({a.node: a.address for a in addresses}))
-
-
-def format_plan(actions: list[RepairAction]) -> str:
-    from hpc_bridge.table import format_table
-
-    return format_table(["node", "slurm state", "cloud state", "action", "reason"], (a.row() for a in actions))

@@ -274,7 +274,7 @@ def test_doctor_runs_each_hook_as_slurmuser_and_catches_what_it_cannot_reach(slu
     import tempfile
 
     from hpc_bridge import doctor
-    from hpc_bridge.install import read_slurm_conf
+    from hpc_bridge.slurm_conf import read_slurm_conf
 
     root = Path(tempfile.mkdtemp(prefix="hb-doctor-", dir="/tmp"))
     try:

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from hpc_bridge import doctor, flock, install
+from hpc_bridge import doctor, flock, install, slurm_conf
 from hpc_bridge.lease import hook_alive
 from hpc_bridge.state import HOST, Operation, State, StateStore
 
@@ -86,8 +86,8 @@ def test_excludes_another_process_says_when_the_lock_is_held_elsewhere(tmp_path)
 
 
 def conf_of(text):
-    conf = install.SlurmConf(path="/etc/slurm/slurm.conf")
-    install.parse_slurm_conf_text(text, conf.path, conf, "/etc/slurm", lambda p: None)
+    conf = slurm_conf.SlurmConf(path="/etc/slurm/slurm.conf")
+    slurm_conf.parse_slurm_conf_text(text, conf.path, conf, "/etc/slurm", lambda p: None)
     return conf
 
 

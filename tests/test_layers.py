@@ -160,3 +160,31 @@ def _without_type_checking(tree: ast.Module) -> ast.Module:
     body = [n for n in tree.body if not (isinstance(n, ast.If) and isinstance(n.test, ast.Name)
                                           and n.test.id == "TYPE_CHECKING")]
     return ast.Module(body=body, type_ignores=[])
+
+
+# The README's architecture table, bottom up. A module may import from its own layer and those
+# below, never from one above. Planners read the edges' data types (API models, config, node
+# map, state records), so plan, journal and edges share the ground floor; the tests above hold
+# the planners to calling nothing there.
+LAYERS = {
+    "ground": {"errors", "log", "hostlist", "cloud", "reasons", "state_records", "resume_plan", "suspend_plan",
+               "repair_plan", "partitions_plan", "follower_plan", "journal", "ports", "api", "api.client",
+               "api.models", "slurm", "slurm_conf", "state", "flock", "lease", "files", "templating", "config",
+               "nodemap", "resume_file"},
+    "apply": {"resume", "suspend", "follower", "repair", "partitions", "nodeops"},
+    "views": {"nodes_view", "operations_view", "status", "usage", "scale", "logs", "doctor", "install", "table"},
+    "cli": {"cli", "cli.parser", "cli.hooks", "cli.views", "cli.admin", "cli.output", "context", "demo",
+            "__main__"},
+}
+RANK = {f"hpc_bridge.{name}": rank for rank, names in enumerate(LAYERS.values()) for name in names}
+
+
+def test_every_module_has_its_layer():
+    product = {m for m in modules() if m != "hpc_bridge" and not m.startswith("hpc_bridge.sim")}
+    assert product == set(RANK), (sorted(product - set(RANK)), sorted(set(RANK) - product))
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    upward = sorted(f"{m} -> {imported}" for m, tree in modules().items() if m in RANK
+                    for imported in imports(tree) if RANK.get(imported, -1) > RANK[m])
+    assert upward == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_bridge import doctor, install, scale, usage
+from hpc_bridge import doctor, install, scale, slurm_conf, usage
 from hpc_bridge.api.models import ClusterUsage, Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, NotFoundError, TlsError, UsageError
@@ -228,8 +228,8 @@ def test_scale_target(nodes, cores, err):
 
 
 def parse(text, files=None, base="/etc/slurm"):
-    conf = install.SlurmConf(path=f"{base}/slurm.conf")
-    install.parse_slurm_conf_text(text, conf.path, conf, base, lambda p: (files or {}).get(p))
+    conf = slurm_conf.SlurmConf(path=f"{base}/slurm.conf")
+    slurm_conf.parse_slurm_conf_text(text, conf.path, conf, base, lambda p: (files or {}).get(p))
     return conf
 
 

@@ -15,7 +15,7 @@ from hpc_bridge.api.models import Bucket, Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.nodemap import NodeMap, NodeRange
 from hpc_bridge.reasons import REASON_PREFIX
-from hpc_bridge.repair import format_plan
+from hpc_bridge.cli.hooks import repair_table
 from hpc_bridge.repair_plan import (
     ALLOCATED_FLAGS,
     CLOSE,
@@ -428,7 +428,7 @@ def test_keepalive_nodes_left_alone(flags, status):
 
 def test_plan_table_and_json():
     acts = plan([snode("hpc-1", "IDLE", "CLOUD", "NOT_RESPONDING")], [])
-    text = format_plan(acts)
+    text = repair_table(acts)
     assert text.splitlines()[0].split() == ["NODE", "SLURM", "STATE", "CLOUD", "STATE", "ACTION", "REASON"]
     assert "hpc-1  IDLE+CLOUD+NOT_RESPONDING  -" in text and "down" in text
     data = acts[0].to_json()

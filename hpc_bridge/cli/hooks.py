@@ -117,7 +117,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from hpc_bridge.repair import format_plan, run_repair
+    from hpc_bridge.repair import run_repair
 
     ctx = hook_context(args)
     with ctx.client:
@@ -127,7 +127,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         emit_json(report.to_json())
         return 0 if report.ok else 1
     if report.actions and not report.busy:
-        print(format_plan(report.actions))
+        print(repair_table(report.actions))
     if args.dry_run and report.waiting:
         import time
 
@@ -139,3 +139,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
     for kind, err in sorted(report.errors.items()):
         print(f"  {kind}: {err}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def repair_table(actions) -> str:
+    """Repair's plan for people: one line per node and action."""
+    from hpc_bridge.table import format_table
+
+    return format_table(["node", "slurm state", "cloud state", "action", "reason"], (a.row() for a in actions))
