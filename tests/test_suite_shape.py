@@ -40,6 +40,9 @@ def test_every_form_and_every_release_still_runs_each_test():
             pairs[m.group(1)].add((form, release))
     everything = collect("tests/test_hooks.py", "tests/test_e2e.py", "tests/test_repair_slurm.py",
                          env={**TWO_RELEASES, "HPC_BRIDGE_TEST_EVERY_PAIR": "1"})
+    # the all-forms tests of the three files were read (an id format that stopped matching
+    # would leave nothing to check)
+    assert len(pairs) >= 10 and any(t.startswith("tests/test_hooks.py::") for t in pairs), sorted(pairs)
     assert len(everything) > len(ids)  # some pairs were left out ...
     for test in pairs:
         every_form = {f for i in everything if i.startswith(test + "[") for f in FORMS if f"-{f}]" in i}
