@@ -58,6 +58,9 @@ def detach_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+FOLLOWER_NICENESS = 10  # above the hook that starts it
+
+
 def spawn(config_path: str, log_dir: str | None, command: str, now: float) -> Lease:
     """Start the detached follower and return its lease (the caller records it in the state
     file, under the lock): own session, no stdin or stdout tied to slurmctld, mask cleared
@@ -76,6 +79,12 @@ def spawn(config_path: str, log_dir: str | None, command: str, now: float) -> Le
     finally:
         if stderr is not None:
             os.close(stderr)
+    try:
+        # Background work: its start-up (imports) and polls yield the CPU to slurmctld and to
+        # the hook that started it, which is still creating the nodes it will watch.
+        os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + FOLLOWER_NICENESS))
+    except OSError:
+        pass  # already gone: its exit is seen like any follower's
     log.info("follower started (pid %d)", proc.pid)
     return Lease(host=HOST, pid=proc.pid, heartbeat=now, since=now)
 

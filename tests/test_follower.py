@@ -11,6 +11,7 @@ import time
 import pytest
 
 from bridge_env import BridgeEnv, default_scenario
+from hpc_bridge.follower import FOLLOWER_NICENESS
 
 POLL = 0.5
 FAST = f"[resume]\npoll_interval = {POLL}\npoll_max = 2.0\nfollower_lease = 10.0\n"
@@ -88,6 +89,8 @@ def test_a_burst_of_resumes_has_one_follower_and_bounded_polling(env):
 def test_a_killed_follower_is_replaced_by_the_next_resume_and_its_nodes_still_followed(env):
     assert env.hook("resume", "htc-f2sv2-[1-2]").rc == 0
     first = env.state()["follower"]["pid"]
+    # background work: niced below the hooks and slurmctld
+    assert os.getpriority(os.PRIO_PROCESS, first) - os.getpriority(os.PRIO_PROCESS, 0) == FOLLOWER_NICENESS
     with_pid(first, signal.SIGKILL)
     assert env.hook("resume", "htc-f2sv2-[3-4]").rc == 0
     second = env.state()["follower"]["pid"]
