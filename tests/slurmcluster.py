@@ -626,18 +626,15 @@ class SlurmCluster:
             raise
         return self
 
+    def _daemon(self, argv: Sequence[str], log_path: Path) -> subprocess.Popen:
+        """A Slurm daemon in its own session, in the foreground, its output appended to log_path."""
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(argv, cwd=self.workdir, env={"SLURM_CONF": str(self.conf_path)},
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
     def _start_slurmctld(self) -> None:
-        log = open(self.log_dir / "slurmctld.out", "ab")
-        self._ctld = subprocess.Popen(
-            [f"{self.sbin_dir}/slurmctld", "-D", "-i"],
-            cwd=self.workdir,
-            env={"SLURM_CONF": str(self.conf_path)},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self._ctld = self._daemon([f"{self.sbin_dir}/slurmctld", "-D", "-i"], self.log_dir / "slurmctld.out")
         global SLURMCTLD_STARTS
         SLURMCTLD_STARTS += 1
 
@@ -695,17 +692,7 @@ class SlurmCluster:
         if name in self._slurmds and self._slurmds[name].poll() is None:
             return self._slurmds[name].pid
         (self.spool_dir / name).mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"slurmd-{name}.out", "ab")
-        p = subprocess.Popen(
-            [f"{self.sbin_dir}/slurmd", "-D", "-b", "-N", name],
-            cwd=self.workdir,
-            env={"SLURM_CONF": str(self.conf_path)},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        p = self._daemon([f"{self.sbin_dir}/slurmd", "-D", "-b", "-N", name], self.log_dir / f"slurmd-{name}.out")
         self._slurmds[name] = p
         if wait:
             self.wait_for(lambda: self._responding(name), timeout, what=f"slurmd {name} registered")
