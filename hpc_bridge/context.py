@@ -82,9 +82,9 @@ class HookContext:
 
     @property
     def spawn_follower(self) -> Callable:
-        """Starts the detached follower for this config (see follower.spawn)."""
+        """Starts the detached follower for this config (see lease.spawn_follower)."""
         from functools import partial
 
-        from hpc_bridge.follower import spawn
+        from hpc_bridge.lease import spawn_follower
 
-        return partial(spawn, self.config_path, self.cfg.paths.log_dir, self.command)
+        return partial(spawn_follower, self.config_path, self.cfg.paths.log_dir, self.command)

@@ -58,49 +58,6 @@ def detach_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-FOLLOWER_NICENESS = 10  # above the hook that starts it
-
-
-def spawn(config_path: str, log_dir: str | None, command: str, now: float) -> Lease:
-    """Start the detached follower and return its lease (the caller records it in the state
-    file, under the lock): own session, no stdin or stdout tied to slurmctld, mask cleared
-    in the child (hooks inherit slurmctld's blocked signals). It runs in `/`, so the config
-    path is made absolute first; its stderr goes to the starting command's log file, so a
-    follower that cannot start says why where that command's own lines are."""
-    import subprocess
-    import sys
-
-    argv = [sys.executable, "-m", "hpc_bridge", "--config", os.path.abspath(config_path), "follow"]
-    stderr = _open_log(log_dir, command)
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL if stderr is None else stderr,
-                                start_new_session=True, close_fds=True, env=dict(os.environ), cwd="/")
-    finally:
-        if stderr is not None:
-            os.close(stderr)
-    try:
-        # Background work: its start-up (imports) and polls yield the CPU to slurmctld and to
-        # the hook that started it, which is still creating the nodes it will watch.
-        os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + FOLLOWER_NICENESS))
-    except OSError:
-        pass  # already gone: its exit is seen like any follower's
-    log.info("follower started (pid %d)", proc.pid)
-    return Lease(host=HOST, pid=proc.pid, heartbeat=now, since=now)
-
-
-def _open_log(log_dir: str | None, command: str) -> int | None:
-    """The command's log file for appending (None when there is none or it cannot be opened)."""
-    from hpc_bridge.files import open_owned
-
-    if not log_dir:
-        return None
-    try:
-        return open_owned(os.path.join(log_dir, f"{command}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    except OSError:
-        return None
-
-
 def close_finished(state: State, ready: set[str], cloud: dict[str, Node], now: float) -> int:
     """Close create/start records all of whose nodes are Ready (doctor measures boot times from
     them; repair then has nothing left to resolve): those touching a node done this round, with

@@ -117,9 +117,10 @@ class State:
     # ------------------------------------------------------------------ queries (pure)
 
     def latest_by_node(self) -> dict[str, Operation]:
-        """The most recent operation touching each node name."""
+        """The most recent operation touching each node name (of two started at the same time,
+        the one with the later deadline: every reader then sees the same one)."""
         latest: dict[str, Operation] = {}
-        for op in sorted(self.operations.values(), key=lambda o: o.started):
+        for op in sorted(self.operations.values(), key=lambda o: (o.started, o.deadline)):
             for name in op.nodes:
                 latest[name] = op
         return latest

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bridge_env import BridgeEnv, default_scenario
-from hpc_bridge.follower import FOLLOWER_NICENESS
+from hpc_bridge.lease import FOLLOWER_NICENESS
 
 POLL = 0.5
 FAST = f"[resume]\npoll_interval = {POLL}\npoll_max = 2.0\nfollower_lease = 10.0\n"

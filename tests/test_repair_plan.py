@@ -551,6 +551,19 @@ def test_property_idempotent(world):
     assert [a for a in again if a.changes] == [], (first, again)
 
 
+def test_idempotent_with_two_open_creates_started_together():
+    """Found by the idempotence property: two pending creates of one node with the same start,
+    one past its deadline. The node counts as in flight by the other (the later deadline): the
+    overdue record is closed, the other re-sent, the node not forced down; a second run has
+    nothing to do."""
+    world = ({"hpc-1": snode("hpc-1", "IDLE", "POWERING_UP", addr="hpc-1")}, {},
+             State(operations={"r0": op("r0", "create", ["hpc-1"], outcome=PENDING, started=NOW - 5, deadline=NOW + 100),
+                               "r1": op("r1", "create", ["hpc-1"], outcome=PENDING, started=NOW - 5, deadline=NOW - 100)}))
+    first = run_plan(world)
+    assert sorted((a.kind, a.request_id) for a in first) == [(CLOSE, "r1"), (RESEND, "r0")], first
+    assert [a for a in run_plan(apply_effects(world, first)) if a.changes] == []
+
+
 @settings(max_examples=200, deadline=None)
 @given(worlds())
 def test_property_pure_and_deterministic(world):
