@@ -112,9 +112,11 @@ def sync_dir(directory: str | os.PathLike[str]) -> None:
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None,
-                     hand_over_to_owner: bool = False) -> None:
+                     hand_over_to_owner: bool = False, durable: bool = True) -> None:
     """Replace `path` with `data` so that a reader, or a crash, sees the old file or the new
-    one, never a part: temp file, fsync, rename, fsync of the directory."""
+    one, never a part: temp file, fsync, rename, fsync of the directory. `durable=False` skips
+    the last: a crash may then leave the old file (still whole), for a writer that can lose
+    its change but not have it half-written."""
     tmp = write_temp(path, data, mode=mode, hand_over_to_owner=hand_over_to_owner)
     try:
         os.replace(tmp, path)
@@ -122,7 +124,8 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | str, *, mode: i
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    sync_dir(os.path.dirname(os.fspath(path)) or ".")
+    if durable:
+        sync_dir(os.path.dirname(os.fspath(path)) or ".")
 
 
 class UnreadableToml(ValueError):

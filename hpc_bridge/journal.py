@@ -160,7 +160,10 @@ class Journal:
             if c.error is not None:
                 log.error("%s of %d node(s) failed: %s", c.action, len(c.nodes), c.error)
         try:
-            with self.store.transaction() as state:
+            # Not made durable (no directory sync): a crash that loses the outcomes leaves the
+            # records as written before the send, pending, which repair settles by requestId;
+            # exactly what a failure of this write leaves (below).
+            with self.store.transaction(durable=False) as state:
                 t = self.now()
                 for c in calls:
                     if (op := state.operations.get(c.request_id)) is not None:

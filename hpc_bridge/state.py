@@ -130,7 +130,7 @@ class StateStore:
             )
             return State(), None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, durable: bool = True) -> None:
         """Write the file atomically. Called with the lock held (`locked` made the directory): a
         temp file already there is what a writer killed mid-write left behind, and goes."""
         prefix = f".{self.path.name}."
@@ -139,11 +139,13 @@ class StateStore:
                 if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
-        write_atomically(self.path, data, hand_over_to_owner=True)  # rewritten by root, still SlurmUser's
+        write_atomically(self.path, data, hand_over_to_owner=True, durable=durable)  # root rewrites it, still SlurmUser's
 
     @contextlib.contextmanager
-    def transaction(self, now: float | None = None) -> Iterator[State]:
-        """Lock, load, yield the state for changes, prune and save atomically, unlock."""
+    def transaction(self, now: float | None = None, durable: bool = True) -> Iterator[State]:
+        """Lock, load, yield the state for changes, prune and save atomically, unlock.
+        `durable=False`: a crash right after may leave the file as it was before (see
+        write_atomically), for changes that can be lost that way."""
         with self.locked():
             state, raw = self._load_raw()
             yield state
@@ -161,7 +163,7 @@ class StateStore:
             data = dump_state(state.to_json()).encode()
             if data != (_EMPTY_FILE if raw is None else raw):
                 try:
-                    self._write(data)
+                    self._write(data, durable)
                 except OSError as err:
                     raise StateError(f"cannot write state file {self.path}: {err.strerror or err}") from None
 
