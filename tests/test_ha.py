@@ -173,12 +173,9 @@ class HACluster(SlurmCluster):
         self.start_controller(HOSTS[1])
 
     def start_controller(self, name: str) -> None:
-        log = open(self.hosts.workdir / "hosts" / name / "slurmctld.out", "ab")
-        self.ctlds[name] = subprocess.Popen(
+        self.ctlds[name] = self._daemon(
             self.hosts.command(name, self.command([f"{self.inner_sbin_dir}/slurmctld", "-D", "-i"])),
-            cwd=self.workdir, env={"SLURM_CONF": str(self.conf_path)}, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+            self.hosts.workdir / "hosts" / name / "slurmctld.out")
         slurmcluster.SLURMCTLD_STARTS += 1
 
     def _ctld_up(self) -> bool:
