@@ -208,7 +208,7 @@ class HACluster(SlurmCluster):
 
 
 @pytest.fixture
-def ha(tmp_path, slurm_cluster_factory):
+def ha(tmp_path, slurm_cluster_factory, slurm_release):
     why = "network namespaces need root" if os.geteuid() != 0 else \
         None if all(os.access(p, os.X_OK) for p in (IP, "/usr/bin/unshare")) else "ip(8) or unshare(1) missing"
     if why:
@@ -221,12 +221,18 @@ def ha(tmp_path, slurm_cluster_factory):
     def make(config_extra: str = "", resume_timeout: int = 90, **scenario_changes) -> HAEnv:
         scenario = default_scenario(**scenario_changes)
         scenario["cluster"]["private_network"] = str(hosts.nodes_net)
+        # Slurm 23.11+ takes a cloud node's address from its slurmd's registration, always. Here
+        # every slurmd registers from this namespace's one address, not the node's PrivateIp (a
+        # VM registers from its own): hpc-bridge setting PrivateIp would fight Slurm over
+        # NodeAddr, so there it leaves the address to the registration.
+        mode = "ip" if slurm_release.version_tuple < (23, 11) else "registration"
         env = BridgeEnv.create(
             tmp_path / "site", slurm_cluster_factory, scenario=scenario, bridge_hooks=True, boot_slurmd=True,
             sim_host=hosts.gateway, cluster_class=HACluster, hosts=hosts, suspend_time=4,
             resume_timeout=resume_timeout,
             # one follower round a second at most, its lease stale 4 s after it stopped renewing it
-            config_extra=(f"[resume]\nresume_timeout = {resume_timeout}\npoll_interval = 0.5\npoll_max = 1.5\n"
+            config_extra=(f'address_mode = "{mode}"\n'
+                          f"[resume]\nresume_timeout = {resume_timeout}\npoll_interval = 0.5\npoll_max = 1.5\n"
                           "follower_lease = 4\n" + config_extra))
         envs.append(env)
         return HAEnv(env, hosts)
