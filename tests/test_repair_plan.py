@@ -462,9 +462,12 @@ def worlds(draw):
     for i in range(draw(st.integers(0, 3))):
         action = draw(st.sampled_from(["create", "start", "shutdown", "terminate", "deallocate"]))
         nodes = draw(st.lists(st.sampled_from(NAMES[:4]), min_size=1, max_size=2, unique=True))
+        # a deadline comes after its call's start (every writer sets start + a timeout): past
+        # or still ahead of NOW, depending on when the call started
+        started = NOW - draw(st.sampled_from([5.0, 400.0, 2000.0]))
         ops[f"r{i}"] = Operation(
-            f"r{i}", action, nodes, started=NOW - draw(st.sampled_from([5.0, 400.0, 2000.0])),
-            deadline=NOW + draw(st.sampled_from([-100.0, 100.0])), pid=draw(st.sampled_from([DEAD_PID, LIVE_PID])),
+            f"r{i}", action, nodes, started=started,
+            deadline=started + draw(st.sampled_from([100.0, 600.0])), pid=draw(st.sampled_from([DEAD_PID, LIVE_PID])),
             outcome=draw(st.sampled_from([PENDING, ACCEPTED, FAILED, DONE])),
             request=draw(st.sampled_from([None, {"names": nodes}])))
     cooloffs = {}
