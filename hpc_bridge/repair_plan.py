@@ -309,6 +309,7 @@ class _Seen:
     powering_down: bool = False
     down: bool = False
     drained: bool = False
+    not_responding: bool = False
     ours: bool = False  # its reason is ours
     slurm_own: bool = False  # its reason is one Slurm sets itself in power saving
 
@@ -329,6 +330,7 @@ class _Seen:
             powering_down=bool(flags & POWERING_DOWN_FLAGS),
             down=s.state == "DOWN" or "DOWN" in flags,
             drained=bool(flags & DRAIN_FLAGS),
+            not_responding="NOT_RESPONDING" in flags,
             ours=is_our_reason(s.reason),
             slurm_own=bool(s.reason) and s.reason.startswith(SLURM_OWN_REASONS),
         )
@@ -381,10 +383,14 @@ def _unknown_to_slurm(n: _Seen, entry, ctx: _Ctx) -> list[RepairAction]:
 
 
 def _address(n: _Seen, mode: str) -> list[RepairAction]:
-    """A Ready cloud node whose address Slurm does not have (not while Slurm powers it down)."""
+    """A Ready cloud node whose address Slurm does not have, while Slurm powers it up or has it
+    up but cannot reach it. A node whose slurmd answers keeps the NodeAddr Slurm has: it is
+    reached there, and Slurm 23.11+ sets it from the registration (setting another one back
+    made the two flip it in turn, and a job step lose the node in between)."""
     if n.status != READY or mode not in ("ip", "hostname"):
         return []
-    if not (n.powering_up or not (n.powered_down or n.powering_down)):
+    up = not (n.powered_down or n.powering_down)
+    if not (n.powering_up or (up and n.not_responding)):
         return []
     addr = address_of(n.live, mode)
     if addr and n.slurm.node_addr != addr[0]:
