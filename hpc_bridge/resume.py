@@ -18,6 +18,7 @@ from hpc_bridge.api.models import Bucket, ClusterStatus, Node
 from hpc_bridge.cloud import index_by_name
 from hpc_bridge.config import Config
 from hpc_bridge.errors import ApiError, ApiUnreachable, BridgeError, SlurmError, StateError
+from hpc_bridge.follower_plan import still_deferred
 from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
@@ -187,6 +188,14 @@ def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: No
     deadline = now() + cfg.resume.resume_timeout
     with journal.transaction() as state:
         t = now()
+        if seen is not None:
+            wanted, deadline = still_deferred(state, names, t)
+            if dropped := sorted(set(names) - set(wanted)):
+                log.info("%s: no longer wanted up (past the deadline or suspended since): not created",
+                         node_names(dropped))
+            if deadline is None:
+                return ResumePlan(), ResumeCalls()
+            names = wanted
         plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t), state.active_cooloffs(t),
                            jobs, cfg, t, state.brought_up_since(names, read_at))
         calls = ResumeCalls.of(plan, deadline)

@@ -438,7 +438,8 @@ def test_the_follower_creates_a_name_whose_old_node_was_still_going_on_its_own_r
     bridge.suspend(name)  # htc: terminate; the old node is Terminating for simulated seconds
     report = bridge.resume(name)
     assert report.created == [] and report.waiting == [name]
-    assert bridge.store.read().watch[name].recreate
+    deferred = bridge.store.read().watch[name]
+    assert deferred.recreate
     bridge.sim.advance(60)  # the old record is gone
     old_id = bridge.operations("create")[0].operation_id
     before = dict(bridge.sim.stats()["requests"])
@@ -453,7 +454,42 @@ def test_the_follower_creates_a_name_whose_old_node_was_still_going_on_its_own_r
     assert asked == {"nodes": 2, "status": 1, "nodes/create": 1}, asked
     assert bridge.cloud()[name]["Status"] == "Ready"
     assert [op.operation_id != old_id for op in bridge.operations("create")] == [False, True]
+    # Slurm's ResumeTimeout runs from the resume that deferred it: the create is in flight no longer
+    assert bridge.operations("create")[1].deadline == deferred.deadline
     assert bridge.store.read().watch == {}
+
+
+@pytest.mark.parametrize("why", ["past its deadline", "suspended since", "off the list"])
+def test_the_follower_does_not_create_a_deferred_name_slurm_no_longer_waits_for(bridge, why):
+    """Between the follower's round and its create, Slurm may give up on the name (its
+    ResumeTimeout passed), suspend it, or the name may leave the list: no VM for it then."""
+    from hpc_bridge.cloud import index_by_name
+    from hpc_bridge.resume import create_deferred
+
+    name = "htc-f2sv2-1"
+    bridge.resume(name)
+    bridge.boot()
+    bridge.follow()
+    bridge.suspend(name)
+    assert bridge.resume(name).waiting == [name]
+    watch = bridge.store.read().watch[name]
+    bridge.sim.advance(60)  # the old record is gone
+    cloud = index_by_name(bridge.client.get_nodes().nodes)
+    assert name not in cloud or cloud[name].status in ("Terminated", "Off")
+    now = time.time
+    if why == "past its deadline":
+        now = lambda: watch.deadline + 1  # noqa: E731
+    elif why == "suspended since":
+        with bridge.store.transaction() as state:
+            record(state, [Call("terminate", [name], {"names": [name]}, time.time() + 60)], time.time() + 1)
+    else:
+        with bridge.store.transaction() as state:
+            state.drop_watch([name])
+    creates = len(bridge.operations("create"))
+    report = create_deferred(bridge.cfg, [name], cloud, time.time(), **bridge.ports(), now=now)
+    assert report.created == [] and len(bridge.operations("create")) == creates
+    assert name not in index_by_name(bridge.client.get_nodes().nodes) or \
+        bridge.cloud().get(name, {}).get("Status") in (None, "Terminated", "Off")
 
 
 def test_state_file_is_json_the_journal_wrote(bridge):
