@@ -94,11 +94,14 @@ class Bridge:
 
 
 @pytest.fixture
-def bridge(tmp_path, monkeypatch):
+def bridge(tmp_path, monkeypatch, request):
+    """The bridge on the default scenario; a test parametrized indirectly on `bridge` gives
+    [cluster] settings of the simulator to change."""
     for name in ("HPC_BRIDGE_PASSWORD", "SLURM_CONF"):
         monkeypatch.delenv(name, raising=False)
     # boots take simulated minutes: a node is Ready when a test moves the clock (Bridge.boot)
-    with SimServer(default_scenario(timings={"time_scale": 1.0})) as sim:
+    scenario = default_scenario(timings={"time_scale": 1.0}, cluster=getattr(request, "param", {}))
+    with SimServer(scenario) as sim:
         sim.start()
         # a follower round waits poll_interval of real time
         b = Bridge(tmp_path, sim, 'poll_interval = 0.1\nboot_failure_limit = 2\n'
@@ -157,30 +160,19 @@ def test_resume_creates_with_one_call_recorded_before_it_was_sent(bridge):
     assert len(bridge.operations()) == 1
 
 
-class _StatusWithoutNodes:
-    """The real client, except that GET status leaves out the node list the reference makes
-    optional, as a service may: the nodes must then be read on their own."""
-
-    def __init__(self, client: ClusterClient):
-        self._client = client
-
-    def __getattr__(self, name: str):
-        return getattr(self._client, name)
-
-    def get_status(self, nodes: bool = False):
-        return self._client.get_status(nodes=nodes).model_copy(update={"nodes": None})
-
-
+@pytest.mark.parametrize("bridge", [{"status_node_list": False}], indirect=True)
 def test_resume_reads_the_nodes_on_their_own_when_status_leaves_them_out(bridge):
-    from hpc_bridge.resume import run_resume
-
+    """The simulator answers GET status?nodes=true without the node list, as the reference
+    allows: resume asks GET nodes for them, and sees what is there."""
     first = bridge.resume("htc-f2sv2-1")
-    assert first.created == ["htc-f2sv2-1"]
+    assert first.created == ["htc-f2sv2-1"] and first.api_calls == 3  # GET status, GET nodes, create
+    bridge.boot()
+    bridge.follow()  # Ready and addressed: its create is closed, only the cloud says it is up
+    assert bridge.store.read().resume_in_flight(time.time()) == {}
     bridge.sim.reset_stats()
-    ports = bridge.ports() | {"client": _StatusWithoutNodes(bridge.client)}
-    report = run_resume(bridge.cfg, "htc-f2sv2-[1-2]", [], **ports)
-    # the booting node is seen (not created twice), the other one is created
-    assert report.created == ["htc-f2sv2-2"] and report.waiting == ["htc-f2sv2-1"], report
+    report = bridge.resume("htc-f2sv2-[1-2]")
+    # the Ready node is seen (not created twice), the other one is created
+    assert report.created == ["htc-f2sv2-2"] and report.running == ["htc-f2sv2-1"] and report.ok, report
     assert bridge.sim.stats()["requests"] == {"status": 1, "nodes": 1, "nodes/create": 1}
     assert sorted(bridge.cloud()) == ["htc-f2sv2-1", "htc-f2sv2-2"]
 

@@ -25,13 +25,13 @@ def form_scenario(**switches) -> dict:
 
 @pytest.fixture
 def strict():
-    with SimServer(form_scenario(strict_reference=True)) as server:
+    with SimServer(form_scenario(**FORMS["strict"])) as server:
         yield server
 
 
 @pytest.fixture
 def quirks():
-    with SimServer(form_scenario(strict_reference=True, quirks=True)) as server:
+    with SimServer(form_scenario(**FORMS["quirks"])) as server:
         yield server
 
 
@@ -84,6 +84,24 @@ def test_strict_status_nulls_and_what_the_vendors_client_expects(strict):
     with client_for(strict) as c:
         st = c.get_status()
     assert all(b.invalid_reason is None for na in st.nodearrays for b in na.buckets)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_status_lists_the_nodes_only_when_asked_and_only_where_the_form_sends_the_optional_list(form):
+    """`nodes` in ClusterStatus is optional, "only included if nodes=true is in the query": the
+    strict form (status_node_list = false) leaves it out even then; the client reads it as absent."""
+    with SimServer(form_scenario(**FORMS[form])) as sim:
+        raw(sim, "POST", "/clusters/demo/nodes/create", json=CREATE)
+        assert "nodes" not in raw(sim, "GET", "/clusters/demo/status").json()
+        asked = raw(sim, "GET", "/clusters/demo/status", params={"nodes": "true"}).json()
+        with client_for(sim) as c:
+            status = c.get_status(nodes=True)
+    if FORMS[form].get("status_node_list", True):
+        assert sorted(n["Name"] for n in asked["nodes"]) == ["htc-1", "htc-fixed"]
+        assert sorted(n.name for n in status.nodes) == ["htc-1", "htc-fixed"]
+    else:
+        assert "nodes" not in asked and status.nodes is None
+    assert asked["nodearrays"] and status.nodearrays  # the rest of the answer as ever
 
 
 def test_regional_quota_is_served_and_enforced():

@@ -754,7 +754,7 @@ class ClusterModel:
             "state": "Started",
             "targetState": "Started",
         }
-        if nodes:
+        if nodes and self.scenario.status_node_list:  # optional even when asked for
             out["nodes"] = [self.node_wire(r) for r in self.nodes.values()]
         return out
 

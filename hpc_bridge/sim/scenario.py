@@ -10,9 +10,13 @@ Two [cluster] switches choose what the simulator serves beyond the model itself:
   errors the reference answers with "No Content".
 - `quirks = true`: what a real service may add: big nested undocumented node attributes, null
   for values not known yet (PrivateIp while Acquiring), numbers as floats, error messages
-  worded its own way. `load_scenario()` accepts None
-(the default scenario shipped in the package), a path, or an already-parsed dict, and raises
-`ScenarioError` (a ConfigError) with a one-line message naming the offending key.
+  worded its own way.
+A third goes with either: `status_node_list = false` answers `GET status?nodes=true` without the
+`nodes` list, which the reference makes optional (a client must then read `GET nodes`).
+
+`load_scenario()` accepts None (the default scenario shipped in the package), a path, or an
+already-parsed dict, and raises `ScenarioError` (a ConfigError) with a one-line message naming
+the offending key.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class Scenario:
     hook_env: dict[str, str]
     strict_reference: bool = False
     quirks: bool = False
+    status_node_list: bool = True  # GET status?nodes=true includes the (optional) node list
     regional_quota_core_count: int = 0
     private_network: str = "127.1.0.0/16"  # where PrivateIp addresses come from
     source: str = "<dict>"
@@ -330,7 +335,7 @@ def _parse(data: Any) -> Scenario:
     if cluster is None:
         raise _Bad("[cluster] table with name, username, password is required")
     _no_unknown(cluster, {"name", "username", "password", "region", "maxCount", "maxCoreCount", "strict_reference",
-                          "quirks", "regionalQuotaCoreCount", "private_network"}, "cluster")
+                          "quirks", "status_node_list", "regionalQuotaCoreCount", "private_network"}, "cluster")
     name = _str(cluster, "name", "cluster")
     raw_arrays = data.get("nodearrays")
     if not isinstance(raw_arrays, list) or not raw_arrays:
@@ -377,6 +382,7 @@ def _parse(data: Any) -> Scenario:
         hook_env=dict(env),
         strict_reference=_bool(cluster, "strict_reference", "cluster", False),
         quirks=_bool(cluster, "quirks", "cluster", False),
+        status_node_list=_bool(cluster, "status_node_list", "cluster", True),
         # The region's vCPU quota over every family; by default the sum of the families' quotas.
         private_network=_network(cluster.get("private_network", "127.1.0.0/16")),
         regional_quota_core_count=_int(cluster, "regionalQuotaCoreCount", "cluster", default=sum(
