@@ -97,7 +97,8 @@ def run_demo(out: TextIO, scenario: Any = None, per_bucket: int = 2, workdir: st
     """The walk-through, narrated on `out` (the CLI passes stdout)."""
     from hpc_bridge.nodemap import load_nodemap
     from hpc_bridge.partitions import run_partitions
-    from hpc_bridge.resume import Job, run_resume
+    from hpc_bridge.resume import run_resume
+    from hpc_bridge.resume_file import Job
     from hpc_bridge.suspend import run_suspend
 
     started = time.monotonic()

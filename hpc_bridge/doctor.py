@@ -496,7 +496,7 @@ def find_timer(systemd_dirs=SYSTEMD_DIRS) -> tuple[str | None, bool]:
 def boot_times(operations) -> list[float]:
     """Seconds from create/start to all nodes Ready, of the operations seen getting there (not
     those closed later by repair: its run time is not a boot time)."""
-    from hpc_bridge.state import RESUME_ACTIONS
+    from hpc_bridge.state_records import RESUME_ACTIONS
 
     return [op.ready - op.started for op in operations
             if op.action in RESUME_ACTIONS and op.ready is not None and op.ready > op.started]
@@ -568,7 +568,8 @@ def gather(config_path: str | None, *, client_factory: Callable[[Any], Any] | No
 
     # state file: readable, not corrupt, known schema
     from hpc_bridge.files import NotARegularFile, read_regular_file
-    from hpc_bridge.state import MAX_STATE_BYTES, State, StateStore
+    from hpc_bridge.state import MAX_STATE_BYTES, StateStore
+    from hpc_bridge.state_records import State
 
     try:
         raw = read_regular_file(cfg.state_file, MAX_STATE_BYTES)  # a FIFO there must not hang doctor
@@ -608,7 +609,7 @@ def gather_shared_storage(f: Facts, store) -> None:
     record in state_dir (written) and the other controllers' (read)."""
     from hpc_bridge import flock
     from hpc_bridge.install import controller_hosts, shared_settings
-    from hpc_bridge.state import HOST
+    from hpc_bridge.state_records import HOST
 
     f.host = HOST
     state_dir = str(store.path.parent)

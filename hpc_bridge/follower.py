@@ -41,7 +41,7 @@ from hpc_bridge.journal import Call, Journal, close
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down
 from hpc_bridge.resume import create_deferred
-from hpc_bridge.state import DONE, RESUME_ACTIONS, Lease, State, Watch
+from hpc_bridge.state_records import DONE, RESUME_ACTIONS, Lease, State, Watch
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage

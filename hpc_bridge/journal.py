@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from hpc_bridge.errors import ApiError, ApiUnreachable, StateError
-from hpc_bridge.state import DONE, FAILED, PENDING, Operation, State
+from hpc_bridge.state_records import DONE, FAILED, PENDING, Operation, State
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager

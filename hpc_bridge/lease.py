@@ -1,6 +1,6 @@
 """Is a process alive, is the follower's lease still held, and starting the follower.
 
-The lease (`state.Lease`, in the state file) names the follower of a state directory by host,
+The lease (`state_records.Lease`, in the state file) names the follower of a state directory by host,
 PID and heartbeat time. On its own host a dead PID ends it at once (a killed follower is
 replaced by the next resume); from another host sharing the directory only the heartbeat can
 be seen, so a lease is held until `stale_after` seconds without one. The same rule holds for a
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-from hpc_bridge.state import HOST, Lease, Operation
+from hpc_bridge.state_records import HOST, Lease, Operation
 
 log = logging.getLogger("hpc_bridge.follower")
 

@@ -14,7 +14,7 @@ from hpc_bridge.cloud import bucket_key
 from hpc_bridge.errors import SlurmError, StateError, UsageError
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.reasons import hold_reason, reason
-from hpc_bridge.state import Cooloff
+from hpc_bridge.state_records import Cooloff
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import SlurmControl, StateStorage

@@ -128,7 +128,7 @@ def node_rows(
 ) -> list[NodeRow]:
     """Join Slurm nodes (name -> hpc_bridge.slurm.SlurmNode, or None when Slurm was not
     reachable), cloud node records and the state file's latest operation per node
-    (name -> hpc_bridge.state.Operation; only open ones are shown) into rows sorted by name.
+    (name -> hpc_bridge.state_records.Operation; only open ones are shown) into rows sorted by name.
 
     `names` restricts the rows (a HOSTLIST); `states` keeps rows matching any of them.
     Without a Slurm table only nodes with a cloud record (or named explicitly) are listed.

@@ -12,7 +12,7 @@ from typing import Any
 
 from hpc_bridge.api.models import Node, OperationStatus as ApiOperation
 from hpc_bridge.errors import BridgeError
-from hpc_bridge.state import Operation
+from hpc_bridge.state_records import Operation
 
 log = logging.getLogger("hpc_bridge.operations")
 

@@ -17,7 +17,7 @@ from hpc_bridge.api.models import ClusterStatus, NodeCreationResult, NodeList, N
 from hpc_bridge.errors import StateError
 from hpc_bridge.journal import Call
 from hpc_bridge.slurm import SlurmNode
-from hpc_bridge.state import Operation, State
+from hpc_bridge.state_records import Operation, State
 
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
 

@@ -41,7 +41,8 @@ from hpc_bridge.repair_plan import (
     plan_repair,
 )
 from hpc_bridge.resume_plan import buckets_by_key
-from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Operation, State, StateStore
+from hpc_bridge.state import StateStore
+from hpc_bridge.state_records import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Operation, State
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage

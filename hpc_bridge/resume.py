@@ -23,13 +23,13 @@ from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down, remember_down, take_out_of_service
-from hpc_bridge.resume_file import Job, parse_resume_file, read_resume_file  # noqa: F401 (re-exported)
+from hpc_bridge.resume_file import Job
 from hpc_bridge.resume_plan import ResumePlan, buckets_by_key, classify_refusals, plan_resume
-from hpc_bridge.state import FAILED, Cooloff
+from hpc_bridge.state_records import FAILED, SUSPEND_ACTIONS, Cooloff
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
-    from hpc_bridge.state import Lease
+    from hpc_bridge.state_records import Lease
 
 log = logging.getLogger("hpc_bridge.resume")
 
@@ -377,8 +377,6 @@ def _status_after(client: ClusterApi) -> tuple[dict[str, Node] | None, dict[str,
 
 def _suspended_meanwhile(store: StateStorage, calls: list[Call], names: list[str]) -> list[str]:
     """Names whose latest recorded operation is a suspend that started after our calls."""
-    from hpc_bridge.state import SUSPEND_ACTIONS
-
     if not calls or not names:
         return []
     state = store.read()

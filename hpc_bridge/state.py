@@ -26,23 +26,11 @@ from hpc_bridge import flock
 from hpc_bridge.errors import StateError
 from hpc_bridge.files import NotARegularFile, open_owned, read_regular_file, write_atomically
 from hpc_bridge.log import ensure_private_dir
-from hpc_bridge.state_records import (  # noqa: F401 (the records, re-exported for the store's callers)
-    ACCEPTED,
-    DONE,
-    FAILED,
-    HOST,
-    OPEN,
-    PENDING,
-    RESUME_ACTIONS,
-    SCHEMA_VERSION,
-    SUSPEND_ACTIONS,
+from hpc_bridge.state_records import (
     _EMPTY_FILE,
     _RECORD_ENCODER,
-    Cooloff,
-    Lease,
     Operation,
     State,
-    Watch,
     _well_typed,
     dump_state,
     op_from_record,

@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from hpc_bridge import hostlist  # noqa: E402
 from hpc_bridge.sim.scenario import default_scenario_text  # noqa: E402
-from hpc_bridge.state import OPEN, RESUME_ACTIONS, State  # noqa: E402
+from hpc_bridge.state_records import OPEN, RESUME_ACTIONS, State  # noqa: E402
 
 MUTATING = ("create", "start", "shutdown", "deallocate", "terminate", "remove")
 LIVE = {"Off", "Acquiring", "Preparing", "Ready", "Failed", "Allocation", "Validation", "Starting"}

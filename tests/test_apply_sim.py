@@ -23,7 +23,8 @@ from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.nodemap import load_nodemap
 from hpc_bridge.sim.server import SimServer
 from hpc_bridge.slurm import Slurm
-from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, StateStore
+from hpc_bridge.state import StateStore
+from hpc_bridge.state_records import ACCEPTED, DONE, FAILED, PENDING
 from test_ops_sim import write_config
 
 F2 = "htc/Standard_F2s_v2"

@@ -24,7 +24,7 @@ from scripted_http import Reply, ScriptedServer
 from hpc_bridge import hostlist
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import ConfigError, HostlistError, UsageError
-from hpc_bridge.resume import parse_resume_file, read_resume_file
+from hpc_bridge.resume_file import parse_resume_file, read_resume_file
 from hpc_bridge.slurm import Slurm
 from hpc_bridge.state import StateStore
 from hpc_bridge.errors import SlurmError

@@ -14,7 +14,7 @@ from hpc_bridge.errors import ConfigError
 from hpc_bridge.follower import close_finished
 from hpc_bridge.follower_plan import next_interval, nodes_query, plan_round, suspended_since_watched
 from hpc_bridge.lease import lease_held
-from hpc_bridge.state import DONE, Lease, State, Watch
+from hpc_bridge.state_records import DONE, Lease, State, Watch
 
 NOW = 1_000_000.0
 

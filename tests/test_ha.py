@@ -35,7 +35,7 @@ import slurmcluster
 from bridge_env import BridgeEnv, default_scenario
 from slurmcluster import SlurmCluster
 from hpc_bridge import hostlist
-from hpc_bridge.state import SUSPEND_ACTIONS
+from hpc_bridge.state_records import SUSPEND_ACTIONS
 
 pytestmark = pytest.mark.slurm
 

@@ -13,7 +13,8 @@ import pytest
 
 from hpc_bridge import doctor, flock, install, slurm_conf
 from hpc_bridge.lease import hook_alive
-from hpc_bridge.state import HOST, Operation, State, StateStore
+from hpc_bridge.state import StateStore
+from hpc_bridge.state_records import HOST, Operation, State
 
 NOW = 1_900_000_000.0
 

@@ -87,7 +87,8 @@ def test_scale_wait_then_nodes_without_slurm(capsys, config, sim):
     rc, out, _ = run(capsys, "--config", str(config), "operations")
     assert rc == 0 and out.splitlines()[0].split() == ["OPERATION", "ACTION", "STARTED", "STATUS", "NODES"]
     assert f"{op_id} " in out and "not hpc-bridge's" in out  # scale's operation is not in the state file
-    from hpc_bridge.state import DONE, StateStore
+    from hpc_bridge.state import StateStore
+    from hpc_bridge.state_records import DONE
 
     paths = tomllib.loads(config.read_text())["paths"]
     with StateStore(Path(paths["state_dir"]) / "state.json").transaction() as state:

@@ -18,7 +18,7 @@ from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import ApiError, ApiUnreachable, AuthError, NotFoundError, TlsError, UsageError
 from hpc_bridge.nodes_view import format_age, node_rows, slurm_state_short
 from hpc_bridge.slurm import parse_show_node_line
-from hpc_bridge.state import Operation
+from hpc_bridge.state_records import Operation
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -468,7 +468,8 @@ def test_logrotate_snippet_has_the_sites_paths_and_user():
 
 def test_boot_times_come_from_the_history_file_too(tmp_path):
     """Closed records leave the state file after keep_closed; doctor still sees how long boots took."""
-    from hpc_bridge.state import DONE, FAILED, StateStore
+    from hpc_bridge.state import StateStore
+    from hpc_bridge.state_records import DONE, FAILED
 
     store = StateStore(tmp_path / "state.json", keep_closed=60.0)
     with store.transaction(now=0.0) as state:
@@ -516,7 +517,7 @@ def test_doctor_ownership_check_names_each_wrong_entry(entry, problem):
 
 
 def test_status_says_which_vm_sizes_are_out_of_service():
-    from hpc_bridge.state import Cooloff
+    from hpc_bridge.state_records import Cooloff
     from hpc_bridge.status import service_of
 
     assert service_of(None, 100.0) == "yes"

@@ -40,7 +40,7 @@ from hpc_bridge.repair_plan import (
     slurm_summary,
 )
 from hpc_bridge.slurm import SlurmNode
-from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Cooloff, Operation, State
+from hpc_bridge.state_records import ACCEPTED, DONE, FAILED, PENDING, RESUME_ACTIONS, Cooloff, Operation, State
 
 NOW = 1_900_000_000.0
 GRACE = 300.0

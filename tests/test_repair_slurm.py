@@ -18,7 +18,8 @@ import filelock
 from bridge_env import BridgeEnv, all_forms, default_scenario
 from hpc_bridge.api.client import ClusterClient
 from hpc_bridge.api.models import NodeCreationSet
-from hpc_bridge.state import ACCEPTED, PENDING, Cooloff, Operation, StateStore
+from hpc_bridge.state import StateStore
+from hpc_bridge.state_records import ACCEPTED, PENDING, Cooloff, Operation
 
 F2, F4, HB = "Standard_F2s_v2", "Standard_F4s_v2", "Standard_HB120rs_v3"
 OURS = "hpc-bridge: "

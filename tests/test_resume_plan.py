@@ -13,7 +13,7 @@ from hpc_bridge.errors import BridgeError
 from hpc_bridge.nodemap import NodeMap, NodeRange
 from hpc_bridge.resume_file import Job, parse_resume_file
 from hpc_bridge.resume_plan import classify_refusals, plan_resume
-from hpc_bridge.state import Cooloff, Operation
+from hpc_bridge.state_records import Cooloff, Operation
 from hpc_bridge.suspend_plan import fail_reason, plan_suspend
 
 NOW = 1_000_000.0

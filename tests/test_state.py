@@ -12,7 +12,8 @@ import pytest
 
 from hpc_bridge.errors import StateError
 from hpc_bridge.files import write_atomically
-from hpc_bridge.state import ACCEPTED, DONE, FAILED, PENDING, SCHEMA_VERSION, State, StateStore
+from hpc_bridge.state import StateStore
+from hpc_bridge.state_records import ACCEPTED, DONE, FAILED, PENDING, SCHEMA_VERSION, State
 
 
 def store(tmp_path, **kw) -> StateStore:
