@@ -126,6 +126,19 @@ def close(state: State, request_id: str, outcome: str, now: float, why: str, *, 
     return True
 
 
+class Settled:
+    """What `Journal.send` leaves: `state`, the state file as its settle transaction wrote it
+    (the caller's later questions need no second read of the file), or None when that
+    transaction failed, and then `error`, why.
+    (A plain class: every dataclass is code generated at each hook's start.)"""
+
+    __slots__ = ("state", "error")
+
+    def __init__(self, state: State | None, error: StateError | None) -> None:
+        self.state = state
+        self.error = error
+
+
 class Journal:
     """The calls of one command: `store` is the state file, `client` the cluster API, `now` the
     clock the records are stamped with."""
@@ -149,11 +162,11 @@ class Journal:
             return None
         with self.store.transaction() as state:
             record(state, calls, self.now())
-        return self.send(calls)
+        return self.send(calls).error
 
-    def send(self, calls: list[Call]) -> StateError | None:
+    def send(self, calls: list[Call]) -> Settled:
         """Send calls already recorded, in order, then settle them (one lock). Each call gets its
-        result or error; returns why the outcomes could not be written, or None."""
+        result or error; the answer holds the state as settled, or why it could not be written."""
         calls = [c for c in calls if c.nodes]
         for c in calls:
             send(self.client, c)
@@ -174,8 +187,8 @@ class Journal:
             # recognised (409) and settled then.
             log.error("outcome of %s not recorded (left pending for repair): %s",
                       ", ".join(f"{c.action} {c.request_id}" for c in calls), err)
-            return err
-        return None
+            return Settled(None, err)
+        return Settled(state, None)
 
     def resend(self, op: Operation) -> Call:
         """Send a recorded call again with its own requestId (its hook was killed); the caller

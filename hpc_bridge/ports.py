@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from hpc_bridge.api.models import ClusterStatus, NodeCreationResult, NodeList, NodeManagementResult, OperationStatus
 from hpc_bridge.errors import StateError
-from hpc_bridge.journal import Call
+from hpc_bridge.journal import Call, Settled
 from hpc_bridge.slurm import SlurmNode
 from hpc_bridge.state_records import Operation, State
 
@@ -88,6 +88,6 @@ class CallJournal(Protocol):
 
     def record_and_send(self, calls: list[Call]) -> StateError | None: ...
 
-    def send(self, calls: list[Call]) -> StateError | None: ...
+    def send(self, calls: list[Call]) -> Settled: ...
 
     def resend(self, op: Operation) -> Call: ...

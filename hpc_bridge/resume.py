@@ -29,7 +29,7 @@ from hpc_bridge.state_records import FAILED, SUSPEND_ACTIONS, Cooloff
 
 if TYPE_CHECKING:
     from hpc_bridge.ports import CallJournal, Clock, ClusterApi, SlurmControl, StateStorage
-    from hpc_bridge.state_records import Lease
+    from hpc_bridge.state_records import Lease, State
 
 log = logging.getLogger("hpc_bridge.resume")
 
@@ -157,10 +157,11 @@ def _bring_up(cfg: Config, names: list[str], jobs: list[Job], seen: tuple[dict[s
     else:
         # From here on the calls are made: every later step happens whatever failed before it
         # (the state file, an scontrol call), and what failed is reported at the end.
-        if (unrecorded := journal.send(calls.all)) is not None:
-            report.errors.append(unrecorded)
+        settled = journal.send(calls.all)
+        if settled.error is not None:
+            report.errors.append(settled.error)
         outcome = _read_answers(cfg, plan, calls, client, nodemap, report)
-        _stop_superseded(journal, calls, outcome, report)
+        _stop_superseded(journal, settled.state, calls, outcome, report)
         _take_sizes_out_of_service(slurm, nodemap, names, outcome, report)
         _record_failures(store, cfg, outcome, now, report)
         _tell_slurm(cfg, slurm, plan, outcome, report)
@@ -250,10 +251,16 @@ def _read_answers(cfg: Config, plan: ResumePlan, calls: ResumeCalls, client: Clu
     return outcome
 
 
-def _stop_superseded(journal: CallJournal, calls: ResumeCalls, outcome: _Outcome, report: ResumeReport) -> None:
+def _stop_superseded(journal: CallJournal, settled: State | None, calls: ResumeCalls, outcome: _Outcome,
+                     report: ResumeReport) -> None:
     """Slurm may have suspended a node while our create was in flight (POWER_DOWN_FORCE): its
-    suspend found nothing to stop yet. Honour the later intent now rather than leak the VM."""
-    superseded = _suspended_meanwhile(journal.store, calls.bringing_up, report.created + report.started)
+    suspend found nothing to stop yet. Honour the later intent now rather than leak the VM.
+    `settled`: the state as the journal settled the calls (None: that failed, read it here)."""
+    brought_up = report.created + report.started
+    if not brought_up:
+        return
+    state = settled if settled is not None else journal.read()
+    superseded = _suspended_meanwhile(state, calls.bringing_up, brought_up)
     if not superseded:
         return
     log.info("%s: suspended while being brought up: stopping", node_names(superseded))
@@ -375,11 +382,8 @@ def _status_after(client: ClusterApi) -> tuple[dict[str, Node] | None, dict[str,
     return cloud, buckets_by_key(status)
 
 
-def _suspended_meanwhile(store: StateStorage, calls: list[Call], names: list[str]) -> list[str]:
+def _suspended_meanwhile(state: State, calls: list[Call], names: list[str]) -> list[str]:
     """Names whose latest recorded operation is a suspend that started after our calls."""
-    if not calls or not names:
-        return []
-    state = store.read()
     mine = [state.operations[c.request_id] for c in calls if c.request_id in state.operations]
     if not mine:
         return []

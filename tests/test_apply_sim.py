@@ -367,6 +367,28 @@ def test_repair_resending_a_call_that_had_gone_through_settles_it_on_the_409(bri
     assert op.outcome == ACCEPTED and op.message == "recovered after 409"
 
 
+def test_the_journal_answers_a_send_with_the_state_it_settled_the_calls_in(bridge):
+    """The state as the settle transaction wrote it (resume asks it which nodes were suspended
+    meanwhile, without reading the file again); when the outcomes cannot be written, no state
+    and why (the call was sent all the same)."""
+    bridge.resume("htc-f2sv2-[1-2]")
+    ids = {n: node["NodeId"] for n, node in bridge.cloud().items()}
+    calls = [Call("terminate", [n], {"ids": [ids[n]]}, bridge.sim.now() + 600) for n in sorted(ids)]
+    with bridge.store.transaction() as state:
+        record(state, calls, bridge.sim.now())
+
+    settled = Journal(bridge.store, bridge.client).send(calls[:1])
+    assert settled.error is None and settled.state.operations[calls[0].request_id].outcome == ACCEPTED
+    assert settled.state.to_json() == bridge.store.read().to_json()
+
+    locked_out = StateStore(bridge.store.path, lock_timeout=0.2)
+    with bridge.store.locked():
+        settled = Journal(locked_out, bridge.client).send(calls[1:])
+    assert settled.state is None and "locked by another" in str(settled.error)
+    assert calls[1].result is not None
+    assert bridge.store.read().operations[calls[1].request_id].outcome == PENDING  # left for repair
+
+
 def test_a_call_that_does_not_fit_the_schema_is_closed_failed_and_never_sent(bridge):
     """A request the client will not send (a count that is no number; a recorded management call
     that selects nothing, as a damaged state file could hold): closed FAILED naming the problem,

@@ -216,15 +216,13 @@ def test_a_deferred_name_whose_node_came_up_after_all_is_followed_not_created():
     assert "a" not in plan.done and "c" not in plan.done and "d" not in plan.done
 
 
-def test_a_resume_after_the_suspend_keeps_the_node_the_earlier_create_made(tmp_path):
+def test_a_resume_after_the_suspend_keeps_the_node_the_earlier_create_made():
     from hpc_bridge.journal import Call
     from hpc_bridge.resume import _suspended_meanwhile
-    from hpc_bridge.state import StateStore
 
-    store = StateStore(tmp_path / "state.json")
     call = Call("create", ["a", "b"], {"sets": []}, NOW + 600)
-    with store.transaction() as state:
-        state.begin("create", ["a", "b"], call.request_id, NOW - 10, NOW + 600)
-        state.begin("shutdown", ["a", "b"], "s1", NOW - 5, NOW - 5)  # resume-fail, nothing to stop yet
-        state.add_watch(["b"], NOW + 600, NOW - 1, recreate=["b"])  # then Slurm resumed b again
-    assert _suspended_meanwhile(store, [call], ["a", "b"]) == ["a"]
+    state = State()
+    state.begin("create", ["a", "b"], call.request_id, NOW - 10, NOW + 600)
+    state.begin("shutdown", ["a", "b"], "s1", NOW - 5, NOW - 5)  # resume-fail, nothing to stop yet
+    state.add_watch(["b"], NOW + 600, NOW - 1, recreate=["b"])  # then Slurm resumed b again
+    assert _suspended_meanwhile(state, [call], ["a", "b"]) == ["a"]
