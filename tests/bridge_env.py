@@ -92,7 +92,8 @@ class BridgeEnv:
     @classmethod
     def create(cls, root: Path, slurm_factory: Callable | None = None, *, scenario: dict | None = None,
                config_extra: str = "", bridge_hooks: bool = False, boot_slurmd: bool = False,
-               form: str = "default", sim_host: str = "127.0.0.1", **cluster_kwargs: Any) -> "BridgeEnv":
+               form: str = "default", sim_host: str = "127.0.0.1", api_timeout: float = 5.0,
+               **cluster_kwargs: Any) -> "BridgeEnv":
         root = Path(root)
         scenario = copy.deepcopy(scenario or default_scenario())
         scenario.setdefault("cluster", {}).update(FORMS[form])
@@ -123,7 +124,7 @@ class BridgeEnv:
         config_path.write_text(
             "[cluster]\n"
             f'url = "{sim.url}"\nname = "{sim.cluster_name}"\nusername = "{sim.username}"\n'
-            f'password_file = "{password}"\nretries = 3\nretry_budget = 10.0\ntimeout = 5.0\n'
+            f'password_file = "{password}"\nretries = 3\nretry_budget = {2 * api_timeout}\ntimeout = {api_timeout}\n'
             # a simulator off loopback (other network namespaces reach it) is still this machine's
             + ("" if sim_host.startswith("127.") else "allow_plain_http = true\n") +
             "[paths]\n"

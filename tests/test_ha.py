@@ -13,7 +13,8 @@ own mount namespace); StateSaveLocation and [paths] state_dir are plain shared d
 the follower they started, the host's repair timer.
 
 Scenarios: the primary dies right after it ran resume for `sbatch -N2`; it dies with a suspend
-in flight; both hosts' repair timers fire at once.
+in flight; both hosts' repair timers fire at once (the simulator holds the one that got the lock
+mid-run until the other has exited).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def ha(tmp_path, slurm_cluster_factory, slurm_release):
     hosts = ControllerHosts(tmp_path).up()
     envs = []
 
-    def make(config_extra: str = "", resume_timeout: int = 90, **scenario_changes) -> HAEnv:
+    def make(config_extra: str = "", resume_timeout: int = 90, api_timeout: float = 5.0, **scenario_changes) -> HAEnv:
         scenario = default_scenario(**scenario_changes)
         scenario["cluster"]["private_network"] = str(hosts.nodes_net)
         # Slurm 23.11+ takes a cloud node's address from its slurmd's registration, always. Here
@@ -229,7 +230,7 @@ def ha(tmp_path, slurm_cluster_factory, slurm_release):
         env = BridgeEnv.create(
             tmp_path / "site", slurm_cluster_factory, scenario=scenario, bridge_hooks=True, boot_slurmd=True,
             sim_host=hosts.gateway, cluster_class=HACluster, hosts=hosts, suspend_time=4,
-            resume_timeout=resume_timeout,
+            resume_timeout=resume_timeout, api_timeout=api_timeout,
             # one follower round a second at most, its lease stale 4 s after it stopped renewing it
             config_extra=(f'address_mode = "{mode}"\n'
                           f"[resume]\nresume_timeout = {resume_timeout}\npoll_interval = 0.5\npoll_max = 1.5\n"
@@ -416,7 +417,10 @@ def test_suspend_in_flight_when_the_primary_dies_the_vms_still_end_shut_down(ha)
 
 
 def test_both_repair_timers_fire_at_once_one_acts_the_other_exits_0(ha):
-    h = ha(config_extra="[repair]\ngrace = 0\n")
+    # The repair that takes the lock is held mid-run: the simulator keeps its host's API requests
+    # waiting until the other host's repair has exited. So the two overlap on every run, however
+    # fast or loaded the machine (the held client's request timeout, 60 s here, outlasts the hold).
+    h = ha(config_extra="[repair]\ngrace = 0\n", api_timeout=60)
     # a VM Slurm knows nothing of: repair terminates it (once)
     from hpc_bridge.api.models import NodeCreationSet
 
@@ -425,17 +429,26 @@ def test_both_repair_timers_fire_at_once_one_acts_the_other_exits_0(ha):
         c.create_nodes([NodeCreationSet.make(count=1, nodearray="htc", definition={"machineType": "Standard_F2s_v2"},
                                              name_format="htc-f2sv2-1")])
     h.wait(lambda: "Ready" in [r.get("Status") for r in h.records()], timeout=30, what="the stray VM up")
-    sim.set_faults(latency=0.5)  # each API call of the first repair holds its lock a while
     sim.reset_stats()
-    runs = [h.on_host(name, h.repair_argv("--json")) for name in HOSTS]
-    outs = [p.communicate(timeout=120) for p in runs]
-    assert [p.returncode for p in runs] == [0, 0], outs
-    reports = [json.loads(out) for out, _ in outs]
-    acted = [r for r in reports if not r["busy"]]
-    assert len(acted) == 1 and [a["kind"] for a in acted[0]["actions"]] == ["terminate"], reports
-    assert sum(r["busy"] for r in reports) == 1, reports
+    hold = sim.hold()
+    try:
+        runs = {name: h.on_host(name, h.repair_argv("--json")) for name in HOSTS}
+        held = hold.wait(timeout=120)
+        holder = next((n for n in HOSTS if h.hosts.addresses[n] == held), None)
+        assert holder is not None, f"the first API request came from {held}, not from a controller host"
+        other = next(n for n in HOSTS if n != holder)
+        outs = {other: runs[other].communicate(timeout=120)}  # ran while the holder was mid-run
+        h.phase(f"{other}'s repair exited while {holder}'s waited at the API")
+    finally:
+        hold.release()
+    outs[holder] = runs[holder].communicate(timeout=120)
+    assert {n: p.returncode for n, p in runs.items()} == dict.fromkeys(HOSTS, 0), outs
+    reports = {n: json.loads(out) for n, (out, _) in outs.items()}
+    # the one that reached the API held the lock; the other found it held and did nothing
+    assert reports[other]["busy"] and reports[other]["actions"] == [], reports
+    assert not reports[holder]["busy"], reports
+    assert [a["kind"] for a in reports[holder]["actions"]] == ["terminate"], reports
     assert sum(n for endpoint, n in sim.stats()["requests"].items() if "terminate" in endpoint) == 1
-    sim.set_faults(latency=0.0)
     h.wait(lambda: not h.live_vms(), timeout=30, what="the stray VM terminated")
 
 

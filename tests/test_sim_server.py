@@ -472,6 +472,27 @@ def test_stats_count_response_bytes_per_endpoint(sim):
     assert sim.stats()["bytes"] == {"nodes": sum(sizes), "status": status}
 
 
+def test_a_hold_keeps_the_first_callers_requests_waiting_until_released(sim):
+    """Every API request from the address of the first one to arrive waits until the hold is
+    released; other addresses and the control API are served meanwhile."""
+    import threading
+
+    sim.reset_stats()
+    hold = sim.hold()
+    answers = []
+    held = threading.Thread(target=lambda: answers.append(raw(sim, "GET", f"/clusters/{sim.cluster_name}/status")))
+    held.start()
+    assert hold.wait(timeout=10) == "127.0.0.1"
+    other = httpx.HTTPTransport(local_address="127.0.0.2")  # another host, as far as the server sees
+    with httpx.Client(transport=other, auth=(sim.username, sim.password), trust_env=False, timeout=5) as http:
+        assert http.get(f"{sim.url}/clusters/{sim.cluster_name}/nodes").status_code == 200
+    assert sim.stats()["requests"] == {"nodes": 1}  # the held one has not got past the hold
+    assert answers == []
+    hold.release()
+    held.join(timeout=10)
+    assert [r.status_code for r in answers] == [200] and sim.stats()["requests"] == {"nodes": 1, "status": 1}
+
+
 def test_kept_alive_connection_answers_each_request_in_one_write(sim):
     # headers and body in separate writes made every request on a kept-alive connection wait
     # for the client's delayed ACK (~40 ms): the whole answer must arrive in one segment

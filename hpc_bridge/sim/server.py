@@ -11,6 +11,7 @@ Control API (not part of the reference; same Basic auth):
   POST /_sim/faults       partial update of the [faults] table; answers the full current faults
   POST /_sim/reset-stats  zero the counters
   POST /_sim/advance      {"seconds": N}: move the simulated clock forward
+In-process only: `hold()` keeps the API requests of one client address waiting until released.
 """
 
 from __future__ import annotations
@@ -52,6 +53,34 @@ class _HTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class Hold:
+    """API requests kept waiting at the simulator: every one from the address of the first
+    request to arrive (one host: a process, its retries, whatever else runs there), until
+    `release()`. A test holds one caller mid-run, for certain, while another one runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Event()
+        self._released = threading.Event()
+        self.client: str | None = None
+
+    def wait(self, timeout: float) -> str | None:
+        """The client address being held, once its first request arrived (None after timeout)."""
+        return self.client if self._arrived.wait(timeout) else None
+
+    def release(self) -> None:
+        self._released.set()
+
+    def stop(self, client: str) -> None:
+        """Called for each API request: returns at once, or once released for the held client."""
+        with self._lock:
+            if self.client is None and not self._released.is_set():
+                self.client = client
+                self._arrived.set()
+        if client == self.client:
+            self._released.wait()
+
+
 class SimServer:
     def __init__(self, scenario: None | str | Path | dict | Scenario = None, host: str = "127.0.0.1", port: int = 0,
                  *, seed: int | None = None, quiet: bool = True):
@@ -69,6 +98,7 @@ class SimServer:
         self._hook_procs: list[subprocess.Popen] = []
         self.hook_errors: list[str] = []
         self._injected: dict[str, int] = {}  # faults injected per scope ("*" or an endpoint), for `times`
+        self._hold: Hold | None = None
         self.reset_stats()
 
     # ------------------------------------------------------------------ properties
@@ -111,6 +141,8 @@ class SimServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._hold is not None:
+            self._hold.release()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -170,6 +202,16 @@ class SimServer:
             if "seed" in normalised:
                 self._fault_rng = random.Random(f"faults-{normalised['seed']}")
             return json.loads(json.dumps(self.model.faults))
+
+    def hold(self) -> Hold:
+        """From now on, keep every API request of the first client address to send one waiting
+        until the returned Hold is released (control requests are never held). A new hold
+        releases the one before."""
+        with self._lock:
+            if self._hold is not None:
+                self._hold.release()
+            self._hold = Hold()
+            return self._hold
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -458,6 +500,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(status, payload)
             return
 
+        if (hold := sim._hold) is not None:
+            hold.stop(self.client_address[0])
         endpoint = endpoint_name(method, path)
         with sim._lock:
             scope, knobs = sim._fault_for(endpoint)
