@@ -291,6 +291,8 @@ class SlurmCluster:
         self.prolog_wait_for_nodes = prolog_wait_for_nodes
         self.message_timeout = message_timeout  # how long a client waits for slurmctld's answer
         self.cluster_name = cluster_name
+        # SlurmctldDebug/SlurmdDebug; HPC_BRIDGE_SLURM_DEBUG=debug2 (...) to dig deeper
+        self.debug_level = os.environ.get("HPC_BRIDGE_SLURM_DEBUG") or "debug"
         self.release = release or SlurmRelease("host")
         # Host-side paths (tests, the simulator's boot hook) and what slurmctld's children see.
         self.sbin_dir = sbin_dir
@@ -494,8 +496,11 @@ class SlurmCluster:
             f"SlurmdPidFile={self.run_dir}/slurmd-daemon-%n.pid",
             f"SlurmctldLogFile={self.ctld_log_dir}/slurmctld.log",
             f"SlurmdLogFile={self.log_dir}/slurmd-%n.log",
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
+            # debug, not info: a registration slurmctld ignores is logged at debug only ("Still
+            # waiting for boot of node"); Power logs each ResumeProgram call (the power-up request)
+            f"SlurmctldDebug={self.debug_level}",
+            f"SlurmdDebug={self.debug_level}",
+            "DebugFlags=Power",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "MpiDefault=none",
@@ -686,22 +691,90 @@ class SlurmCluster:
 
         self.wait_for(munge_up, 10, what="munged socket")
 
-    def start_slurmd(self, name: str, wait: bool = False, timeout: float = 30.0) -> int:
-        """Start ``slurmd -D -b -N name`` (own session; -b reports a fresh boot). Returns its PID.
-        With wait=True, returns once slurmctld sees the node responding."""
+    def start_slurmd(self, name: str, wait: bool = False, timeout: float = 30.0, fresh_boot: bool = True) -> int:
+        """Start ``slurmd -D -b -N name`` (own session; -b reports a fresh boot: its start).
+        Returns its PID. A node whose power-up slurmctld has queued (``State=POWER_UP``) but not
+        yet issued gets its slurmd once it is issued: see ``_await_power_up_issued``.
+        fresh_boot=False: no -b, the slurmd reports the machine's boot time (a VM up for hours).
+        With wait=True, returns once slurmctld sees the node responding (``wait_registered``)."""
         if name in self._slurmds and self._slurmds[name].poll() is None:
             return self._slurmds[name].pid
+        self._await_power_up_issued(name, timeout)
         (self.spool_dir / name).mkdir(parents=True, exist_ok=True)
-        p = self._daemon([f"{self.sbin_dir}/slurmd", "-D", "-b", "-N", name], self.log_dir / f"slurmd-{name}.out")
+        p = self._daemon([f"{self.sbin_dir}/slurmd", "-D", *(["-b"] if fresh_boot else []), "-N", name],
+                         self.log_dir / f"slurmd-{name}.out")
         self._slurmds[name] = p
         if wait:
-            self.wait_for(lambda: self._responding(name), timeout, what=f"slurmd {name} registered")
+            self.wait_registered([name], timeout)
         return p.pid
 
+    def _await_power_up_issued(self, name: str, timeout: float) -> None:
+        """Return once the node has no power-up queued that slurmctld has yet to issue.
+
+        ``scontrol update State=POWER_UP`` only queues it: slurmctld's power-save pass (every
+        power_save_interval) marks the node POWERING_UP, stamps the request time and runs
+        ResumeProgram. A slurmd whose boot time (-b: its start, in whole seconds) is older than
+        that stamp registers into "Still waiting for boot" (logged at debug only) and is never
+        asked again until ResumeTimeout, so a slurmd started between the two sometimes never
+        registers. A real VM boots only after ResumeProgram ran: so does this slurmd."""
+        def queued():
+            node = self.node(name)
+            return node if node is not None and node.has("POWER_UP", "POWERED_DOWN") else None
+
+        node = queued()
+        deadline = time.monotonic() + timeout
+        while node and time.monotonic() < deadline:
+            time.sleep(0.1)
+            node = queued()
+        if node:
+            raise TimeoutError(f"{name}: power-up still queued after {timeout:g} s, slurmctld never issued it "
+                               f"(State={'+'.join(sorted(node.state_flags))})")
+
+    def node(self, name: str):
+        """The node as ``scontrol -o show node name`` shows it (hpc_bridge.slurm.SlurmNode), or
+        None when slurmctld does not show it."""
+        from hpc_bridge.slurm import parse_show_node_output
+
+        return parse_show_node_output(self.run(["scontrol", "-o", "show", "node", name], check=False).stdout).get(name)
+
     def _responding(self, name: str) -> bool:
-        out = self.run(["scontrol", "-o", "show", "node", name], check=False).stdout
-        m = re.search(r" State=(\S+)", out)
-        return bool(m) and not {"NOT_RESPONDING", "POWERING_UP", "POWERED_DOWN", "DOWN"} & set(m.group(1).split("+"))
+        node = self.node(name)
+        return node is not None and not node.state_flags & {"NOT_RESPONDING", "POWERING_UP", "POWERED_DOWN", "DOWN"}
+
+    def wait_registered(self, names: Iterable[str], timeout: float = 30.0) -> None:
+        """Wait until slurmctld sees every node's slurmd responding; on timeout raise with what
+        each pending node looks like to slurmctld and to its slurmd (see ``registration_report``)."""
+        names = list(names)
+        try:
+            self.wait_for(lambda: all(self._responding(n) for n in names), timeout,
+                          what=f"slurmd {','.join(names)} registered")
+        except TimeoutError as exc:
+            pending = [n for n in names if not self._responding(n)]
+            raise TimeoutError(f"{exc}\n{self.registration_report(pending)}") from None
+
+    def registration_report(self, names: Iterable[str], lines: int = 20) -> str:
+        """Per node: slurmctld's view (State, NodeAddr, BootTime...), whether its slurmd runs,
+        the slurmctld log lines naming it and its slurmd's log tail (where the logs are kept)."""
+        ctld_log = ""
+        try:
+            ctld_log = (self.ctld_log_dir / "slurmctld.log").read_text(errors="replace")
+        except OSError:
+            pass
+        out = []
+        for name in names:
+            node = self.node(name)
+            view = node and " ".join(f"{k}={node.raw[k]}" for k in ("State", "NodeAddr", "Port", "BootTime",
+                                                                       "SlurmdStartTime", "LastBusyTime", "Reason")
+                                     if k in node.raw)
+            pids = {p.pid for p in [self._slurmds.get(name)] if p is not None} | self._recorded_slurmd_pids(only=name)
+            alive = sorted(p for p in pids if _is_process(p, b"slurmd"))
+            named = [x for x in ctld_log.splitlines() if re.search(rf"\b{re.escape(name)}\b", x)][-lines:]
+            out += [f"== {name}: slurmctld has {view or 'no such node'}; slurmd "
+                    + (f"running (pid {', '.join(map(str, alive))})" if alive else "not running"),
+                    f"-- {self.ctld_log_dir / 'slurmctld.log'} lines naming {name}:", *named,
+                    f"-- {self.log_dir / f'slurmd-{name}.log'} (tail):",
+                    self.log_tail(f"slurmd-{name}.log", lines) + self.log_tail(f"slurmd-{name}.out", 5)]
+        return "\n".join(out)
 
     def stop_slurmd(self, name: str) -> None:
         """Stop the node's slurmd (started here or by the boot hook) and its job processes."""

@@ -411,6 +411,45 @@ def test_ping_false_when_controller_gone(cluster):
     assert "\n" not in str(err.value)
 
 
+def test_a_slurmd_for_a_queued_power_up_starts_once_slurmctld_issued_it(slurm_cluster_factory):
+    """`scontrol update State=POWER_UP` only queues a power-up: slurmctld issues it (POWERING_UP,
+    ResumeProgram) at its next power-save pass. The harness starts a node's slurmd after that, as
+    a real VM boots after ResumeProgram ran; a slurmd started before may boot before the request
+    and then never register (next test). A slow pass (every 3 s) keeps the window wide open."""
+    c = slurm_cluster_factory(nodes_conf_text=NODES, start=False,
+                              slurmctld_parameters="idle_on_node_suspend,power_save_interval=3")
+    calls = c.workdir / "resume-calls"
+    record = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    c.resume_program = c.make_program("record-resume", [c.python, "-c", record, str(calls)])
+    c.suspend_program = "/bin/true"
+    c.start()
+    c.scontrol("update", "NodeName=t-1", "NodeAddr=127.0.0.1", "NodeHostName=localhost")
+    c.scontrol("update", "NodeName=t-1", "State=POWER_UP")
+    c.start_slurmd("t-1", wait=True)
+    # slurmctld powered it up (POWER_UP cleared, ResumeProgram run), then the slurmd registered; a
+    # slurmd that registers before the pass leaves IDLE+CLOUD+POWER_UP and no ResumeProgram call
+    assert c.node_flags("t-1") == {"IDLE", "CLOUD"}
+    c.wait_for(lambda: calls.exists(), 10, what="ResumeProgram run")
+    assert calls.read_text().split() == ["t-1"]
+
+
+def test_a_slurmd_booted_before_its_power_up_never_registers_and_the_wait_says_why(slurm_cluster_factory):
+    """slurmctld ignores the registration of a slurmd whose boot time is older than the node's
+    power-up request ("Still waiting for boot", at debug level only) and does not ask the node
+    again before ResumeTimeout: why slurmds started before the request sometimes never came up.
+    A registration wait that times out shows slurmctld's view, its log lines and the slurmd's."""
+    c = slurm_cluster_factory(nodes_conf_text=NODES, resume_program="/bin/true", suspend_program="/bin/true")
+    c.scontrol("update", "NodeName=t-1", "NodeAddr=127.0.0.1", "NodeHostName=localhost")
+    c.scontrol("update", "NodeName=t-1", "State=POWER_UP")
+    c.wait_for(lambda: "POWERING_UP" in c.node_flags("t-1"), 30, what="power-up issued")
+    c.start_slurmd("t-1", fresh_boot=False)  # reports the machine's boot, long before the request
+    with pytest.raises(TimeoutError) as err:
+        c.wait_registered(["t-1"], timeout=5)
+    report = str(err.value)
+    assert "Still waiting for boot of node t-1" in report and "POWERING_UP" in report, report
+    assert "slurmd running" in report and "slurmd-t-1.log" in report, report
+
+
 def _pids_with(marker: str) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
