@@ -100,7 +100,10 @@ def build_drift(env) -> dict:
     create(env, "htc-f2sv2-8", "htc", F2)
     with client(env) as c:
         c.manage_nodes("terminate", names=["htc-f2sv2-8"], request_id="gone-terminate")
-    # address missing: resume hook (follower off) creates htc-f2sv2-2 while Slurm powers it up; address never set
+    # address missing: resume hook (follower off) creates htc-f2sv2-2 while Slurm powers it up; address never set.
+    # htc-f2sv2-3 gets no VM, but slurmctld contacts it once repair has powered it down: a loopback address, not
+    # its name, which slurmctld would resolve for ~10 s, holding other requests (a repair's scontrol) that long.
+    scontrol(env, "update", "NodeName=htc-f2sv2-3", "NodeAddr=127.0.0.1", "NodeHostName=localhost")
     scontrol(env, "update", "NodeName=htc-f2sv2-2,htc-f2sv2-3,htc-f4sv2-3,htc-f4sv2-4", "State=POWER_UP")
     run = env.hook("resume", "htc-f2sv2-2")
     assert run.rc == 0, run.stderr
@@ -126,7 +129,7 @@ def build_drift(env) -> dict:
     scontrol(env, "update", f"NodeName={','.join(up)}", "State=POWER_UP")
     for n in up:
         env.cluster.start_slurmd(n)
-    env.wait_for(lambda: all(env.cluster._responding(n) for n in up), timeout=30, what="slurmds registered")
+    env.cluster.wait_registered(up, timeout=30)
 
     # down~ with our reason, no VM; an expired cool-off's nodes; an admin's DOWN.
     scontrol(env, "update", "NodeName=htc-f2sv2-4", "State=DOWN", f"Reason={OURS}drift test")
@@ -229,7 +232,16 @@ def test_one_repair_run_fixes_every_drift_case(tmp_path, slurm_cluster_factory, 
         log = (env.log_dir / "repair.log").read_text()
         assert "terminate htc-ghost-1" in log and "Slurm does not know" in log
 
-        # idempotent: a second run right after changes nothing
+        # The create re-sent above boots its VM ~1.2 s later: then a run gives it its address (the one
+        # drift the first run left, by design) ...
+        env.wait_for(lambda: statuses(env).get("htc-f4sv2-3") == "Ready", timeout=30, what="re-sent VM Ready")
+        follow = env.cli("repair", "--json", clock_ahead=PAST_GRACE)
+        assert follow.rc == 0, follow.stderr
+        assert [(a["node"], a["kind"]) for a in json.loads(follow.stdout)["actions"] if a["kind"] != "report"] == [
+            ("htc-f4sv2-3", "set_address")]
+        assert slurm_nodes(env)["htc-f4sv2-3"].node_addr == env.cloud_nodes()["htc-f4sv2-3"]["PrivateIp"]
+
+        # ... and, idempotent, a run right after changes nothing
         env.sim.reset_stats()
         again = env.cli("repair", "--json", clock_ahead=PAST_GRACE)
         assert again.rc == 0, again.stderr
