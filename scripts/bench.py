@@ -628,7 +628,7 @@ def start_slurm(work: Path, conf_dir: Path):
         print(f"note: no slurmctld ({why}); scontrol figures are not measured", file=sys.stderr)
         return None
     cluster = SlurmCluster(work / "slurm", extra_conf=f"Include {conf_dir / 'partitions.conf'}",
-                           prolog_wait_for_nodes=False)
+                           prolog_wait_for_nodes=False, debug_level="info")  # as measured before
     cluster.start(timeout=120)
     return cluster
 

@@ -271,6 +271,7 @@ class SlurmCluster:
         slurm_user: str = "root",
         release: SlurmRelease | None = None,
         controllers: Sequence[tuple[str, str]] = (),
+        debug_level: str = "debug",
     ):
         self.workdir = Path(workdir).resolve()
         # (name, address) per SlurmctldHost line, primary first; none: one slurmctld on localhost
@@ -292,7 +293,7 @@ class SlurmCluster:
         self.message_timeout = message_timeout  # how long a client waits for slurmctld's answer
         self.cluster_name = cluster_name
         # SlurmctldDebug/SlurmdDebug; HPC_BRIDGE_SLURM_DEBUG=debug2 (...) to dig deeper
-        self.debug_level = os.environ.get("HPC_BRIDGE_SLURM_DEBUG") or "debug"
+        self.debug_level = os.environ.get("HPC_BRIDGE_SLURM_DEBUG") or debug_level
         self.release = release or SlurmRelease("host")
         # Host-side paths (tests, the simulator's boot hook) and what slurmctld's children see.
         self.sbin_dir = sbin_dir
