@@ -218,6 +218,19 @@ def test_node_attributes_and_placement_group_are_stored(m):
         assert n["Status"] != "x"  # simulator-owned attributes cannot be set
 
 
+def test_a_users_attribute_change_on_a_live_node(m):
+    create(m, {"count": 1, "nodearray": "htc", "nameFormat": "k"})
+    assert nodes(m)["k"]["KeepAlive"] is False
+    m.set_node_attributes("k", {"KeepAlive": True})
+    assert nodes(m)["k"]["KeepAlive"] is True
+    with pytest.raises(SimError) as err:
+        m.set_node_attributes("k", {"Status": "Ready"})  # simulator-owned
+    assert err.value.status == 409 and nodes(m)["k"]["Status"] != "Ready"
+    with pytest.raises(SimError) as err:
+        m.set_node_attributes("nope", {"KeepAlive": True})
+    assert err.value.status == 404
+
+
 @pytest.mark.parametrize(
     "scenario_changes,s,added,why",
     [

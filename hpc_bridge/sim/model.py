@@ -499,6 +499,15 @@ class ClusterModel:
             raise SimError(409, f"{where}.placementGroupId must be a non-empty string")
         return {"count": count, "na": na, "bucket": bucket, "fmt": fmt, "offset": offset, "attrs": attrs, "pg": pg}
 
+    def set_node_attributes(self, name: str, attributes: dict[str, Any]) -> None:
+        """Change a live node's own attributes (KeepAlive, ...), as a user does in the UI."""
+        if bad := sorted(set(attributes) & PROTECTED_ATTRIBUTES):
+            raise SimError(409, f"attributes owned by the simulator: {', '.join(bad)}")
+        live = [r for r in self.nodes.values() if r.name == name and r.status != "Terminated"]
+        if not live:
+            raise SimError(404, f"no live node named {name}")
+        live[-1].attributes.update(attributes)
+
     def _live_names(self) -> set[str]:
         return {r.name for r in self.nodes.values() if r.status != "Terminated"}
 

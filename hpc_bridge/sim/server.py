@@ -203,6 +203,11 @@ class SimServer:
                 self._fault_rng = random.Random(f"faults-{normalised['seed']}")
             return json.loads(json.dumps(self.model.faults))
 
+    def set_node_attributes(self, name: str, **attributes: Any) -> None:
+        """A user's change to a live node's attributes (e.g. KeepAlive=True). Raises SimError."""
+        with self._lock:
+            self.model.set_node_attributes(name, attributes)
+
     def hold(self) -> Hold:
         """From now on, keep every API request of the first client address to send one waiting
         until the returned Hold is released (control requests are never held). A new hold
