@@ -7,6 +7,11 @@ from hpc_bridge.log import escape_controls
 
 REASON_PREFIX = "hpc-bridge: "
 NEVER_REGISTERED = "VM Ready, slurmd did not register within ResumeTimeout"
+# Slurm takes a powered-down node back only from a slurmd that booted after the power-up: the
+# slurmd of a VM kept through the power-down is never heard again, so a power-up would wait
+# for ResumeTimeout. Restarting that slurmd registers the node (ReturnToService=2 resumes it).
+KEPT_RUNNING = ("cloud node kept running (KeepAlive) while Slurm powered it down; "
+                "restart its slurmd to use it again")
 
 
 def reason(text: str) -> str:

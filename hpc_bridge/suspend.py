@@ -109,6 +109,10 @@ def _shut_down(cfg: Config, expr: str, *, client: ClusterApi, slurm: SlurmContro
                             keep_alive=not failing)
         if plan.keep_alive:
             log.info("%s: KeepAlive is set, VM left running", node_names(plan.keep_alive))
+            try:
+                mark_down(slurm, plan.down)
+            except SlurmError as err:
+                report.failed.update(dict.fromkeys(plan.keep_alive, f"not marked DOWN: {err}"))
         log_per_message(log, logging.INFO, plan.nothing, "%s: %s, nothing to do")
         if plan.unknown:
             log.error("%s: unknown node (not in nodemap.json and no cloud node)", node_names(plan.unknown))

@@ -1,6 +1,6 @@
 """The suspend planner: per name, the nodearray's policy (shutdown = the node's own
 ShutdownPolicy, deallocate, or terminate), nothing for names with no live cloud node (suspend
-may be called twice), KeepAlive nodes left running; and why a node never came up, for
+may be called twice), KeepAlive nodes left running but DOWN in Slurm (see KEPT_RUNNING); and why a node never came up, for
 resume-fail's Slurm reason. Pure; `hpc_bridge.suspend` gathers and applies.
 """
 
@@ -12,7 +12,7 @@ from hpc_bridge.api.models import Node
 from hpc_bridge.cloud import DEALLOCATED, FAILED_STATUS, GONE, READY, TRANSITIONAL_DOWN
 from hpc_bridge.config import Config
 from hpc_bridge.nodemap import NodeMap
-from hpc_bridge.reasons import NEVER_REGISTERED, REASON_PREFIX
+from hpc_bridge.reasons import KEPT_RUNNING, NEVER_REGISTERED, REASON_PREFIX
 
 
 @dataclass
@@ -21,6 +21,11 @@ class SuspendPlan:
     keep_alive: list[str] = field(default_factory=list)
     nothing: dict[str, str] = field(default_factory=dict)  # name -> why nothing to do
     unknown: list[str] = field(default_factory=list)  # neither in the node map nor in the cloud
+
+    @property
+    def down(self) -> dict[str, str]:
+        """Slurm DOWN reasons: a KeepAlive VM stays up, so its node must not wait to be powered up."""
+        return dict.fromkeys(self.keep_alive, KEPT_RUNNING)
 
 
 def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg: Config,

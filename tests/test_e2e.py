@@ -13,6 +13,7 @@ import pytest
 
 from bridge_env import BridgeEnv, all_forms, default_scenario
 from hpc_bridge import hostlist
+from hpc_bridge.reasons import KEPT_RUNNING
 
 # Every scenario runs against at least one form that follows the reference (strict, or quirks:
 # strict plus what a real service adds), the cheapest against every form; the slower ones are
@@ -290,3 +291,34 @@ def test_killed_hook_and_flaky_api_end_consistent_after_repair(env):
         assert name in slurm_nodes, f"VM {name} unknown to Slurm"
     names = [r["Name"] for r in env.all_cloud_records() if r["Status"] != "Terminated"]
     assert len(names) == len(set(names)), "duplicate VM"
+
+
+@strict_form
+@pytest.mark.parametrize("resume_timeout", [18], ids=["ResumeTimeout=18"])  # waited out when it fails
+def test_keepalive_node_goes_down_at_suspend_and_its_restarted_slurmd_runs_the_next_job(env, resume_timeout):
+    """A KeepAlive VM outlives Slurm's power-down, its slurmd too. Slurm takes a powered-down node
+    back only from a slurmd that booted after the power-up, and never asks a powering-up node to
+    register: a job that powered this node up would wait ResumeTimeout, then resume-fail would
+    terminate the kept VM. So suspend marks the node DOWN at once, naming the cause; a restart
+    of its slurmd (as on the VM: the machine's boot time, not a fresh one) brings it back."""
+    job = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", holding(env, "srun printenv SLURMD_NODENAME"))
+    (name,) = nodes_it_ran_on(env, job)
+    env.sim.set_node_attributes(name, KeepAlive=True)  # a user keeps the VM (the UI's KeepAlive)
+    end_held_jobs(env)
+    wait_job(env, job)
+    env.wait_for(lambda: {"DOWN", "POWERED_DOWN"} <= env.cluster.node_flags(name), timeout=60,
+                 what=f"{name} down~ after its suspend")
+    assert KEPT_RUNNING in env.cluster.node(name).reason
+    assert f"{name}: KeepAlive is set, VM left running" in (env.log_dir / "suspend.log").read_text()
+    vm = env.cloud_nodes()[name]
+    assert vm["Status"] == "Ready"
+    job2 = submit(env, "-p", "htc", "-w", name, "--wrap", "srun printenv SLURMD_NODENAME")
+    # Slurm reset the node's address at the power-down; give it the VM's before slurmd registers
+    env.cluster.scontrol("update", f"NodeName={name}", f"NodeAddr={vm['PrivateIp']}", f"NodeHostName={name}")
+    env.cluster.stop_slurmd(name)
+    env.cluster.start_slurmd(name, fresh_boot=False)  # an admin's `systemctl restart slurmd` on the VM
+    wait_job(env, job2, timeout=resume_timeout + 20)
+    assert job_output(env, job2).split() == [name]
+    assert env.cloud_nodes()[name]["NodeId"] == vm["NodeId"]  # the kept VM ran it
+    ctld_log = (env.cluster.log_dir / "slurmctld.log").read_text()
+    assert "ResumeTimeout" not in ctld_log  # never powered up: nothing waited for a registration

@@ -11,6 +11,7 @@ from hpc_bridge.cloud import bucket_key
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import BridgeError
 from hpc_bridge.nodemap import NodeMap, NodeRange
+from hpc_bridge.reasons import KEPT_RUNNING
 from hpc_bridge.resume_file import Job, parse_resume_file
 from hpc_bridge.resume_plan import classify_refusals, plan_resume
 from hpc_bridge.state_records import Cooloff, Operation
@@ -266,6 +267,11 @@ def test_suspend_twice_and_keepalive_and_unknown():
     p = plan_suspend(["hpc-1", "hpc-2", "hpc-3", "hpc-4", "zz-9"], NODEMAP, cloud, cfg())
     assert p.actions == {} and p.keep_alive == ["hpc-2"] and p.unknown == ["zz-9"]
     assert set(p.nothing) == {"hpc-1", "hpc-3", "hpc-4"}
+    # the kept VM's slurmd will never register to a power-up: DOWN in Slurm with the cause
+    assert p.down == {"hpc-2": KEPT_RUNNING}
+    # resume-fail terminates KeepAlive VMs too: nothing is kept, nothing marked for it
+    failing = plan_suspend(["hpc-2"], NODEMAP, cloud, cfg(), policy_override="terminate", keep_alive=False)
+    assert failing.actions == {"terminate": {"hpc-2": "id-hpc-2"}} and failing.down == {}
 
 
 def test_fail_reason_keeps_the_cloud_message():
