@@ -23,6 +23,7 @@ from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
 from hpc_bridge.nodeops import mark_down, remember_down, take_out_of_service
+from hpc_bridge.reasons import KEPT_RUNNING, reason
 from hpc_bridge.resume_file import Job
 from hpc_bridge.resume_plan import ResumePlan, buckets_by_key, classify_refusals, plan_resume
 from hpc_bridge.state_records import FAILED, SUSPEND_ACTIONS, Cooloff
@@ -324,6 +325,13 @@ def _tell_slurm(cfg: Config, slurm: SlurmControl, plan: ResumePlan, outcome: _Ou
         try:
             mark_down(slurm, outcome.down)
         except SlurmError as err:
+            report.errors.append(err)
+    if plan.kept_running:
+        # DOWN alone leaves Slurm waiting ResumeTimeout, then resume-fail terminates the kept VM
+        try:
+            slurm.update_nodes(plan.kept_running, state="POWER_DOWN_FORCE", reason=reason(KEPT_RUNNING))
+        except SlurmError as err:
+            log.error("%s: power-up not ended, Slurm waits ResumeTimeout: %s", node_names(plan.kept_running), err)
             report.errors.append(err)
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
         try:

@@ -23,7 +23,7 @@ from hpc_bridge.cloud import (
 )
 from hpc_bridge.config import Config
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
-from hpc_bridge.reasons import hold_reason
+from hpc_bridge.reasons import KEPT_RUNNING, hold_reason
 from hpc_bridge.resume_file import Job
 from hpc_bridge.state_records import Cooloff, Operation
 
@@ -41,6 +41,7 @@ class ResumePlan:
     waiting: dict[str, str] = field(default_factory=dict)  # name -> why it is left to follower/repair
     deferred: list[str] = field(default_factory=list)  # to create once their old cloud node is gone
     down: dict[str, str] = field(default_factory=dict)  # name -> reason
+    kept_running: list[str] = field(default_factory=list)  # KeepAlive VMs up since before: DOWN, power-up ended
     unknown: list[str] = field(default_factory=list)  # not in nodemap.json: not ours, left as they are
     addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # name -> what the API sent that we refused
@@ -169,6 +170,10 @@ def _sort_by_cloud_status(plan: ResumePlan, names: list[str], nodemap: NodeMap, 
             plan.deferred.append(name)
         elif node is None or status in GONE:
             wanted[name] = entry
+        elif status == READY and node.keep_alive:
+            # its slurmd has run since before this power-up: Slurm would wait ResumeTimeout for it
+            plan.down[name] = KEPT_RUNNING
+            plan.kept_running.append(name)
         elif status in BOOTING or status == READY:
             plan.running[name] = status
             addr = address_of(node, mode)

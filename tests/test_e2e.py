@@ -322,3 +322,36 @@ def test_keepalive_node_goes_down_at_suspend_and_its_restarted_slurmd_runs_the_n
     assert env.cloud_nodes()[name]["NodeId"] == vm["NodeId"]  # the kept VM ran it
     ctld_log = (env.cluster.log_dir / "slurmctld.log").read_text()
     assert "ResumeTimeout" not in ctld_log  # never powered up: nothing waited for a registration
+
+
+@strict_form
+@pytest.mark.parametrize("resume_timeout", [18], ids=["ResumeTimeout=18"])  # waited out: nothing may come of it
+def test_power_up_of_a_kept_node_whose_slurmd_predates_it_ends_at_once_keeping_the_vm(env, resume_timeout):
+    """An admin returns the down~ KeepAlive node to idle~ without restarting its slurmd: the next
+    job powers it up. Slurm would ignore that slurmd until ResumeTimeout, and resume-fail then
+    terminate the kept VM: resume marks it DOWN with the cause and ends the power-up at once (the
+    job is requeued), and the VM stays."""
+    job = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", holding(env, "srun printenv SLURMD_NODENAME"))
+    (name,) = nodes_it_ran_on(env, job)
+    env.sim.set_node_attributes(name, KeepAlive=True)
+    end_held_jobs(env)
+    wait_job(env, job)
+    env.wait_for(lambda: {"DOWN", "POWERED_DOWN"} <= env.cluster.node_flags(name), timeout=60,
+                 what=f"{name} down~ after its suspend")
+    env.cluster.scontrol("update", f"NodeName={name}", "State=RESUME")  # slurmd left as it was
+    powered_down(env, [name])
+    vm = env.cloud_nodes()[name]
+    # the name would go to DNS (Slurm reset the address at the power-down): the VM's, as a site's DNS gives
+    env.cluster.scontrol("update", f"NodeName={name}", f"NodeAddr={vm['PrivateIp']}", f"NodeHostName={name}")
+    job2 = submit(env, "-p", "htc", "-w", name, "--wrap", "srun printenv SLURMD_NODENAME")
+
+    def down_with_the_cause():
+        node = env.cluster.node(name)
+        return "DOWN" in node.state_flags and "POWERING_UP" not in node.state_flags and KEPT_RUNNING in (node.reason or "")
+    env.wait_for(down_with_the_cause, timeout=resume_timeout - 5, what=f"{name} DOWN with the cause, power-up ended")
+    assert f"slurm DOWN {name}: {KEPT_RUNNING}" in (env.log_dir / "resume.log").read_text()
+    time.sleep(resume_timeout + 3)  # past ResumeTimeout of that power-up: Slurm must not have waited on it
+    ctld_log = (env.cluster.log_dir / "slurmctld.log").read_text()
+    assert "ResumeTimeout" not in ctld_log
+    assert env.cloud_nodes()[name]["NodeId"] == vm["NodeId"] and env.cloud_nodes()[name]["Status"] == "Ready"
+    assert KEPT_RUNNING in env.cluster.node(name).reason and env.cluster.job_state(job2) == "PENDING"

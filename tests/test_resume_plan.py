@@ -310,3 +310,16 @@ def test_resume_file_nested_too_deeply_is_a_usage_error():
 
     with pytest.raises(UsageError, match="nested too deeply"):
         parse_resume_file("[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize("status,keep_alive,kept", [
+    ("Ready", True, True),  # kept through a power-down: its slurmd predates this power-up
+    ("Ready", False, False),  # brought up by someone else meanwhile: left to come up
+    ("Preparing", True, False),  # still booting: its slurmd starts after the power-up
+    ("Deallocated", True, False),  # started again: a fresh boot
+])
+def test_keepalive_vm_up_since_before_the_power_up_goes_down_with_the_cause(status, keep_alive, kept):
+    p = plan(["hpc-1"], [node("hpc-1", status, KeepAlive=keep_alive, PrivateIp="127.1.0.9")])
+    assert p.kept_running == (["hpc-1"] if kept else [])
+    assert (p.down == {"hpc-1": KEPT_RUNNING}) is kept
+    assert not p.create and not (kept and ("hpc-1" in p.to_watch() or "hpc-1" in p.running))
