@@ -41,6 +41,20 @@ def mark_down(slurm: SlurmControl, reasons: Mapping[str, str], store: StateStora
         except StateError as err:
             log.error("DOWN reasons not remembered for resume-fail: %s", err)
     log_per_message(log, logging.INFO, reasons, "slurm DOWN %s: %s")
+    return _set_state(slurm, reasons, "DOWN", "marked DOWN")
+
+
+def end_power_ups(slurm: SlurmControl, reasons: Mapping[str, str]) -> int:
+    """End these nodes' power-up at once, with a reason (POWER_DOWN_FORCE: Slurm requeues their
+    jobs and runs suspend for them). For a VM whose slurmd predates the power-up: Slurm takes
+    none back from such a slurmd and would wait ResumeTimeout, then resume-fail terminate the
+    VM; DOWN alone does not end that wait. Calls, log and SlurmError as mark_down."""
+    log_per_message(log, logging.WARNING, reasons, "slurm POWER_DOWN_FORCE %s: %s")
+    return _set_state(slurm, reasons, "POWER_DOWN_FORCE", "powered down (power-up not ended, Slurm waits ResumeTimeout)")
+
+
+def _set_state(slurm: SlurmControl, reasons: Mapping[str, str], state: str, done: str) -> int:
+    """One `scontrol update State=state Reason=...` per distinct reason (see mark_down)."""
     by_reason: dict[str, list[str]] = defaultdict(list)
     for name, why in reasons.items():
         by_reason[reason(why)].append(name)
@@ -48,14 +62,14 @@ def mark_down(slurm: SlurmControl, reasons: Mapping[str, str], store: StateStora
     failures: list[tuple[list[str], SlurmError]] = []
     for why, names in sorted(by_reason.items()):
         try:
-            calls += slurm.update_nodes(sorted(names), state="DOWN", reason=why)
+            calls += slurm.update_nodes(sorted(names), state=state, reason=why)
         except SlurmError as err:
             calls += 1
-            log.error("%s: could not be marked DOWN: %s", node_names(names), err)
+            log.error("%s: could not be %s: %s", node_names(names), done, err)
             failures.append((names, err))
     if failures:
         count = sum(len(names) for names, _ in failures)
-        raise SlurmError(f"{count} node(s) could not be marked DOWN ({len(failures)} of {len(by_reason)} "
+        raise SlurmError(f"{count} node(s) could not be {done} ({len(failures)} of {len(by_reason)} "
                          f"scontrol call(s) failed; first: {failures[0][1]})")
     return calls
 

@@ -12,6 +12,9 @@ NEVER_REGISTERED = "VM Ready, slurmd did not register within ResumeTimeout"
 # for ResumeTimeout. Restarting that slurmd registers the node (ReturnToService=2 resumes it).
 KEPT_RUNNING = ("cloud node kept running (KeepAlive) while Slurm powered it down; "
                 "restart its slurmd to use it again")
+# Suspend's stop failed, so the VM and its slurmd ran on: that slurmd predates the next power-up
+# and Slurm would wait ResumeTimeout for it. The power-up is ended; Slurm's suspend then stops the VM.
+STOP_FAILED = "cloud node still running after a failed stop; its slurmd predates the power-up: powered down again"
 
 
 def reason(text: str) -> str:

@@ -22,8 +22,7 @@ from hpc_bridge.follower_plan import still_deferred
 from hpc_bridge.journal import Call, Journal, record
 from hpc_bridge.log import log_per_message, node_names
 from hpc_bridge.nodemap import NodeMap
-from hpc_bridge.nodeops import mark_down, remember_down, take_out_of_service
-from hpc_bridge.reasons import KEPT_RUNNING, reason
+from hpc_bridge.nodeops import end_power_ups, mark_down, remember_down, take_out_of_service
 from hpc_bridge.resume_file import Job
 from hpc_bridge.resume_plan import ResumePlan, buckets_by_key, classify_refusals, plan_resume
 from hpc_bridge.state_records import FAILED, SUSPEND_ACTIONS, Cooloff
@@ -46,6 +45,7 @@ class ResumeReport:
     running: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     down: dict[str, str] = field(default_factory=dict)
+    power_up_ended: list[str] = field(default_factory=list)  # VMs Ready with a slurmd from before (see end_power_ups)
     problems: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     api_calls: int = 0
@@ -58,7 +58,8 @@ class ResumeReport:
 
     def summary(self) -> str:
         return (f"resume {self.names} node(s): {len(self.created)} created, {len(self.started)} started, "
-                f"{len(self.running)} already up, {len(self.waiting)} waiting, {len(self.down)} down; "
+                f"{len(self.running)} already up, {len(self.waiting)} waiting, {len(self.down)} down, "
+                f"{len(self.power_up_ended)} power-up(s) ended; "
                 f"{self.api_calls} API call(s), {self.scontrol_calls} scontrol call(s)")
 
 
@@ -199,7 +200,7 @@ def _plan_and_record(cfg: Config, names: list[str], jobs: list[Job], nodemap: No
                 return ResumePlan(), ResumeCalls()
             names = wanted
         plan = plan_resume(names, nodemap, cloud, buckets, state.resume_in_flight(t), state.active_cooloffs(t),
-                           jobs, cfg, t, state.brought_up_since(names, read_at))
+                           jobs, cfg, t, state.brought_up_since(names, read_at), state.stop_unfinished(names))
         calls = ResumeCalls.of(plan, deadline)
         record(state, calls.all, t)
         if cfg.resume.follower:
@@ -319,19 +320,17 @@ def _record_failures(store: StateStorage, cfg: Config, outcome: _Outcome, now: C
 
 
 def _tell_slurm(cfg: Config, slurm: SlurmControl, plan: ResumePlan, outcome: _Outcome, report: ResumeReport) -> None:
-    """DOWN with the cause for what cannot come up, addresses for what is up already; then the
-    report's last fields."""
+    """DOWN with the cause for what cannot come up, the power-up ended for VMs Ready with a slurmd
+    from before it, addresses for what is up already; then the report's last fields."""
     if outcome.down:
         try:
             mark_down(slurm, outcome.down)
         except SlurmError as err:
             report.errors.append(err)
-    if plan.kept_running:
-        # DOWN alone leaves Slurm waiting ResumeTimeout, then resume-fail terminates the kept VM
+    if plan.power_down:
         try:
-            slurm.update_nodes(plan.kept_running, state="POWER_DOWN_FORCE", reason=reason(KEPT_RUNNING))
+            end_power_ups(slurm, plan.power_down)
         except SlurmError as err:
-            log.error("%s: power-up not ended, Slurm waits ResumeTimeout: %s", node_names(plan.kept_running), err)
             report.errors.append(err)
     if plan.addresses and cfg.slurm.address_mode in ("ip", "hostname"):
         try:
@@ -343,6 +342,7 @@ def _tell_slurm(cfg: Config, slurm: SlurmControl, plan: ResumePlan, outcome: _Ou
     report.problems = dict(plan.problems)
     report.waiting = sorted(plan.waiting)
     report.down = outcome.down
+    report.power_up_ended = sorted(plan.power_down)
 
 
 def ensure_follower(state, cfg: Config, now: float, spawn_follower) -> None:

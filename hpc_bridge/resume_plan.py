@@ -23,7 +23,7 @@ from hpc_bridge.cloud import (
 )
 from hpc_bridge.config import Config
 from hpc_bridge.nodemap import NodeMap, NodeMapEntry
-from hpc_bridge.reasons import KEPT_RUNNING, hold_reason
+from hpc_bridge.reasons import KEPT_RUNNING, STOP_FAILED, hold_reason
 from hpc_bridge.resume_file import Job
 from hpc_bridge.state_records import Cooloff, Operation
 
@@ -41,7 +41,9 @@ class ResumePlan:
     waiting: dict[str, str] = field(default_factory=dict)  # name -> why it is left to follower/repair
     deferred: list[str] = field(default_factory=list)  # to create once their old cloud node is gone
     down: dict[str, str] = field(default_factory=dict)  # name -> reason
-    kept_running: list[str] = field(default_factory=list)  # KeepAlive VMs up since before: DOWN, power-up ended
+    # VMs Ready with a slurmd from before this power-up, which Slurm would wait ResumeTimeout for:
+    # the power-up is ended at once (POWER_DOWN_FORCE). name -> reason
+    power_down: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)  # not in nodemap.json: not ours, left as they are
     addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # name -> what the API sent that we refused
@@ -132,12 +134,16 @@ def plan_resume(
     cfg: Config,
     now: float,
     unseen: set[str] = frozenset(),
+    stop_unfinished: set[str] = frozenset(),
 ) -> ResumePlan:
     """`unseen`: names a create/start may have brought up since `cloud` was read (see
     State.brought_up_since); one that looks gone is not created now but left to the follower,
-    which creates it once a fresh read shows it gone."""
+    which creates it once a fresh read shows it gone. `stop_unfinished`: names whose latest
+    operation is a stop that failed or is open (State.stop_unfinished); one whose VM is Ready
+    runs a slurmd from before this power-up."""
     plan = ResumePlan()
-    wanted, starts = _sort_by_cloud_status(plan, names, nodemap, cloud, in_flight, unseen, cfg.slurm.address_mode)
+    wanted, starts = _sort_by_cloud_status(plan, names, nodemap, cloud, in_flight, unseen, stop_unfinished,
+                                           cfg.slurm.address_mode)
     refused = _blocked(wanted, buckets, cooloffs, cfg.resume.capacity_cooloff, now)
     granted = _grant_capacity(wanted, starts, buckets, jobs, cfg, refused)
     plan.create = [(n, e) for n, e in wanted.items() if n in granted]
@@ -147,7 +153,7 @@ def plan_resume(
 
 
 def _sort_by_cloud_status(plan: ResumePlan, names: list[str], nodemap: NodeMap, cloud: dict[str, Node],
-                          in_flight: dict[str, Operation], unseen: set[str], mode: str
+                          in_flight: dict[str, Operation], unseen: set[str], stop_unfinished: set[str], mode: str
                           ) -> tuple[dict[str, NodeMapEntry], dict[str, str]]:
     """Each name by what the cloud has for it: what is up, waited for, failed or not ours goes
     into `plan`; returns the names to create (subject to capacity) and those to start (name ->
@@ -172,8 +178,11 @@ def _sort_by_cloud_status(plan: ResumePlan, names: list[str], nodemap: NodeMap, 
             wanted[name] = entry
         elif status == READY and node.keep_alive:
             # its slurmd has run since before this power-up: Slurm would wait ResumeTimeout for it
-            plan.down[name] = KEPT_RUNNING
-            plan.kept_running.append(name)
+            plan.down[name] = plan.power_down[name] = KEPT_RUNNING
+        elif status == READY and name in stop_unfinished:
+            # our stop of it failed: its slurmd too has run since before this power-up. Ended, not
+            # DOWN: Slurm's suspend then stops the VM and the node is idle~ again.
+            plan.power_down[name] = STOP_FAILED
         elif status in BOOTING or status == READY:
             plan.running[name] = status
             addr = address_of(node, mode)

@@ -143,6 +143,14 @@ class State:
                 and (op.outcome == PENDING or (op.answered or 0) >= since)
                 for n in op.nodes if n in names}
 
+    def stop_unfinished(self, names) -> set[str]:
+        """Names whose latest operation is a stop (a suspend action) that failed or is still open:
+        their VM was to be stopped, and nothing of ours has brought it up since, so a slurmd
+        running on it has run since before any later power-up."""
+        names = set(names)
+        return {name for name, op in self.latest_by_node().items()
+                if name in names and op.action in SUSPEND_ACTIONS and (op.open or op.outcome == FAILED)}
+
     def failure_reasons(self, now: float, max_age: float) -> dict[str, str]:
         """Why we marked each node DOWN, if that was within `max_age` seconds: Slurm replaces our
         reason with "ResumeTimeout reached", and resume-fail puts the real cause back."""

@@ -13,7 +13,7 @@ import pytest
 
 from bridge_env import BridgeEnv, all_forms, default_scenario
 from hpc_bridge import hostlist
-from hpc_bridge.reasons import KEPT_RUNNING
+from hpc_bridge.reasons import KEPT_RUNNING, STOP_FAILED
 
 # Every scenario runs against at least one form that follows the reference (strict, or quirks:
 # strict plus what a real service adds), the cheapest against every form; the slower ones are
@@ -355,3 +355,52 @@ def test_power_up_of_a_kept_node_whose_slurmd_predates_it_ends_at_once_keeping_t
     assert "ResumeTimeout" not in ctld_log
     assert env.cloud_nodes()[name]["NodeId"] == vm["NodeId"] and env.cloud_nodes()[name]["Status"] == "Ready"
     assert KEPT_RUNNING in env.cluster.node(name).reason and env.cluster.job_state(job2) == "PENDING"
+
+
+STOPS = ("shutdown", "deallocate", "terminate")
+STOP_ENDPOINTS = tuple(f"nodes/{action}" for action in STOPS)
+
+
+def operations_of(env, name) -> list[tuple[str, str]]:
+    """(action, outcome) of the state file's operations on `name`, oldest first."""
+    ops = sorted(env.state().get("operations", []), key=lambda o: (o["started"], o["deadline"]))
+    return [(o["action"], o["outcome"]) for o in ops if name in o["nodes"]]
+
+
+def stop_failed(env, name) -> bool:
+    latest = operations_of(env, name)[-1:]
+    return bool(latest) and latest[0][0] in STOPS and latest[0][1] == "failed"
+
+
+@strict_form
+@pytest.mark.parametrize("resume_timeout", [18], ids=["ResumeTimeout=18"])  # waited out when it fails
+def test_power_up_after_a_failed_stop_ends_at_once_stops_the_vm_and_the_job_runs(env, resume_timeout):
+    """Suspend's stop fails (500s past the retries): the VM and its slurmd run on while Slurm has
+    the node idle~. Slurm would ignore that slurmd when a job powers the node up (it predates the
+    power-up) and wait ResumeTimeout: resume ends the power-up at once (no DOWN), Slurm runs
+    suspend again, which stops the VM, and the requeued job powers the node up afresh and runs."""
+    job = submit(env, "-p", "htc", "-C", "Standard_F2s_v2", "--wrap", holding(env, "srun printenv SLURMD_NODENAME"))
+    (name,) = nodes_it_ran_on(env, job)
+    env.sim.set_faults(retry_after=0, endpoints={e: {"error_rate": 1.0} for e in STOP_ENDPOINTS})
+    end_held_jobs(env)
+    wait_job(env, job)
+    powered_down(env, [name])
+    env.wait_for(lambda: stop_failed(env, name), what="suspend's stop to fail")
+    assert env.cloud_nodes()[name]["Status"] == "Ready"  # the VM and its slurmd run on
+    env.sim.set_faults(endpoints={e: {"error_rate": 0.0} for e in STOP_ENDPOINTS})
+
+    job2 = submit(env, "-p", "htc", "-w", name, "--wrap", "srun printenv SLURMD_NODENAME")
+    wait_job(env, job2, timeout=resume_timeout + 100)  # the requeued job waits for a full scheduling pass
+    assert job_output(env, job2).split() == [name]
+    ctld_log = (env.cluster.log_dir / "slurmctld.log").read_text()
+    assert "ResumeTimeout" not in ctld_log  # the power-up after the failed stop was not waited out
+    resume_log = (env.log_dir / "resume.log").read_text()
+    assert f"{name}: {STOP_FAILED}" in resume_log
+    # suspend ran again for the node and stopped the old VM: one live VM, a fresh one or the same restarted
+    records = [r for r in env.all_cloud_records() if r["Name"] == name and r["Status"] != "Terminated"]
+    assert len(records) == 1 and records[0]["Status"] == "Ready", records
+    ops = operations_of(env, name)
+    failed = ops.index(next(op for op in ops if op[0] in STOPS and op[1] == "failed"))
+    assert any(a in STOPS and o != "failed" for a, o in ops[failed + 1:]), ops  # the later suspend's stop went through
+    live = [r["Name"] for r in env.all_cloud_records() if r["Status"] not in ("Terminated", "Deallocated")]
+    assert len(live) == len(set(live)) and set(live) <= set(env.cluster.slurm().show_nodes()), live

@@ -11,10 +11,10 @@ from hpc_bridge.cloud import bucket_key
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import BridgeError
 from hpc_bridge.nodemap import NodeMap, NodeRange
-from hpc_bridge.reasons import KEPT_RUNNING
+from hpc_bridge.reasons import KEPT_RUNNING, STOP_FAILED
 from hpc_bridge.resume_file import Job, parse_resume_file
 from hpc_bridge.resume_plan import classify_refusals, plan_resume
-from hpc_bridge.state_records import Cooloff, Operation
+from hpc_bridge.state_records import FAILED, Cooloff, Operation, State
 from hpc_bridge.suspend_plan import fail_reason, plan_suspend
 
 NOW = 1_000_000.0
@@ -54,9 +54,9 @@ def node(name, status, **kw):
     return Node.from_wire({"Name": name, "NodeId": f"id-{name}", "Status": status, **kw})
 
 
-def plan(names, cloud=(), bk=None, in_flight=None, cooloffs=None, jobs=(), config=None):
+def plan(names, cloud=(), bk=None, in_flight=None, cooloffs=None, jobs=(), config=None, stop_unfinished=frozenset()):
     return plan_resume(names, NODEMAP, {n.name: n for n in cloud}, bk or buckets(), in_flight or {},
-                       cooloffs or {}, list(jobs), config or cfg(), NOW)
+                       cooloffs or {}, list(jobs), config or cfg(), NOW, stop_unfinished=stop_unfinished)
 
 
 # --------------------------------------------------------------------------- create refusals
@@ -216,12 +216,14 @@ def test_create_sets_one_per_name_with_placement_group_and_size():
                              st.sampled_from(["Acquiring", "Ready", "Deallocated", "Terminated", "Failed",
                                               "Terminating"]), max_size=10),
     avail=st.integers(0, 6),
+    stopped=st.sets(st.sampled_from(NODEMAP.names()), max_size=10),
 )
-def test_every_name_gets_exactly_one_outcome_and_capacity_holds(names, statuses, avail):
+def test_every_name_gets_exactly_one_outcome_and_capacity_holds(names, statuses, avail, stopped):
     cloud = [node(n, s) for n, s in statuses.items()]
-    p = plan(names, cloud, bk=buckets(hpc=avail, f2=avail, f4=avail))
+    p = plan(names, cloud, bk=buckets(hpc=avail, f2=avail, f4=avail), stop_unfinished=stopped)
     created = [n for n, _ in p.create]
-    outcomes = [set(created), set(p.start), set(p.running), set(p.waiting), set(p.down), set(p.unknown)]
+    outcomes = [set(created), set(p.start), set(p.running), set(p.waiting), set(p.down), set(p.unknown),
+                set(p.power_down) - set(p.down)]
     for name in set(names):
         assert sum(name in o for o in outcomes) == 1, name
     assert len(created) == len(set(created))
@@ -320,6 +322,68 @@ def test_resume_file_nested_too_deeply_is_a_usage_error():
 ])
 def test_keepalive_vm_up_since_before_the_power_up_goes_down_with_the_cause(status, keep_alive, kept):
     p = plan(["hpc-1"], [node("hpc-1", status, KeepAlive=keep_alive, PrivateIp="127.1.0.9")])
-    assert p.kept_running == (["hpc-1"] if kept else [])
+    assert p.power_down == ({"hpc-1": KEPT_RUNNING} if kept else {})
     assert (p.down == {"hpc-1": KEPT_RUNNING}) is kept
     assert not p.create and not (kept and ("hpc-1" in p.to_watch() or "hpc-1" in p.running))
+
+
+@pytest.mark.parametrize("status,keep_alive,stop_unfinished,want", [
+    ("Ready", False, True, "power_down"),  # our stop failed: its slurmd predates this power-up
+    ("Ready", False, False, "running"),  # created by an in-flight resume, or its slurmd not started yet
+    ("Ready", True, True, "kept"),  # KeepAlive: DOWN, as without the record
+    ("Starting", False, True, "running"),  # booting again: a fresh slurmd starts after the power-up
+    ("Deallocated", False, True, "start"),  # stopped after all (by someone else): started again
+    ("Terminated", False, True, "create"),
+])
+def test_vm_still_ready_after_a_failed_stop_ends_the_power_up_without_down(status, keep_alive, stop_unfinished, want):
+    p = plan(["hpc-1"], [node("hpc-1", status, KeepAlive=keep_alive, PrivateIp="127.1.0.9")],
+             stop_unfinished={"hpc-1"} if stop_unfinished else set())
+    got = {"power_down": p.power_down == {"hpc-1": STOP_FAILED} and not p.down,
+           "running": "hpc-1" in p.running and not p.power_down,
+           "kept": p.power_down == p.down == {"hpc-1": KEPT_RUNNING},
+           "start": p.start == {"hpc-1": "id-hpc-1"} and not p.power_down,
+           "create": [n for n, _ in p.create] == ["hpc-1"] and not p.power_down}
+    assert got == {k: k == want for k in got}
+    if want == "power_down":
+        assert "hpc-1" not in p.to_watch() and not p.create and not p.start
+
+
+def _state_of(*ops):
+    """A state with these (action, names, outcome) operations, one second apart."""
+    state = State()
+    for i, (action, names, outcome) in enumerate(ops):
+        op = state.begin(action, names, f"r{i}", NOW + i, NOW + i + 60)
+        if outcome == "accepted":
+            op.accept("op", now=NOW + i)
+        elif outcome != "pending":
+            op.close(outcome, NOW + i)
+    return state
+
+
+@pytest.mark.parametrize("ops,want", [
+    ([("shutdown", ["a", "b"], FAILED)], {"a", "b"}),  # refused: the VMs run on
+    ([("deallocate", ["a"], "pending")], {"a"}),  # never answered (a killed suspend, API unreachable)
+    ([("terminate", ["a"], "accepted")], {"a"}),  # accepted, not done: may still be up
+    ([("shutdown", ["a"], "done")], set()),  # nothing was left to stop
+    ([("shutdown", ["a"], FAILED), ("start", ["a"], "accepted")], set()),  # brought up since: a fresh boot
+    ([("create", ["a"], "accepted"), ("shutdown", ["b"], FAILED)], {"b"}),
+    ([("shutdown", ["a", "z"], FAILED)], {"a"}),  # only the names asked about
+])
+def test_stop_unfinished_is_the_latest_operation_a_stop_not_done(ops, want):
+    assert _state_of(*ops).stop_unfinished(["a", "b"]) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(statuses=st.dictionaries(st.sampled_from(NODEMAP.names()),
+                                st.sampled_from(["Preparing", "Ready", "Deallocated", "Terminated", "Stopping"]),
+                                max_size=10),
+       stopped=st.sets(st.sampled_from(NODEMAP.names()), max_size=10))
+def test_only_a_ready_vm_after_a_failed_stop_is_powered_down_and_nothing_else_changes(statuses, stopped):
+    names = sorted(statuses)
+    cloud = [node(n, s) for n, s in statuses.items()]
+    p, today = plan(names, cloud, stop_unfinished=stopped), plan(names, cloud)
+    assert p.power_down == {n: STOP_FAILED for n, s in statuses.items() if s == "Ready" and n in stopped}
+    assert not set(p.power_down) & (set(p.running) | set(p.start) | set(p.down) | set(p.to_watch()))
+    # everything else is planned as without the records
+    assert p.start == today.start and p.create == today.create and p.down == today.down
+    assert p.running == {n: s for n, s in today.running.items() if n not in p.power_down}
