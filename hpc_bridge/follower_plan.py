@@ -83,15 +83,18 @@ def suspended_since_watched(state: State, names) -> list[str]:
 
 
 def still_deferred(state: State, names, now: float) -> tuple[list[str], float | None]:
-    """Of the deferred `names`, those Slurm still waits for: on the list to be re-created, before
-    their deadline and not suspended since; with the latest of their deadlines (None: none left).
-    The deadline stays the one of the resume that deferred them: Slurm's ResumeTimeout runs from
-    that power-up, and a create recorded with a later one would keep repair off a VM Slurm has
-    given up on."""
+    """Of the deferred `names`, those Slurm still waits for (on the list to be re-created, before
+    their deadline, not suspended since) that share the earliest deadline, with it (None: none
+    left); the others are created in a later round. The deadline stays the one of the resume
+    that deferred them: Slurm's ResumeTimeout runs from that power-up, and a create recorded
+    with a later one (or a watch raised to it) would keep repair off a VM Slurm has given up on."""
     listed = [n for n in names if (w := state.watch.get(n)) is not None and w.recreate and now < w.deadline]
     stopped = set(suspended_since_watched(state, listed))
     wanted = [n for n in listed if n not in stopped]
-    return wanted, max((state.watch[n].deadline for n in wanted), default=None)
+    if not wanted:
+        return [], None
+    deadline = min(state.watch[n].deadline for n in wanted)
+    return [n for n in wanted if state.watch[n].deadline == deadline], deadline
 
 
 def next_interval(current: float, changed: bool, failed: bool, poll_interval: float, poll_max: float) -> float:

@@ -353,8 +353,10 @@ def _plan_node(name: str, s, c: Node | None, entry, ctx: _Ctx) -> list[RepairAct
     if (n.down or n.drained) and s.reason and not n.ours and not n.slurm_own:
         return []
     address = _address(n, ctx.cfg.slurm.address_mode)
-    if n.live is not None and n.live.keep_alive:
-        return address  # KeepAlive nodes: nothing but their address
+    if n.live is not None and n.live.keep_alive and n.status != DEALLOCATED:
+        # KeepAlive nodes: nothing but their address. A deallocated one runs no slurmd: it is
+        # handled as any stopped node (e.g. down~ after suspend kept it, back in service)
+        return address
     if n.powered_down and not n.powering_up:
         return _powered_down(n, bucket_key(entry.nodearray, entry.machine_type), ctx)
     if n.powering_up:

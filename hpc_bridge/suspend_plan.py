@@ -19,13 +19,16 @@ from hpc_bridge.reasons import KEPT_RUNNING, NEVER_REGISTERED, REASON_PREFIX
 class SuspendPlan:
     actions: dict[str, dict[str, str]] = field(default_factory=dict)  # action -> {name: node id}
     keep_alive: list[str] = field(default_factory=list)
+    kept_running: list[str] = field(default_factory=list)  # of keep_alive, those Ready: a slurmd outlives the power-down
     nothing: dict[str, str] = field(default_factory=dict)  # name -> why nothing to do
     unknown: list[str] = field(default_factory=list)  # neither in the node map nor in the cloud
 
     @property
     def down(self) -> dict[str, str]:
-        """Slurm DOWN reasons: a KeepAlive VM stays up, so its node must not wait to be powered up."""
-        return dict.fromkeys(self.keep_alive, KEPT_RUNNING)
+        """Slurm DOWN reasons: a Ready KeepAlive VM stays up with its slurmd, which Slurm would not
+        take back at a power-up. One still booting registers on its own; a failed one is left to
+        the next power-up (which replaces it), as before."""
+        return dict.fromkeys(self.kept_running, KEPT_RUNNING)
 
 
 def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg: Config,
@@ -45,6 +48,8 @@ def plan_suspend(names: list[str], nodemap: NodeMap, cloud: dict[str, Node], cfg
             continue
         if node.keep_alive and keep_alive:
             plan.keep_alive.append(name)
+            if node.status == READY:
+                plan.kept_running.append(name)
             continue
         array = entry.nodearray if entry else (node.template or "")
         policy = policy_override or cfg.partitions.for_array(array).suspend_policy

@@ -12,7 +12,7 @@ from hpc_bridge.api.models import Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.errors import ConfigError
 from hpc_bridge.follower import close_finished
-from hpc_bridge.follower_plan import next_interval, nodes_query, plan_round, suspended_since_watched
+from hpc_bridge.follower_plan import next_interval, nodes_query, plan_round, still_deferred, suspended_since_watched
 from hpc_bridge.lease import lease_held
 from hpc_bridge.state_records import DONE, Lease, State, Watch
 
@@ -100,6 +100,19 @@ def test_suspend_after_the_watch_began_drops_the_node_one_before_does_not():
     state.begin("terminate", ["a"], "t1", NOW - 20, NOW + 600)  # before it was watched
     state.begin("terminate", ["b"], "t2", NOW - 1, NOW + 600)  # after
     assert suspended_since_watched(state, state.watch) == ["b"]
+
+
+def test_deferred_names_are_created_by_deadline_and_only_while_slurm_waits_for_them():
+    """Each create keeps its resume's deadline: names deferred by different resumes go in
+    different rounds (earliest first), never one raised to another's."""
+    state = State()
+    state.watch = {"a": Watch(NOW + 100, NOW - 500, True), "b": Watch(NOW + 400, NOW - 200, True),
+                   "c": Watch(NOW + 100, NOW - 500, True), "d": Watch(NOW + 400, NOW - 200, False),
+                   "e": Watch(NOW - 1, NOW - 601, True)}
+    assert still_deferred(state, ["a", "b", "c", "d", "e", "f"], NOW) == (["a", "c"], NOW + 100)
+    assert still_deferred(state, ["b", "d", "e"], NOW) == (["b"], NOW + 400)
+    assert still_deferred(state, ["a", "b"], NOW + 100) == (["b"], NOW + 400)  # a's deadline passed
+    assert still_deferred(state, ["d", "e", "f"], NOW) == ([], None)
 
 
 def test_add_watch_again_counts_from_the_new_resume():

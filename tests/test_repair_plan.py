@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hpc_bridge.api.models import Bucket, Node
 from hpc_bridge.config import config_from_dict
 from hpc_bridge.nodemap import NodeMap, NodeRange
-from hpc_bridge.reasons import REASON_PREFIX
+from hpc_bridge.reasons import KEPT_RUNNING, REASON_PREFIX, reason
 from hpc_bridge.cli.hooks import repair_table
 from hpc_bridge.repair_plan import (
     ALLOCATED_FLAGS,
@@ -429,6 +429,14 @@ def test_keepalive_nodes_left_alone(flags, status):
     c = cnode("hpc-1", status, KeepAlive=True, PrivateIp="127.1.0.9")
     acts = plan([snode("hpc-1", *flags, addr="127.1.0.9")], [c])
     assert acts == []
+
+
+@pytest.mark.parametrize("flags", DOWN_PD)
+def test_keepalive_node_down_since_its_suspend_back_in_service_once_its_vm_is_deallocated(flags):
+    """Suspend marks a Ready KeepAlive node DOWN (its slurmd outlives the power-down); once the
+    user deallocates the VM no slurmd runs there: back to idle~, so a power-up starts it again."""
+    acts = plan([snode("hpc-1", *flags, reason=reason(KEPT_RUNNING))], [cnode("hpc-1", "Deallocated", KeepAlive=True)])
+    assert [(a.kind, a.drift) for a in acts] == [(SLURM_RESUME, DOWN_WITHOUT_VM)]
 
 
 # --------------------------------------------------------------------------- output

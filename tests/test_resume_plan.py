@@ -271,6 +271,12 @@ def test_suspend_twice_and_keepalive_and_unknown():
     assert set(p.nothing) == {"hpc-1", "hpc-3", "hpc-4"}
     # the kept VM's slurmd will never register to a power-up: DOWN in Slurm with the cause
     assert p.down == {"hpc-2": KEPT_RUNNING}
+    # a KeepAlive VM still booting registers after the power-down (Slurm takes that); a failed
+    # one is the next power-up's to replace: neither is marked DOWN
+    for status in ("Acquiring", "Preparing", "Failed"):
+        other = {"hpc-2": node("hpc-2", status, KeepAlive=True)}
+        kept = plan_suspend(["hpc-2"], NODEMAP, other, cfg())
+        assert kept.keep_alive == ["hpc-2"] and kept.actions == {} and kept.down == {}, status
     # resume-fail terminates KeepAlive VMs too: nothing is kept, nothing marked for it
     failing = plan_suspend(["hpc-2"], NODEMAP, cloud, cfg(), policy_override="terminate", keep_alive=False)
     assert failing.actions == {"terminate": {"hpc-2": "id-hpc-2"}} and failing.down == {}
