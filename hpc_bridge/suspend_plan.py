@@ -26,8 +26,8 @@ class SuspendPlan:
     @property
     def down(self) -> dict[str, str]:
         """Slurm DOWN reasons: a Ready KeepAlive VM stays up with its slurmd, which Slurm would not
-        take back at a power-up. One still booting registers on its own; a failed one is left to
-        the next power-up (which replaces it), as before."""
+        take back at a power-up. One still booting or failed is left to the next power-up (resume
+        ends it at once if the VM is Ready by then, and replaces a failed one)."""
         return dict.fromkeys(self.kept_running, KEPT_RUNNING)
 
 

@@ -271,8 +271,8 @@ def test_suspend_twice_and_keepalive_and_unknown():
     assert set(p.nothing) == {"hpc-1", "hpc-3", "hpc-4"}
     # the kept VM's slurmd will never register to a power-up: DOWN in Slurm with the cause
     assert p.down == {"hpc-2": KEPT_RUNNING}
-    # a KeepAlive VM still booting registers after the power-down (Slurm takes that); a failed
-    # one is the next power-up's to replace: neither is marked DOWN
+    # a KeepAlive VM still booting or failed is the next power-up's (ended at once if Ready by
+    # then, replaced if failed): not marked DOWN
     for status in ("Acquiring", "Preparing", "Failed"):
         other = {"hpc-2": node("hpc-2", status, KeepAlive=True)}
         kept = plan_suspend(["hpc-2"], NODEMAP, other, cfg())
