@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from hpc_bridge.api.models import Node
-from hpc_bridge.cloud import BOOTING, FAILED_STATUS, GONE, READY, address_of, address_problem
+from hpc_bridge.cloud import BOOTING, DEALLOCATED, FAILED_STATUS, GONE, READY, address_of, address_problem
 from hpc_bridge.state_records import SUSPEND_ACTIONS, State, Watch
 
 BACKOFF = 1.5  # interval growth per round without change (and per failed round)
@@ -21,7 +21,7 @@ class RoundPlan:
     failed: dict[str, str] = field(default_factory=dict)  # name -> reason
     terminate: dict[str, str] = field(default_factory=dict)  # failed name -> node id
     problems: dict[str, str] = field(default_factory=dict)  # Ready with an address we refuse: to repair
-    gone: list[str] = field(default_factory=list)  # deferred names whose old record is gone: create now
+    gone: list[str] = field(default_factory=list)  # deferred names whose old record is gone or deallocated: bring up now
 
     @property
     def done(self) -> set[str]:
@@ -37,8 +37,8 @@ def plan_round(watch: dict[str, Watch], cloud: dict[str, Node], mode: str,
     for name in sorted(watch):
         node = cloud.get(name)
         if watch[name].recreate:
-            if node is None or node.status in GONE:
-                plan.gone.append(name)
+            if node is None or node.status in GONE or node.status == DEALLOCATED:
+                plan.gone.append(name)  # resume's code creates it, or starts the deallocated VM
                 continue
             if node.status not in BOOTING and node.status not in (READY, FAILED_STATUS):
                 continue  # its old record is still going

@@ -474,6 +474,36 @@ def test_the_follower_creates_a_name_whose_old_node_was_still_going_on_its_own_r
     assert bridge.store.read().watch == {}
 
 
+def test_the_follower_starts_a_name_whose_old_node_was_still_deallocating(bridge):
+    """A power-up while the deallocation is under way: resume defers the name; once the
+    follower's read shows the VM Deallocated, it starts that VM (not left until the deadline)."""
+    name = "hpc-hb120rsv3-1"
+    bridge.resume(name)
+    bridge.boot()
+    bridge.follow()
+    vm_id = bridge.cloud()[name]["NodeId"]
+    bridge.suspend(name)
+    assert bridge.cloud()[name]["Status"] in ("Deallocating", "Stopping"), bridge.cloud()[name]["Status"]
+    report = bridge.resume(name)
+    assert report.created == [] and report.started == [] and report.waiting == [name]
+    assert bridge.store.read().watch[name].recreate
+    bridge.sim.advance(60)
+    assert bridge.cloud()[name]["Status"] == "Deallocated"
+    waits = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        assert len(waits) < 50, "the follower kept waiting for the deallocated VM"
+        bridge.boot()
+        time.sleep(min(seconds, 0.05))
+
+    followed = bridge.follow(sleep)
+    assert followed.addressed == [name] and followed.unresolved == []
+    assert bridge.cloud()[name]["Status"] == "Ready" and bridge.cloud()[name]["NodeId"] == vm_id
+    assert [op.action for op in bridge.operations()][-1] == "start"
+    assert bridge.store.read().watch == {}
+
+
 @pytest.mark.parametrize("why", ["past its deadline", "suspended since", "off the list"])
 def test_the_follower_does_not_create_a_deferred_name_slurm_no_longer_waits_for(bridge, why):
     """Between the follower's round and its create, Slurm may give up on the name (its
